@@ -1,0 +1,362 @@
+"""The command line: parse, call a service, print. No TPM or LUKS logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from sealer import __version__
+from sealer.errors import SealerError
+from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list, parse_pcr_value
+
+DEFAULT_STATE_DIR = Path("/var/lib/sealer")
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+   0  success
+   1  internal error (a bug: please report it)
+   2  bad command line
+   3  device missing, unreadable, or not LUKS2
+   4  no TPM reachable
+   5  the boot state matches no approval (PCRs changed)
+   6  wrong passphrase, recovery key or PIN
+   7  the volume was enrolled with another TPM
+   8  the TPM is in dictionary-attack lockout
+   9  no usable sealer token (missing, corrupted, unknown version)
+  10  no free keyslot or token slot in the LUKS2 header
+  11  the state directory or policy key cannot be used
+  12  refused: the volume would be left with no way to open it
+"""
+
+
+class Options:
+    def __init__(self, tcti: str | None, debug: bool) -> None:
+        self.tcti = tcti
+        self.debug = debug
+
+
+def _fail(error: SealerError, as_json: bool) -> NoReturn:
+    if as_json:
+        doc = {"error": error.message, "hint": error.hint, "exit_code": int(error.exit_code)}
+        click.echo(json.dumps(doc, indent=2))
+    click.echo(f"sealer: {error.one_line()}", err=True)
+    sys.exit(int(error.exit_code))
+
+
+def _run(ctx: click.Context, as_json: bool, action: Callable[[], None]) -> None:
+    """Run a command body, turning every failure into one line and an exit code."""
+    options: Options = ctx.obj
+    try:
+        action()
+    except SealerError as error:
+        if options.debug:
+            traceback.print_exc()
+        _fail(error, as_json)
+    except KeyboardInterrupt:
+        click.echo("sealer: interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:  # a bug: still one line unless asked for the traceback
+        if options.debug:
+            traceback.print_exc()
+        internal = SealerError(
+            f"internal error: {type(error).__name__}: {error}",
+            "rerun with --debug and report it; the volume was not changed by this failure"
+            if not options.debug
+            else None,
+        )
+        _fail(internal, as_json)
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(f"sealer: {message}...", err=True)
+
+    return say
+
+
+def _emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sealer")
+@click.option(
+    "--tcti",
+    envvar="SEALER_TCTI",
+    metavar="TCTI",
+    help="How to reach the TPM: 'device:/dev/tpmrm0' (default) or 'swtpm:host=H,port=P'. "
+    "Also read from SEALER_TCTI.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks of failures.")
+@click.pass_context
+def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
+    """Unlock LUKS2 volumes with a TPM 2.0 bound to the verified boot chain.
+
+    \b
+    Typical use, as root:
+      sealer enroll /dev/nvme0n1p3             # asks for the passphrase
+      sealer enroll --recovery-key --pcrs 7 /dev/sda2
+      sealer status                             # every LUKS2 volume udev knows
+      sealer unlock --test /dev/nvme0n1p3       # does the TPM release the key now?
+      sealer remove /dev/nvme0n1p3
+    """
+    ctx.obj = Options(tcti=tcti, debug=debug)
+
+
+@main.command()
+@click.argument("device")
+@click.option(
+    "--unlock-key-file",
+    metavar="PATH",
+    help="Read the existing passphrase or recovery key from PATH ('-' for standard input) "
+    "instead of prompting. Never give it on the command line.",
+)
+@click.option(
+    "--pcrs",
+    "pcrs_text",
+    default="4,7",
+    show_default=True,
+    help="PCRs the key is bound to, e.g. '7' (Secure Boot policy) or '4,7' (+ boot loader/UKI).",
+)
+@click.option("--pcr-bank", default="sha256", show_default=True, help="PCR bank to bind to.")
+@click.option(
+    "--pcr",
+    "pcr_values",
+    multiple=True,
+    metavar="N=BANK:HEX",
+    help="Expected value of PCR N instead of its current one, for provisioning a boot state "
+    "that is known but not current. Repeatable.",
+)
+@click.option(
+    "--cap-pcr",
+    default=15,
+    show_default=True,
+    type=click.IntRange(0, 23),
+    help="PCR extended after unlock at boot; every approval requires its pre-cap value.",
+)
+@click.option(
+    "--pin", is_flag=True, help="Also require a PIN (checked by the TPM, with lockout)."
+)
+@click.option(
+    "--pin-file",
+    metavar="PATH",
+    help="Read the new PIN from PATH ('-' for stdin) instead of prompting; implies --pin.",
+)
+@click.option(
+    "--recovery-key",
+    is_flag=True,
+    help="Also add a generated recovery key in its own keyslot and print it once.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Where the machine's policy key is kept (0600; on the encrypted root).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@click.pass_context
+def enroll(
+    ctx: click.Context,
+    device: str,
+    unlock_key_file: str | None,
+    pcrs_text: str,
+    pcr_bank: str,
+    pcr_values: tuple[str, ...],
+    cap_pcr: int,
+    pin: bool,
+    pin_file: str | None,
+    recovery_key: bool,
+    state_dir: Path,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Add a TPM-sealed keyslot to the LUKS2 volume DEVICE (block device or image file).
+
+    The existing passphrase (or recovery key) proves you may change the volume; it stays in
+    place. A fresh 32-byte secret is sealed to this TPM under a policy that accepts signed
+    approvals of boot states; the first approval accepts the current values of --pcrs and
+    the cap PCR at its value before unlock.
+    """
+    from sealer.services.enroll import EnrollRequest, enroll as run_enroll
+    from sealer.services.secrets import read_secret
+
+    def action() -> None:
+        if unlock_key_file == "-" and pin_file == "-":
+            raise SealerError("only one secret can come from standard input")
+        bank = bank_named(pcr_bank)
+        expected: dict[int, bytes] = {}
+        for text in pcr_values:
+            index, value_bank, value = parse_pcr_value(text, bank)
+            if value_bank != bank:
+                raise SealerError(f"--pcr {text}: bank {value_bank.name} is not --pcr-bank")
+            expected[index] = value
+        unlock_key = read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
+        new_pin = None
+        if pin or pin_file:
+            new_pin = read_secret(pin_file, "New TPM PIN", confirm=True)
+        request = EnrollRequest(
+            device=device,
+            unlock_key=unlock_key,
+            bank=bank,
+            pcrs=parse_pcr_list(pcrs_text),
+            expected=expected,
+            cap_pcr=cap_pcr,
+            pin=new_pin,
+            recovery_key=recovery_key,
+            state_dir=state_dir,
+            tcti=ctx.obj.tcti,
+        )
+        result = run_enroll(request, _progress(quiet or as_json))
+        for warning in result.warnings:
+            click.echo(f"sealer: warning: {warning}", err=True)
+        if as_json:
+            _emit_json(
+                {
+                    "device": result.device,
+                    "uuid": result.uuid,
+                    "token": result.token_id,
+                    "keyslot": result.keyslot,
+                    "pcr_bank": result.bank,
+                    "approved_pcrs": {str(p): v.hex() for p, v in result.approved.items()},
+                    "srk_name": result.srk_name.hex(),
+                    "pin": result.pin,
+                    "recovery_keyslot": result.recovery_keyslot,
+                    "recovery_key": result.recovery_key,
+                    "warnings": result.warnings,
+                }
+            )
+            return
+        pcrs = format_pcrs(p for p in result.approved if p != cap_pcr)
+        click.echo(
+            f"Enrolled {device}: token {result.token_id}, keyslot {result.keyslot}, "
+            f"{result.bank} PCRs {pcrs} (+ cap PCR {cap_pcr}){', PIN' if result.pin else ''}."
+        )
+        if result.recovery_key:
+            click.echo(
+                f"\nRecovery key (keyslot {result.recovery_keyslot}). Write it down and keep it "
+                "apart from this machine;\nit is shown only this once and opens the volume at "
+                "the passphrase prompt:\n\n"
+                f"    {result.recovery_key}\n"
+            )
+
+    _run(ctx, as_json, action)
+
+
+@main.command()
+@click.argument("device")
+@click.option("--name", help="Mapping name under /dev/mapper (default: luks-UUID).")
+@click.option(
+    "--test",
+    "test_only",
+    is_flag=True,
+    help="Only prove that the TPM releases a key the volume accepts; open nothing. "
+    "Works on image files without device-mapper.",
+)
+@click.option("--token", "token_id", type=int, help="Use this sealer token only.")
+@click.option("--pin-file", metavar="PATH", help="Read the PIN from PATH ('-' for stdin).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def unlock(
+    ctx: click.Context,
+    device: str,
+    name: str | None,
+    test_only: bool,
+    token_id: int | None,
+    pin_file: str | None,
+    as_json: bool,
+) -> None:
+    """Unseal the key from the TPM and open DEVICE (or only test it with --test)."""
+    from sealer.services.secrets import reader
+    from sealer.services.unlock import unlock as run_unlock
+
+    def action() -> None:
+        released = run_unlock(
+            device,
+            name=name,
+            test_only=test_only,
+            token_id=token_id,
+            tcti=ctx.obj.tcti,
+            read_pin=reader(pin_file, f"TPM PIN for {device}"),
+        )
+        if as_json:
+            _emit_json(
+                {
+                    "device": released.device,
+                    "token": released.token_id,
+                    "keyslot": released.keyslot,
+                    "approval": released.approval_index,
+                    "opened": not test_only,
+                    "name": name,
+                }
+            )
+        elif test_only:
+            click.echo(
+                f"The TPM released the key of token {released.token_id} "
+                f"(approval {released.approval_index}); keyslot {released.keyslot} accepts it."
+            )
+        else:
+            click.echo(f"Opened {device} with the TPM (keyslot {released.keyslot}).")
+
+    _run(ctx, as_json, action)
+
+
+@main.command()
+@click.argument("device", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def status(ctx: click.Context, device: str | None, as_json: bool) -> None:
+    """Show keyslots, tokens and whether the TPM would release the key now.
+
+    Without DEVICE, every LUKS2 block device udev knows is shown.
+    """
+    from sealer.services.status import discover_luks2_devices, render, volume_status
+
+    def action() -> None:
+        devices = [device] if device else discover_luks2_devices()
+        reports = [volume_status(d, ctx.obj.tcti) for d in devices]
+        if as_json:
+            _emit_json(reports[0] if device else reports)
+        elif not reports:
+            click.echo("No LUKS2 block devices found (give an image file as DEVICE).")
+        else:
+            click.echo("\n\n".join(render(r) for r in reports))
+
+    _run(ctx, as_json, action)
+
+
+@main.command()
+@click.argument("device")
+@click.option("--token", "token_id", type=int, help="The sealer token to remove.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def remove(ctx: click.Context, device: str, token_id: int | None, as_json: bool) -> None:
+    """Remove a TPM enrollment (its token and keyslot) from DEVICE.
+
+    Refuses when no passphrase or recovery key keyslot would remain.
+    """
+    from sealer.services.remove import remove as run_remove
+
+    def action() -> None:
+        removed = run_remove(device, token_id)
+        if as_json:
+            _emit_json(
+                {
+                    "device": removed.device,
+                    "token": removed.token_id,
+                    "keyslots": list(removed.keyslots),
+                }
+            )
+        else:
+            slots = ", ".join(str(s) for s in removed.keyslots) or "none left"
+            click.echo(f"Removed token {removed.token_id} (keyslot {slots}) from {device}.")
+
+    _run(ctx, as_json, action)

@@ -1,0 +1,93 @@
+"""One exception hierarchy for every failure a user can cause or meet.
+
+Each class carries the process exit code the CLI returns for it, so that scripts and the
+initramfs can tell "the TPM refused" from "the volume is not LUKS2" without parsing text.
+The codes are documented in README.md; never renumber one.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # a bug in sealer: please report it
+    USAGE = 2  # bad command line (click's own code)
+    DEVICE = 3  # device missing, unreadable, not LUKS2
+    TPM_UNAVAILABLE = 4  # no TPM reachable
+    POLICY = 5  # the boot state matches no approval: the TPM will not release the key
+    AUTH = 6  # wrong passphrase, recovery key or PIN
+    TPM_MISMATCH = 7  # the volume was enrolled with another TPM (or its SRK is gone)
+    LOCKOUT = 8  # the TPM is in dictionary-attack lockout
+    TOKEN = 9  # no usable sealer token: missing, corrupted, unknown version
+    HEADER_FULL = 10  # no free keyslot or no room for the token in the LUKS2 header
+    STATE = 11  # the state directory or the policy key cannot be used
+    REFUSED = 12  # the operation would leave the volume without a way to open it
+
+
+class SealerError(Exception):
+    """A failure with a message written for the person at the terminal.
+
+    ``message`` says what happened; ``hint`` (optional) says what to do next.
+    """
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
+
+class DeviceError(SealerError):
+    exit_code = ExitCode.DEVICE
+
+
+class TPMUnavailableError(SealerError):
+    exit_code = ExitCode.TPM_UNAVAILABLE
+
+
+class PolicyMismatchError(SealerError):
+    exit_code = ExitCode.POLICY
+
+
+class AuthError(SealerError):
+    exit_code = ExitCode.AUTH
+
+
+class TPMMismatchError(SealerError):
+    exit_code = ExitCode.TPM_MISMATCH
+
+
+class LockoutError(SealerError):
+    exit_code = ExitCode.LOCKOUT
+
+
+class TokenError(SealerError):
+    exit_code = ExitCode.TOKEN
+
+
+class HeaderFullError(SealerError):
+    exit_code = ExitCode.HEADER_FULL
+
+
+class StateError(SealerError):
+    exit_code = ExitCode.STATE
+
+
+class RefusedError(SealerError):
+    exit_code = ExitCode.REFUSED
+
+
+class UsageError(SealerError):
+    exit_code = ExitCode.USAGE
+
+
+class TPMError(SealerError):
+    """The TPM answered with an error that no more specific class describes."""
+
+    exit_code = ExitCode.INTERNAL

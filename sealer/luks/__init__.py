@@ -1,0 +1,1 @@
+"""LUKS2: the only package that runs cryptsetup. Keyslots, tokens, header dumps."""

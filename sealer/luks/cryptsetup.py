@@ -1,0 +1,118 @@
+"""Every cryptsetup invocation sealer makes. Keys travel through pipes, never argv."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from sealer.errors import AuthError, DeviceError, HeaderFullError, SealerError
+from sealer.luks.header import PROBE_LENGTH, LuksHeader, parse_metadata, probe
+from sealer.proc import Completed, fd_path, run, secret_pipe
+
+CRYPTSETUP = "cryptsetup"
+# cryptsetup's documented exit status for "no permission (bad passphrase)".
+_EXIT_BAD_PASSPHRASE = 2
+# A TPM-sealed or recovery secret has at least 128 bits of entropy: a slow KDF adds boot time
+# and nothing else, so such keyslots use PBKDF2 at cryptsetup's minimum iteration count.
+MINIMAL_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+
+
+def _check_device(device: str) -> bytes:
+    try:
+        with open(device, "rb") as handle:
+            return handle.read(PROBE_LENGTH)
+    except FileNotFoundError as exc:
+        raise DeviceError(f"{device} does not exist", "check the path (lsblk -f)") from exc
+    except PermissionError as exc:
+        raise DeviceError(f"cannot read {device}: permission denied", "run sealer as root") from exc
+    except IsADirectoryError as exc:
+        raise DeviceError(f"{device} is a directory, not a block device or image") from exc
+    except OSError as exc:
+        raise DeviceError(f"cannot read {device}: {exc.strerror}") from exc
+
+
+def read_header(device: str) -> LuksHeader:
+    info = probe(device, _check_device(device))
+    result = run([CRYPTSETUP, "luksDump", "--dump-json-metadata", device])
+    if result.returncode != 0:
+        raise DeviceError(f"cannot read the LUKS2 header of {device}: {result.reason}")
+    return parse_metadata(device, info.uuid, result.stdout_text)
+
+
+def _fail(device: str, action: str, result: Completed) -> SealerError:
+    reason = result.reason
+    lowered = reason.lower()
+    if result.returncode == _EXIT_BAD_PASSPHRASE:
+        return AuthError(
+            f"{device} did not accept the key",
+            "check the passphrase or recovery key (a key file is used byte for byte)",
+        )
+    if "space" in lowered or "full" in lowered:
+        return HeaderFullError(f"cannot {action} on {device}: {reason}")
+    return DeviceError(f"cannot {action} on {device}: {reason}")
+
+
+def add_keyslot(
+    device: str, *, unlock_key: bytes, new_key: bytes, slot: int, minimal_kdf: bool
+) -> None:
+    """Add ``new_key`` in ``slot``, authorised by an existing key (passphrase or recovery)."""
+    with secret_pipe(new_key) as new_fd:
+        argv = [CRYPTSETUP, "luksAddKey", "--batch-mode", "--key-file=-"]
+        argv += ["--new-key-slot", str(slot), "--new-keyfile", fd_path(new_fd)]
+        if minimal_kdf:
+            argv += MINIMAL_KDF
+        result = run([*argv, device], stdin=unlock_key, pass_fds=[new_fd])
+    if result.returncode != 0:
+        raise _fail(device, f"add keyslot {slot}", result)
+
+
+def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
+    """True when ``key`` opens ``slot`` (or any slot); nothing is activated."""
+    argv = [CRYPTSETUP, "open", "--test-passphrase", "--key-file=-", "--disable-external-tokens"]
+    if slot is not None:
+        argv += ["--key-slot", str(slot)]
+    result = run([*argv, device], stdin=key)
+    if result.returncode == 0:
+        return True
+    if result.returncode == _EXIT_BAD_PASSPHRASE:
+        return False
+    raise _fail(device, "test a key", result)
+
+
+def open_volume(device: str, name: str, key: bytes, slot: int) -> None:
+    argv = [CRYPTSETUP, "open", "--type", "luks2", "--key-file=-", "--key-slot", str(slot)]
+    result = run([*argv, device, name], stdin=key)
+    if result.returncode != 0:
+        raise _fail(device, f"open it as /dev/mapper/{name}", result)
+
+
+def kill_keyslot(device: str, slot: int) -> None:
+    result = run([CRYPTSETUP, "luksKillSlot", "--batch-mode", device, str(slot)])
+    if result.returncode != 0:
+        raise _fail(device, f"remove keyslot {slot}", result)
+
+
+def import_token(device: str, token_id: int, token: Mapping[str, Any]) -> None:
+    text = json.dumps(token, separators=(",", ":"), sort_keys=True).encode()
+    argv = [CRYPTSETUP, "token", "import", "--json-file", "-", "--token-id", str(token_id)]
+    result = run([*argv, device], stdin=text)
+    if result.returncode != 0:
+        raise _fail(device, f"write token {token_id}", result)
+
+
+def remove_token(device: str, token_id: int) -> None:
+    argv = [CRYPTSETUP, "token", "remove", "--token-id", str(token_id), device]
+    result = run(argv)
+    if result.returncode != 0:
+        raise _fail(device, f"remove token {token_id}", result)
+
+
+def is_block_device(device: str) -> bool:
+    try:
+        import stat
+
+        return stat.S_ISBLK(os.stat(device).st_mode)
+    except OSError:
+        return False

@@ -1,0 +1,120 @@
+"""The LUKS2 header as sealer sees it: plain data parsed from cryptsetup's JSON dump.
+
+Pure functions only; running cryptsetup is ``cryptsetup.py``'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sealer.errors import DeviceError
+
+LUKS_MAGIC = b"LUKS\xba\xbe"
+# Both LUKS1 and LUKS2 keep the version right after the magic and the UUID at byte 168.
+_VERSION = struct.Struct(">H")
+_UUID_OFFSET = 168
+_UUID_LENGTH = 40
+PROBE_LENGTH = _UUID_OFFSET + _UUID_LENGTH
+
+MAX_KEYSLOTS = 32
+MAX_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Probe:
+    version: int
+    uuid: str
+
+
+def probe(device: str, first_bytes: bytes) -> Probe:
+    """Tell LUKS2 from LUKS1 from anything else by the binary header's first bytes."""
+    if len(first_bytes) < PROBE_LENGTH or not first_bytes.startswith(LUKS_MAGIC):
+        raise DeviceError(
+            f"{device} is not a LUKS volume",
+            "give the partition or image that holds the LUKS2 header (see lsblk -f)",
+        )
+    (version,) = _VERSION.unpack_from(first_bytes, len(LUKS_MAGIC))
+    uuid = first_bytes[_UUID_OFFSET : _UUID_OFFSET + _UUID_LENGTH].split(b"\0", 1)[0]
+    if version == 1:
+        raise DeviceError(
+            f"{device} is LUKS1, which has no tokens to keep a TPM enrollment in",
+            "convert it first with 'cryptsetup convert --type luks2' (back up the header)",
+        )
+    if version != 2:
+        raise DeviceError(f"{device} has an unknown LUKS version {version}")
+    return Probe(version=version, uuid=uuid.decode("ascii", "replace"))
+
+
+@dataclass(frozen=True)
+class Keyslot:
+    slot: int
+    kdf: str  # "pbkdf2", "argon2id", "argon2i"
+
+
+@dataclass(frozen=True)
+class Token:
+    token_id: int
+    type: str
+    keyslots: tuple[int, ...]
+    data: Mapping[str, Any]  # the whole token JSON object, as stored
+
+
+@dataclass(frozen=True)
+class LuksHeader:
+    device: str
+    uuid: str
+    keyslots: Mapping[int, Keyslot]
+    tokens: Mapping[int, Token]
+
+    def free_keyslot(self) -> int | None:
+        return next((n for n in range(MAX_KEYSLOTS) if n not in self.keyslots), None)
+
+    def free_token_id(self) -> int | None:
+        return next((n for n in range(MAX_TOKENS) if n not in self.tokens), None)
+
+    def tokens_of_type(self, token_type: str) -> list[Token]:
+        return [t for _, t in sorted(self.tokens.items()) if t.type == token_type]
+
+    def keyslots_without_token(self) -> list[int]:
+        """Keyslots no token claims: passphrases and recovery keys a person can type."""
+        claimed = {slot for token in self.tokens.values() for slot in token.keyslots}
+        return sorted(n for n in self.keyslots if n not in claimed)
+
+
+def _int_key(value: str, what: str, device: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise DeviceError(f"{device}: LUKS2 metadata has a malformed {what} id {value!r}") from exc
+
+
+def parse_metadata(device: str, uuid: str, text: str) -> LuksHeader:
+    """Build a LuksHeader from ``cryptsetup luksDump --dump-json-metadata`` output."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DeviceError(f"{device}: cryptsetup printed unreadable LUKS2 metadata") from exc
+    if not isinstance(doc, dict):
+        raise DeviceError(f"{device}: LUKS2 metadata is not a JSON object")
+    keyslots: dict[int, Keyslot] = {}
+    for key, slot in (doc.get("keyslots") or {}).items():
+        kdf = slot.get("kdf", {}).get("type", "?") if isinstance(slot, dict) else "?"
+        keyslots[_int_key(key, "keyslot", device)] = Keyslot(
+            slot=_int_key(key, "keyslot", device), kdf=str(kdf)
+        )
+    tokens: dict[int, Token] = {}
+    for key, token in (doc.get("tokens") or {}).items():
+        if not isinstance(token, dict):
+            continue
+        token_id = _int_key(key, "token", device)
+        slots = tuple(
+            _int_key(str(s), "keyslot", device) for s in token.get("keyslots", []) or []
+        )
+        tokens[token_id] = Token(
+            token_id=token_id, type=str(token.get("type", "")), keyslots=slots, data=token
+        )
+    return LuksHeader(device=device, uuid=uuid, keyslots=keyslots, tokens=tokens)

@@ -1,0 +1,172 @@
+"""The ``sealer-tpm2`` LUKS2 token: everything needed to unseal, kept in the volume header.
+
+The token is versioned JSON. Readers refuse versions they do not know instead of guessing,
+and every field is validated on the way in so that a corrupted header ends in one clear
+TokenError, never in a KeyError deep inside the unseal path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sealer.errors import TokenError
+
+TOKEN_TYPE = "sealer-tpm2"
+TOKEN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PolicyKeyRef:
+    """A public key whose signed approvals the sealed object accepts."""
+
+    role: str  # "machine" (this machine's key) or "vendor"
+    public_pem: str
+    name: bytes  # the key's TPM name, bound into the sealed object's authPolicy
+
+
+@dataclass(frozen=True)
+class SealerToken:
+    keyslot: int
+    srk_handle: int
+    srk_name: bytes
+    pcr_bank: str
+    pcrs: tuple[int, ...]  # the PCRs the user chose, without the capping PCR
+    cap_pcr: int
+    sealed_public: bytes
+    sealed_private: bytes
+    pin_salt: bytes | None  # set when the object needs a PIN (PolicyAuthValue)
+    policy_keys: tuple[PolicyKeyRef, ...]
+    approvals: tuple[Mapping[str, Any], ...]  # signed approvals, parsed by sealer.policy
+    created: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_pin(self) -> bool:
+        return self.pin_salt is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": TOKEN_TYPE,
+            "keyslots": [str(self.keyslot)],
+            "version": TOKEN_VERSION,
+            "srk_handle": f"0x{self.srk_handle:08x}",
+            "srk_name": self.srk_name.hex(),
+            "pcr_bank": self.pcr_bank,
+            "pcrs": list(self.pcrs),
+            "cap_pcr": self.cap_pcr,
+            "sealed_public": _b64(self.sealed_public),
+            "sealed_private": _b64(self.sealed_private),
+            "pin_salt": None if self.pin_salt is None else _b64(self.pin_salt),
+            "policy_keys": [
+                {"role": k.role, "public_pem": k.public_pem, "name": k.name.hex()}
+                for k in self.policy_keys
+            ],
+            "approvals": [dict(a) for a in self.approvals],
+            "created": self.created,
+        }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class _Reader:
+    """Typed field access that turns every malformation into a TokenError."""
+
+    def __init__(self, doc: Mapping[str, Any], where: str) -> None:
+        self.doc = doc
+        self.where = where
+
+    def fail(self, what: str) -> TokenError:
+        return TokenError(
+            f"{self.where} is corrupted ({what})",
+            "unlock with the passphrase or recovery key, then 'sealer remove' and enroll again",
+        )
+
+    def get(self, key: str, kind: type) -> Any:
+        value = self.doc.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(f"field {key!r} is missing or not a {kind.__name__}")
+        return value
+
+    def b64(self, key: str) -> bytes:
+        try:
+            return base64.b64decode(self.get(key, str), validate=True)
+        except binascii.Error as exc:
+            raise self.fail(f"field {key!r} is not base64") from exc
+
+    def hexbytes(self, key: str, doc: Mapping[str, Any] | None = None) -> bytes:
+        value = (doc if doc is not None else self.doc).get(key)
+        if not isinstance(value, str):
+            raise self.fail(f"field {key!r} is missing")
+        try:
+            return bytes.fromhex(value)
+        except ValueError as exc:
+            raise self.fail(f"field {key!r} is not hex") from exc
+
+
+def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
+    where = f"sealer token {token_id}"
+    r = _Reader(doc, where)
+    if doc.get("type") != TOKEN_TYPE:
+        raise r.fail(f"type is {doc.get('type')!r}")
+    version = doc.get("version")
+    if version != TOKEN_VERSION:
+        raise TokenError(
+            f"{where} has version {version!r}, this sealer reads version {TOKEN_VERSION}",
+            "upgrade sealer, or unlock with the passphrase or recovery key",
+        )
+    keyslots = r.get("keyslots", list)
+    if len(keyslots) != 1 or not str(keyslots[0]).isdigit():
+        raise r.fail(f"it must name exactly one keyslot, not {keyslots!r}")
+    try:
+        srk_handle = int(r.get("srk_handle", str), 16)
+    except ValueError as exc:
+        raise r.fail("srk_handle is not a hex handle") from exc
+    pcrs = r.get("pcrs", list)
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs):
+        raise r.fail("pcrs must be PCR indices 0-23")
+    cap_pcr = r.get("cap_pcr", int)
+    if not 0 <= cap_pcr < 24:
+        raise r.fail("cap_pcr must be a PCR index 0-23")
+    pin_salt = None if doc.get("pin_salt") is None else r.b64("pin_salt")
+    keys = []
+    for entry in r.get("policy_keys", list):
+        if not isinstance(entry, dict):
+            raise r.fail("a policy key entry is not an object")
+        sub = _Reader(entry, where)
+        keys.append(
+            PolicyKeyRef(
+                role=sub.get("role", str),
+                public_pem=sub.get("public_pem", str),
+                name=sub.hexbytes("name"),
+            )
+        )
+    if not keys:
+        raise r.fail("it trusts no policy key")
+    approvals = r.get("approvals", list)
+    if not all(isinstance(a, dict) for a in approvals):
+        raise r.fail("an approval is not an object")
+    known = {
+        "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
+        "sealed_public", "sealed_private", "pin_salt", "policy_keys", "approvals", "created",
+    }  # fmt: skip
+    return SealerToken(
+        keyslot=int(keyslots[0]),
+        srk_handle=srk_handle,
+        srk_name=r.hexbytes("srk_name"),
+        pcr_bank=r.get("pcr_bank", str),
+        pcrs=tuple(pcrs),
+        cap_pcr=cap_pcr,
+        sealed_public=r.b64("sealed_public"),
+        sealed_private=r.b64("sealed_private"),
+        pin_salt=pin_salt,
+        policy_keys=tuple(keys),
+        approvals=tuple(approvals),
+        created=str(doc.get("created", "")),
+        extra={k: v for k, v in doc.items() if k not in known},
+    )

@@ -1,0 +1,1 @@
+"""Authorized policies: policy digests, the machine's policy key, signed approvals."""

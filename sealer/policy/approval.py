@@ -1,0 +1,156 @@
+"""Signed approvals: "the sealed secret may be released in these boot states".
+
+An approval lists one or more boot states (branches), each a full set of expected PCR values,
+and carries an ECDSA P-256 signature by a policy key over the TPM's aHash of the policy those
+branches make. The TPM checks that signature itself (VerifySignature + PolicyAuthorize); we
+check it in software first only to give a clear message instead of a TPM error code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from sealer.errors import PolicyMismatchError, TokenError
+from sealer.pcrs import BANKS, PCR_COUNT, Bank, PcrValues
+from sealer.policy import digest
+
+APPROVAL_VERSION = 1
+_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+
+@dataclass(frozen=True)
+class Approval:
+    bank: Bank
+    branches: tuple[PcrValues, ...]
+    policy_ref: bytes
+    key_name: bytes  # TPM name of the signing key
+    signature: bytes  # DER-encoded ECDSA signature over approval_digest()
+    created: str
+    comment: str
+
+    @property
+    def approved_policy(self) -> bytes:
+        return digest.approved_policy(self.bank, self.branches)
+
+    @property
+    def approval_digest(self) -> bytes:
+        return digest.approval_digest(self.approved_policy, self.policy_ref)
+
+    @property
+    def pcrs(self) -> tuple[int, ...]:
+        return tuple(sorted(self.branches[0]))
+
+    def signature_rs(self) -> tuple[int, int]:
+        return utils.decode_dss_signature(self.signature)
+
+    def matching_branch(self, current: PcrValues) -> int | None:
+        for index, branch in enumerate(self.branches):
+            if all(current.get(pcr) == value for pcr, value in branch.items()):
+                return index
+        return None
+
+    def differing_pcrs(self, current: PcrValues) -> list[int]:
+        """The PCRs that differ from the closest branch (fewest differences)."""
+        diffs = [
+            [pcr for pcr, value in sorted(branch.items()) if current.get(pcr) != value]
+            for branch in self.branches
+        ]
+        return min(diffs, key=len)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": APPROVAL_VERSION,
+            "pcr_bank": self.bank.name,
+            "branches": [{str(p): v.hex() for p, v in sorted(b.items())} for b in self.branches],
+            "policy_ref": self.policy_ref.hex(),
+            "key_name": self.key_name.hex(),
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+            "created": self.created,
+            "comment": self.comment,
+        }
+
+
+def sign_approval(
+    key: ec.EllipticCurvePrivateKey,
+    key_name: bytes,
+    bank: Bank,
+    branches: Sequence[PcrValues],
+    comment: str,
+    policy_ref: bytes = b"",
+) -> Approval:
+    if not 1 <= len(branches) <= digest.MAX_OR_BRANCHES:
+        raise ValueError(f"an approval holds 1 to {digest.MAX_OR_BRANCHES} boot states")
+    unsigned = Approval(
+        bank=bank,
+        branches=tuple(dict(sorted(b.items())) for b in branches),
+        policy_ref=policy_ref,
+        key_name=key_name,
+        signature=b"",
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        comment=comment,
+    )
+    signature = key.sign(unsigned.approval_digest, _PREHASHED)
+    return Approval(**{**unsigned.__dict__, "signature": signature})
+
+
+def verify_approval(approval: Approval, public_pem: str) -> None:
+    """Raise PolicyMismatchError unless ``public_pem`` signed exactly this approval."""
+    try:
+        public = serialization.load_pem_public_key(public_pem.encode())
+    except ValueError as exc:
+        raise TokenError("the policy key stored in the token is unreadable") from exc
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise TokenError("the policy key stored in the token is not an ECC key")
+    try:
+        public.verify(approval.signature, approval.approval_digest, _PREHASHED)
+    except InvalidSignature:
+        raise PolicyMismatchError(
+            "an approval's signature does not match its content (tampered or corrupted)",
+            "sign a new approval with 'sealer enroll' after unlocking with the passphrase",
+        ) from None
+
+
+def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
+    def fail(what: str) -> TokenError:
+        return TokenError(f"{where} is corrupted ({what})")
+
+    if doc.get("version") != APPROVAL_VERSION:
+        raise TokenError(f"{where} has unknown version {doc.get('version')!r}")
+    bank = BANKS.get(str(doc.get("pcr_bank")))
+    if bank is None:
+        raise fail(f"unknown PCR bank {doc.get('pcr_bank')!r}")
+    raw_branches = doc.get("branches")
+    if not isinstance(raw_branches, list) or not 1 <= len(raw_branches) <= 8:
+        raise fail("it needs 1 to 8 boot states")
+    branches: list[dict[int, bytes]] = []
+    try:
+        for raw in raw_branches:
+            branch = {int(p): bytes.fromhex(v) for p, v in dict(raw).items()}
+            if not branch or any(not 0 <= p < PCR_COUNT for p in branch):
+                raise fail("a boot state names no PCR or a PCR out of range")
+            if any(len(v) != bank.size for v in branch.values()):
+                raise fail(f"a PCR value is not {bank.size} bytes long")
+            branches.append(branch)
+        if len({tuple(sorted(b)) for b in branches}) != 1:
+            raise fail("its boot states do not select the same PCRs")
+        signature = base64.b64decode(str(doc.get("signature")), validate=True)
+        return Approval(
+            bank=bank,
+            branches=tuple(branches),
+            policy_ref=bytes.fromhex(str(doc.get("policy_ref", ""))),
+            key_name=bytes.fromhex(str(doc.get("key_name"))),
+            signature=signature,
+            created=str(doc.get("created", "")),
+            comment=str(doc.get("comment", "")),
+        )
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise fail(str(exc)) from exc

@@ -1,0 +1,85 @@
+"""TPM 2.0 policy digests, computed in software (TPM 2.0 Part 3, section 23).
+
+The sealed object's authPolicy and every approved policy are computed here, before any TPM
+is involved; an integration test replays the same commands in a TPM trial session and
+compares. Policy digests always use SHA-256 (the sealed object's name algorithm), whatever
+bank the PCR values come from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+from sealer.pcrs import Bank, PcrValues
+
+DIGEST_SIZE = 32
+ZERO = b"\x00" * DIGEST_SIZE
+MAX_OR_BRANCHES = 8  # TPML_DIGEST holds at most eight digests
+
+CC_POLICY_AUTHORIZE = 0x0000016A
+CC_POLICY_AUTH_VALUE = 0x0000016B
+CC_POLICY_OR = 0x00000171
+CC_POLICY_PCR = 0x0000017F
+
+
+def _h(*parts: bytes) -> bytes:
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _cc(code: int) -> bytes:
+    return struct.pack(">I", code)
+
+
+def pcr_selection(bank: Bank, indices: Sequence[int]) -> bytes:
+    """A marshalled TPML_PCR_SELECTION with one bank (three bytes of bitmap: PCRs 0-23)."""
+    bitmap = bytearray(3)
+    for index in indices:
+        bitmap[index // 8] |= 1 << (index % 8)
+    return struct.pack(">IHB", 1, bank.alg_id, len(bitmap)) + bytes(bitmap)
+
+
+def pcr_composite(bank: Bank, values: PcrValues) -> bytes:
+    """The hash of the selected PCR values, concatenated in ascending index order."""
+    return bank.hash(b"".join(values[i] for i in sorted(values)))
+
+
+def policy_pcr(previous: bytes, bank: Bank, values: PcrValues) -> bytes:
+    selection = pcr_selection(bank, sorted(values))
+    return _h(previous, _cc(CC_POLICY_PCR), selection, pcr_composite(bank, values))
+
+
+def policy_or(branches: Sequence[bytes]) -> bytes:
+    if not 2 <= len(branches) <= MAX_OR_BRANCHES:
+        raise ValueError(f"PolicyOR takes 2 to {MAX_OR_BRANCHES} branches, not {len(branches)}")
+    # PolicyOR resets the digest, then hashes in the list of allowed branch digests.
+    return _h(ZERO, _cc(CC_POLICY_OR), *branches)
+
+
+def policy_authorize(previous: bytes, key_name: bytes, policy_ref: bytes) -> bytes:
+    return _h(_h(previous, _cc(CC_POLICY_AUTHORIZE), key_name), policy_ref)
+
+
+def policy_auth_value(previous: bytes) -> bytes:
+    return _h(previous, _cc(CC_POLICY_AUTH_VALUE))
+
+
+def approved_policy(bank: Bank, branches: Sequence[PcrValues]) -> bytes:
+    """The policy an approval signs: one PolicyPCR per boot state, OR'ed when several."""
+    digests = [policy_pcr(ZERO, bank, values) for values in branches]
+    if len(digests) == 1:
+        return digests[0]
+    return policy_or(digests)
+
+
+def sealed_object_policy(key_names: Sequence[bytes], policy_ref: bytes, with_pin: bool) -> bytes:
+    """The authPolicy of the sealed object: PolicyAuthorize by any trusted key [+ AuthValue]."""
+    authorized = [policy_authorize(ZERO, name, policy_ref) for name in key_names]
+    digest = authorized[0] if len(authorized) == 1 else policy_or(authorized)
+    return policy_auth_value(digest) if with_pin else digest
+
+
+def approval_digest(approved: bytes, policy_ref: bytes) -> bytes:
+    """aHash: what the policy key signs (TPM 2.0 Part 3, PolicyAuthorize)."""
+    return _h(approved, policy_ref)

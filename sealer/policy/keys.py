@@ -1,0 +1,86 @@
+"""The machine's policy key: an ECC P-256 key pair that signs this machine's approvals.
+
+It lives in the state directory (on the encrypted root, mode 0600), so an offline attacker
+holding only the disk cannot sign an approval for a boot chain of their own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sealer.errors import StateError
+
+MACHINE_KEY_FILE = "policy-key.pem"
+
+
+def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+
+
+def _state_hint(state_dir: Path) -> str:
+    return f"run as root, or pick a writable directory with --state-dir (now {state_dir})"
+
+
+def load_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey | None:
+    path = state_dir / MACHINE_KEY_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read the policy key {path}: {exc.strerror}",
+                         _state_hint(state_dir)) from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError as exc:
+        raise StateError(f"the policy key {path} is unreadable or corrupted") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise StateError(f"the policy key {path} is not an ECC P-256 key")
+    return key
+
+
+def load_or_create_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
+    key = load_machine_key(state_dir)
+    if key is not None:
+        return key
+    key = ec.generate_private_key(ec.SECP256R1())
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_private_file(state_dir, MACHINE_KEY_FILE, data)
+    return key
+
+
+def _write_private_file(state_dir: Path, name: str, data: bytes) -> None:
+    """Create ``state_dir/name`` with mode 0600, atomically: a crash leaves old or new."""
+    path = state_dir / name
+    temp = state_dir / f".{name}.tmp"
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise StateError(
+            f"cannot write {path}: {exc.strerror}", _state_hint(state_dir)
+        ) from exc

@@ -1,0 +1,1 @@
+"""Services: one module per user job, composed from tpm/, luks/ and policy/."""

@@ -1,0 +1,191 @@
+"""``sealer enroll``: add a TPM-sealed keyslot (and optionally a recovery key) to a volume."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sealer.errors import AuthError, HeaderFullError, SealerError, UsageError
+from sealer.luks import cryptsetup
+from sealer.luks.header import LuksHeader
+from sealer.luks.token import PolicyKeyRef, SealerToken
+from sealer.pcrs import Bank, PcrValues, format_pcrs
+from sealer.policy import digest, keys
+from sealer.policy.approval import sign_approval
+from sealer.services.secrets import new_recovery_key, pin_auth_value
+from sealer.tpm.connection import connect
+from sealer.tpm.pcr import read_pcrs
+from sealer.tpm.policykey import policy_key_name
+from sealer.tpm.seal import seal
+from sealer.tpm.srk import SRK_HANDLE, ensure_srk
+
+SECRET_BYTES = 32
+PIN_SALT_BYTES = 16
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    device: str
+    unlock_key: bytes
+    bank: Bank
+    pcrs: tuple[int, ...]
+    expected: Mapping[int, bytes]  # explicit values that replace the current ones
+    cap_pcr: int
+    pin: bytes | None
+    recovery_key: bool
+    state_dir: Path
+    tcti: str | None
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    device: str
+    uuid: str
+    token_id: int
+    keyslot: int
+    bank: str
+    approved: PcrValues
+    srk_name: bytes
+    pin: bool
+    recovery_keyslot: int | None = None
+    recovery_key: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def tpm_passphrase(secret: bytes) -> bytes:
+    """The keyslot passphrase for a sealed secret: base64 text, so it can also be typed
+    into or answered to any password prompt (systemd's agent protocol is text)."""
+    return base64.b64encode(secret)
+
+
+def check_request(req: EnrollRequest) -> None:
+    if req.cap_pcr in req.pcrs:
+        raise UsageError(
+            f"PCR {req.cap_pcr} is the capping PCR and cannot also be a bound PCR",
+            "it is always bound to its value before unlock; drop it from --pcrs or change "
+            "--cap-pcr",
+        )
+    stray = sorted(set(req.expected) - set(req.pcrs))
+    if stray:
+        raise UsageError(
+            f"--pcr gives a value for PCR {format_pcrs(stray)}, which --pcrs does not select"
+        )
+
+
+def _plan_slots(header: LuksHeader, want_recovery: bool) -> tuple[int, int, int | None]:
+    """(token id, TPM keyslot, recovery keyslot), or HeaderFullError before anything changes."""
+    token_id = header.free_token_id()
+    if token_id is None:
+        raise HeaderFullError(f"{header.device} has no free LUKS2 token slot")
+    free = [n for n in range(32) if n not in header.keyslots]
+    needed = 2 if want_recovery else 1
+    if len(free) < needed:
+        raise HeaderFullError(
+            f"{header.device} has {len(free)} free keyslot(s), enrollment needs {needed}",
+            "remove an unused keyslot with 'cryptsetup luksKillSlot' first",
+        )
+    return token_id, free[0], free[1] if want_recovery else None
+
+
+def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
+    check_request(req)
+    header = cryptsetup.read_header(req.device)
+    token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
+
+    progress("checking the passphrase")
+    if not cryptsetup.test_key(req.device, req.unlock_key):
+        raise AuthError(
+            f"{req.device} did not accept the passphrase or recovery key",
+            "check it (a key file is used byte for byte, including any newline)",
+        )
+
+    machine_key = keys.load_or_create_machine_key(req.state_dir)
+    key_pem = keys.public_pem(machine_key)
+    key_name = policy_key_name(key_pem)
+    pin_salt = os.urandom(PIN_SALT_BYTES) if req.pin is not None else None
+    auth_value = pin_auth_value(req.pin, pin_salt) if req.pin and pin_salt else b""
+    secret = os.urandom(SECRET_BYTES)
+    warnings: list[str] = []
+
+    progress("sealing a new secret in the TPM")
+    with connect(req.tcti) as ctx:
+        srk = ensure_srk(ctx, SRK_HANDLE)
+        current = read_pcrs(ctx, req.bank, [*req.pcrs, req.cap_pcr])
+        blob = seal(
+            ctx,
+            srk,
+            secret,
+            digest.sealed_object_policy([key_name], b"", with_pin=pin_salt is not None),
+            auth_value,
+        )
+    initial_cap = req.bank.initial_value(req.cap_pcr)
+    if current[req.cap_pcr] != initial_cap:
+        warnings.append(
+            f"PCR {req.cap_pcr} was already extended in this boot, so the TPM will release "
+            "the key only after the next reboot ('sealer unlock --test' fails until then)"
+        )
+    approved = {p: req.expected.get(p, current[p]) for p in req.pcrs}
+    approved[req.cap_pcr] = initial_cap
+    approval = sign_approval(machine_key, key_name, req.bank, [approved], comment="enroll")
+
+    token = SealerToken(
+        keyslot=keyslot,
+        srk_handle=srk.persistent,
+        srk_name=srk.name,
+        pcr_bank=req.bank.name,
+        pcrs=req.pcrs,
+        cap_pcr=req.cap_pcr,
+        sealed_public=blob.public,
+        sealed_private=blob.private,
+        pin_salt=pin_salt,
+        policy_keys=(PolicyKeyRef(role="machine", public_pem=key_pem, name=key_name),),
+        approvals=(approval.to_json(),),
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    progress(f"adding keyslot {keyslot} for the TPM")
+    cryptsetup.add_keyslot(
+        req.device,
+        unlock_key=req.unlock_key,
+        new_key=tpm_passphrase(secret),
+        slot=keyslot,
+        minimal_kdf=True,
+    )
+    progress(f"writing token {token_id}")
+    try:
+        cryptsetup.import_token(req.device, token_id, token.to_json())
+    except SealerError:
+        # Without its token the new keyslot is useless; take it away again.
+        cryptsetup.kill_keyslot(req.device, keyslot)
+        raise
+
+    result = EnrollResult(
+        device=req.device,
+        uuid=header.uuid,
+        token_id=token_id,
+        keyslot=keyslot,
+        bank=req.bank.name,
+        approved=approved,
+        srk_name=srk.name,
+        pin=pin_salt is not None,
+        warnings=warnings,
+    )
+    if recovery_slot is None:
+        return result
+    progress(f"adding keyslot {recovery_slot} for the recovery key")
+    recovery = new_recovery_key()
+    cryptsetup.add_keyslot(
+        req.device,
+        unlock_key=req.unlock_key,
+        new_key=recovery.encode("ascii"),
+        slot=recovery_slot,
+        minimal_kdf=True,
+    )
+    return EnrollResult(
+        **{**result.__dict__, "recovery_keyslot": recovery_slot, "recovery_key": recovery}
+    )

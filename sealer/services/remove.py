@@ -1,0 +1,51 @@
+"""``sealer remove``: take a TPM enrollment and its keyslot off a volume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sealer.errors import RefusedError, TokenError, UsageError
+from sealer.luks import cryptsetup
+from sealer.luks.token import TOKEN_TYPE
+
+
+@dataclass(frozen=True)
+class Removed:
+    device: str
+    token_id: int
+    keyslots: tuple[int, ...]
+
+
+def remove(device: str, token_id: int | None) -> Removed:
+    header = cryptsetup.read_header(device)
+    # Raw tokens, not parsed ones: a corrupted or half-removed token must still be removable.
+    tokens = header.tokens_of_type(TOKEN_TYPE)
+    if token_id is not None:
+        tokens = [t for t in tokens if t.token_id == token_id]
+        if not tokens:
+            raise UsageError(f"{device} has no sealer token {token_id}",
+                             "see 'sealer status' for its tokens")  # fmt: skip
+    if not tokens:
+        raise TokenError(f"{device} has no sealer TPM enrollment to remove")
+    if len(tokens) > 1:
+        ids = ", ".join(str(t.token_id) for t in tokens)
+        raise UsageError(f"{device} has several sealer tokens ({ids})",
+                         "choose one with --token")  # fmt: skip
+    token = tokens[0]
+    slots = tuple(s for s in token.keyslots if s in header.keyslots)
+    # A person must still be able to open the volume afterwards.
+    if not header.keyslots_without_token():
+        raise RefusedError(
+            f"removing token {token.token_id} would leave {device} with no passphrase or "
+            "recovery key keyslot",
+            "add a passphrase first (cryptsetup luksAddKey), then remove the enrollment",
+        )
+    # Keyslot first, token second: an interruption leaves a token without its keyslot,
+    # which status shows and a second 'sealer remove' cleans up, never an anonymous
+    # keyslot that looks like a passphrase.
+    for slot in slots:
+        cryptsetup.kill_keyslot(device, slot)
+    remaining = cryptsetup.read_header(device)
+    if token.token_id in remaining.tokens:
+        cryptsetup.remove_token(device, token.token_id)
+    return Removed(device=device, token_id=token.token_id, keyslots=slots)

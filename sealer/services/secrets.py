@@ -1,0 +1,81 @@
+"""Secrets that come from or go to a person: passphrases, PINs, recovery keys.
+
+They are read from a terminal prompt, a file or standard input, never from argv or the
+environment, and they are kept in memory only as long as an operation needs them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sealer.errors import AuthError, UsageError
+
+# Crockford's base32: no I, L, O or U, so nothing is confused when copied by hand.
+_RECOVERY_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+RECOVERY_GROUPS = 6
+RECOVERY_GROUP_LENGTH = 5  # 6 x 5 characters x 5 bits = 150 bits of entropy
+MAX_SECRET_FILE = 8192
+
+
+def read_secret(source: str | None, prompt: str, *, confirm: bool = False) -> bytes:
+    """Read a secret from ``source`` ('-' for stdin, a path), or prompt on the terminal.
+
+    A file is taken byte for byte, like cryptsetup's --key-file. From a pipe on stdin one
+    trailing newline is dropped, since ``echo secret |`` is how people use it.
+    """
+    if source == "-":
+        data = sys.stdin.buffer.read(MAX_SECRET_FILE + 1)
+        data = data[:-1] if data.endswith(b"\n") else data
+    elif source is not None:
+        try:
+            with open(Path(source), "rb") as handle:
+                data = handle.read(MAX_SECRET_FILE + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
+    else:
+        data = _prompt(prompt, confirm)
+    if len(data) > MAX_SECRET_FILE:
+        raise UsageError(f"the secret from {source} is longer than {MAX_SECRET_FILE} bytes")
+    if not data:
+        raise AuthError(f"empty secret from {source or 'the prompt'}")
+    return data
+
+
+def _prompt(prompt: str, confirm: bool) -> bytes:
+    if not (sys.stdin.isatty() or os.path.exists("/dev/tty")):
+        raise UsageError(
+            "no terminal to ask for the secret",
+            "give it with a file option ('-' reads standard input)",
+        )
+    try:
+        first = getpass.getpass(f"{prompt}: ")
+        if confirm and getpass.getpass(f"{prompt} (again): ") != first:
+            raise UsageError("the two entries differ")
+    except (EOFError, KeyboardInterrupt, OSError):
+        raise UsageError("no secret entered") from None
+    return first.encode("utf-8")
+
+
+def reader(source: str | None, prompt: str, *, confirm: bool = False) -> Callable[[], bytes]:
+    """A deferred read, so a PIN is asked for only when it will be used."""
+    return lambda: read_secret(source, prompt, confirm=confirm)
+
+
+def pin_auth_value(pin: bytes, salt: bytes) -> bytes:
+    """The TPM authValue for a PIN: salted, so equal PINs give different authValues."""
+    return hmac.new(salt, pin, hashlib.sha256).digest()
+
+
+def new_recovery_key() -> str:
+    groups = (
+        "".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(RECOVERY_GROUP_LENGTH))
+        for _ in range(RECOVERY_GROUPS)
+    )
+    return "-".join(groups)

@@ -1,0 +1,153 @@
+"""``sealer status``: what is enrolled, and whether this boot state would unlock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyudev
+
+from sealer.errors import SealerError
+from sealer.luks import cryptsetup
+from sealer.luks.header import LuksHeader
+from sealer.pcrs import BANKS, format_pcrs
+from sealer.services.unlock import approvals_of, find_match
+from sealer.services.volume import Enrollment, enrollments
+from sealer.tpm.connection import connect
+from sealer.tpm.pcr import read_pcrs
+from sealer.tpm.srk import read_srk
+
+
+def discover_luks2_devices() -> list[str]:
+    """Block devices that udev knows as LUKS2."""
+    context = pyudev.Context()
+    found = []
+    for dev in context.list_devices(subsystem="block"):
+        if dev.get("ID_FS_TYPE") == "crypto_LUKS" and dev.get("ID_FS_VERSION") == "2":
+            found.append(dev.device_node)
+    return sorted(found)
+
+
+def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
+    """The TPM side of one enrollment; failures are reported in the dict, not raised."""
+    token = enrollment.token
+    view: dict[str, Any] = {}
+    try:
+        approvals = approvals_of(enrollment)
+    except SealerError as exc:
+        return {"tpm_error": exc.one_line()}
+    bank = BANKS.get(token.pcr_bank)
+    if bank is None:
+        return {"tpm_error": f"unknown PCR bank {token.pcr_bank!r}"}
+    wanted = sorted({p for a in approvals for p in a.pcrs} | {*token.pcrs, token.cap_pcr})
+    try:
+        with connect(tcti) as ctx:
+            srk = read_srk(ctx, token.srk_handle)
+            current = read_pcrs(ctx, bank, wanted)
+    except SealerError as exc:
+        return {"tpm_error": exc.one_line()}
+    view["srk_present"] = srk is not None
+    view["srk_matches"] = srk is not None and srk.name == token.srk_name
+    view["current_pcrs"] = {str(p): v.hex() for p, v in sorted(current.items())}
+    match = find_match(approvals, current)
+    view["unlocks_now"] = match is not None and view["srk_matches"]
+    view["approvals"] = [
+        {
+            "index": i,
+            "comment": a.comment,
+            "created": a.created,
+            "boot_states": len(a.branches),
+            "pcrs": list(a.pcrs),
+            "matches": a.matching_branch(current) is not None,
+            "differing_pcrs": a.differing_pcrs(current),
+        }
+        for i, a in enumerate(approvals)
+    ]
+    return view
+
+
+def volume_status(device: str, tcti: str | None) -> dict[str, Any]:
+    header = cryptsetup.read_header(device)
+    return _describe(header, tcti)
+
+
+def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
+    claimed: dict[int, str] = {}
+    for token in header.tokens.values():
+        for slot in token.keyslots:
+            claimed[slot] = f"token {token.token_id} ({token.type})"
+    report: dict[str, Any] = {
+        "device": header.device,
+        "uuid": header.uuid,
+        "keyslots": [
+            {"slot": n, "kdf": k.kdf, "used_by": claimed.get(n, "passphrase or recovery key")}
+            for n, k in sorted(header.keyslots.items())
+        ],
+        "other_tokens": [
+            {"token": t.token_id, "type": t.type, "keyslots": list(t.keyslots)}
+            for _, t in sorted(header.tokens.items())
+            if t.type != "sealer-tpm2"
+        ],
+        "enrollments": [],
+    }
+    try:
+        found = enrollments(header)
+    except SealerError as exc:
+        report["token_error"] = exc.one_line()
+        return report
+    for enrollment in found:
+        token = enrollment.token
+        entry: dict[str, Any] = {
+            "token": enrollment.token_id,
+            "keyslot": token.keyslot,
+            "pcr_bank": token.pcr_bank,
+            "pcrs": list(token.pcrs),
+            "cap_pcr": token.cap_pcr,
+            "pin": token.has_pin,
+            "srk_handle": f"0x{token.srk_handle:08x}",
+            "srk_name": token.srk_name.hex(),
+            "policy_keys": [{"role": k.role, "name": k.name.hex()} for k in token.policy_keys],
+            "created": token.created,
+        }
+        entry.update(_tpm_view(enrollment, tcti))
+        report["enrollments"].append(entry)
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report for a person."""
+    lines = [f"{report['device']} (LUKS2, UUID {report['uuid']})"]
+    for slot in report["keyslots"]:
+        lines.append(f"  keyslot {slot['slot']}: {slot['kdf']}, {slot['used_by']}")
+    for other in report["other_tokens"]:
+        lines.append(f"  token {other['token']}: {other['type']} (not sealer's)")
+    if "token_error" in report:
+        lines.append(f"  sealer token unusable: {report['token_error']}")
+    if not report["enrollments"] and "token_error" not in report:
+        lines.append("  no sealer TPM enrollment")
+    for e in report["enrollments"]:
+        pin = ", PIN" if e["pin"] else ""
+        lines.append(
+            f"  token {e['token']}: sealer-tpm2, keyslot {e['keyslot']}, "
+            f"{e['pcr_bank']} PCRs {format_pcrs(e['pcrs'])} + cap PCR {e['cap_pcr']}{pin}"
+        )
+        lines.append(f"    SRK {e['srk_handle']} name {e['srk_name'][:16]}...")
+        if "tpm_error" in e:
+            lines.append(f"    TPM: {e['tpm_error']}")
+            continue
+        if not e["srk_present"]:
+            lines.append("    TPM: no SRK at that handle (TPM cleared, or another TPM)")
+        elif not e["srk_matches"]:
+            lines.append("    TPM: the SRK differs: this volume was enrolled with another TPM")
+        for a in e["approvals"]:
+            state = (
+                "matches this boot"
+                if a["matches"]
+                else f"PCR {format_pcrs(a['differing_pcrs'])} differ(s)"
+            )
+            lines.append(
+                f"    approval {a['index']} ({a['comment']}, {a['created']}, "
+                f"{a['boot_states']} boot state(s)): {state}"
+            )
+        verdict = "yes" if e["unlocks_now"] else "no"
+        lines.append(f"    TPM would release the key in this boot state: {verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""``sealer unlock``: release the key from the TPM and open (or just test) the volume."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sealer.errors import PolicyMismatchError, SealerError, TokenError
+from sealer.luks import cryptsetup
+from sealer.pcrs import BANKS, PcrValues, format_pcrs
+from sealer.policy import digest
+from sealer.policy.approval import Approval, parse_approval, verify_approval
+from sealer.services.secrets import pin_auth_value
+from sealer.services.volume import Enrollment, default_mapping_name, require_enrollments
+from sealer.tpm.connection import connect
+from sealer.tpm.pcr import read_pcrs
+from sealer.tpm.seal import AuthorizedPolicy, SealedBlob, unseal
+from sealer.tpm.srk import require_srk
+
+PinReader = Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Released:
+    device: str
+    token_id: int
+    keyslot: int
+    approval_index: int
+
+
+@dataclass(frozen=True)
+class Match:
+    approval_index: int
+    approval: Approval
+    branch_index: int
+
+
+def approvals_of(enrollment: Enrollment) -> list[Approval]:
+    """The token's approvals, each checked against the token's policy keys in software."""
+    token = enrollment.token
+    keys = {k.name: k.public_pem for k in token.policy_keys}
+    found = []
+    for index, doc in enumerate(token.approvals):
+        approval = parse_approval(doc, f"approval {index} of token {enrollment.token_id}")
+        pem = keys.get(approval.key_name)
+        if pem is None:
+            raise TokenError(f"approval {index} of token {enrollment.token_id} is signed by a "
+                             "key the enrollment does not trust")  # fmt: skip
+        verify_approval(approval, pem)
+        found.append(approval)
+    return found
+
+
+def find_match(approvals: Sequence[Approval], current: PcrValues) -> Match | None:
+    for index, approval in enumerate(approvals):
+        branch = approval.matching_branch(current)
+        if branch is not None:
+            return Match(index, approval, branch)
+    return None
+
+
+def mismatch_error(approvals: Sequence[Approval], current: PcrValues) -> PolicyMismatchError:
+    if not approvals:
+        return PolicyMismatchError("the enrollment has no approved boot state")
+    closest = min((a.differing_pcrs(current) for a in approvals), key=len)
+    noun = "PCR" if len(closest) == 1 else "PCRs"
+    verb = "differs" if len(closest) == 1 else "differ"
+    return PolicyMismatchError(
+        f"{noun} {format_pcrs(closest)} {verb} from every approved boot state",
+        "the TPM will not release the key; run 'sealer status' for details, "
+        "or unlock with the passphrase or recovery key",
+    )
+
+
+def _authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy:
+    approval = match.approval
+    token = enrollment.token
+    pem = next(k.public_pem for k in token.policy_keys if k.name == approval.key_name)
+    names = [k.name for k in token.policy_keys]
+    return AuthorizedPolicy(
+        bank=approval.bank,
+        branches=approval.branches,
+        branch_digests=[digest.policy_pcr(digest.ZERO, approval.bank, b)
+                        for b in approval.branches],  # fmt: skip
+        branch_index=match.branch_index,
+        approved_policy=approval.approved_policy,
+        approval_digest=approval.approval_digest,
+        policy_ref=approval.policy_ref,
+        key_pem=pem,
+        signature_rs=approval.signature_rs(),
+        authorized_digests=(
+            [digest.policy_authorize(digest.ZERO, n, approval.policy_ref) for n in names]
+            if len(names) > 1
+            else []
+        ),
+        with_pin=token.has_pin,
+    )
+
+
+def release(
+    enrollment: Enrollment, tcti: str | None, read_pin: PinReader
+) -> tuple[bytes, Match]:
+    """Unseal the enrollment's secret; return the keyslot passphrase and the approval used."""
+    token = enrollment.token
+    approvals = approvals_of(enrollment)
+    bank = BANKS[token.pcr_bank] if token.pcr_bank in BANKS else None
+    if bank is None:
+        raise TokenError(f"token {enrollment.token_id} names unknown PCR bank {token.pcr_bank!r}")
+    wanted = sorted({p for a in approvals for p in a.pcrs} or {*token.pcrs, token.cap_pcr})
+    with connect(tcti) as ctx:
+        srk = require_srk(ctx, token.srk_handle, token.srk_name)
+        current = read_pcrs(ctx, bank, wanted)
+        match = find_match(approvals, current)
+        if match is None:
+            raise mismatch_error(approvals, current)
+        # The PIN is asked for only now: a boot state the TPM would refuse anyway must not
+        # cost the user a PIN attempt.
+        auth_value = b""
+        if token.pin_salt is not None:
+            auth_value = pin_auth_value(read_pin(), token.pin_salt)
+        policy = _authorized_policy(enrollment, match)
+        blob = SealedBlob(public=token.sealed_public, private=token.sealed_private)
+        secret = unseal(ctx, srk, blob, policy, auth_value)
+    return base64.b64encode(secret), match
+
+
+def unlock(
+    device: str,
+    *,
+    name: str | None,
+    test_only: bool,
+    token_id: int | None,
+    tcti: str | None,
+    read_pin: PinReader,
+) -> Released:
+    header = cryptsetup.read_header(device)
+    errors: list[SealerError] = []
+    for enrollment in require_enrollments(header, token_id):
+        try:
+            key, match = release(enrollment, tcti, read_pin)
+        except (PolicyMismatchError, TokenError) as exc:
+            errors.append(exc)  # another enrollment of the same volume may still work
+            continue
+        slot = enrollment.token.keyslot
+        if test_only:
+            if not cryptsetup.test_key(device, key, slot):
+                raise TokenError(
+                    f"the TPM released a key that keyslot {slot} does not accept "
+                    "(the keyslot was replaced after enrollment)",
+                    "remove this enrollment with 'sealer remove' and enroll again",
+                )
+        else:
+            cryptsetup.open_volume(device, name or default_mapping_name(header), key, slot)
+        return Released(device, enrollment.token_id, slot, match.approval_index)
+    raise errors[0]

@@ -1,0 +1,42 @@
+"""Finding sealer enrollments in a LUKS2 header."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sealer.errors import TokenError, UsageError
+from sealer.luks.header import LuksHeader
+from sealer.luks.token import TOKEN_TYPE, SealerToken, parse_token
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    token_id: int
+    token: SealerToken
+
+
+def enrollments(header: LuksHeader) -> list[Enrollment]:
+    """Every sealer token of the volume, parsed; a corrupted one raises TokenError."""
+    return [
+        Enrollment(t.token_id, parse_token(t.token_id, t.data))
+        for t in header.tokens_of_type(TOKEN_TYPE)
+    ]
+
+
+def require_enrollments(header: LuksHeader, token_id: int | None = None) -> list[Enrollment]:
+    tokens = header.tokens_of_type(TOKEN_TYPE)
+    if token_id is not None:
+        tokens = [t for t in tokens if t.token_id == token_id]
+        if not tokens:
+            raise UsageError(f"{header.device} has no sealer token {token_id}",
+                             "see 'sealer status' for its tokens")  # fmt: skip
+    if not tokens:
+        raise TokenError(
+            f"{header.device} has no sealer TPM enrollment",
+            "enroll it first with 'sealer enroll'",
+        )
+    return [Enrollment(t.token_id, parse_token(t.token_id, t.data)) for t in tokens]
+
+
+def default_mapping_name(header: LuksHeader) -> str:
+    return f"luks-{header.uuid}"

@@ -1,0 +1,184 @@
+"""Sealing and unsealing the disk secret under an authorized policy.
+
+Both directions use a session salted with the SRK and AES-128-CFB parameter encryption: the
+secret is encrypted on the wire when it goes into the TPM (Create's inSensitive) and when it
+comes back out (Unseal's outData), so an interposer on the TPM bus sees only ciphertext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tpm2_pytss import ESAPI
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT, TPMA_SESSION
+from tpm2_pytss.types import (
+    TPM2B_PRIVATE,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPML_DIGEST,
+    TPMS_KEYEDHASH_PARMS,
+    TPMS_SENSITIVE_CREATE,
+    TPMS_SIGNATURE_ECC,
+    TPMT_KEYEDHASH_SCHEME,
+    TPMT_PUBLIC,
+    TPMT_SIGNATURE,
+    TPMT_SYM_DEF,
+    TPMU_PUBLIC_PARMS,
+    TPMU_SIGNATURE,
+    TPMU_SYM_KEY_BITS,
+    TPMU_SYM_MODE,
+)
+
+from sealer.pcrs import Bank, PcrValues
+from sealer.tpm.pcr import selection
+from sealer.tpm.policykey import loaded_policy_key, policy_key_name
+from sealer.tpm.srk import Srk
+
+_AES128_CFB = TPMT_SYM_DEF(
+    algorithm=TPM2_ALG.AES,
+    keyBits=TPMU_SYM_KEY_BITS(aes=128),
+    mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB),
+)
+
+
+@dataclass(frozen=True)
+class SealedBlob:
+    public: bytes  # marshalled TPM2B_PUBLIC
+    private: bytes  # marshalled TPM2B_PRIVATE (encrypted by the TPM under the SRK)
+
+
+@dataclass(frozen=True)
+class AuthorizedPolicy:
+    """What it takes to satisfy the sealed object's policy once, in one boot state."""
+
+    bank: Bank
+    branches: Sequence[PcrValues]  # every boot state of the approval
+    branch_digests: Sequence[bytes]  # PolicyPCR digest of each branch, same order
+    branch_index: int  # the branch the current PCRs are expected to match
+    approved_policy: bytes
+    approval_digest: bytes  # aHash = H(approved_policy || policy_ref)
+    policy_ref: bytes
+    key_pem: str  # the public key that signed the approval
+    signature_rs: tuple[int, int]
+    authorized_digests: Sequence[bytes]  # PolicyAuthorize digest per trusted key (OR'ed if >1)
+    with_pin: bool
+
+
+@contextmanager
+def _salted_session(ctx: ESAPI, srk: Srk, kind: TPM2_SE, attributes: int) -> Iterator[ESYS_TR]:
+    session = ctx.start_auth_session(
+        tpm_key=srk.handle,
+        bind=ESYS_TR.NONE,
+        session_type=kind,
+        symmetric=_AES128_CFB,
+        auth_hash=TPM2_ALG.SHA256,
+    )
+    try:
+        ctx.trsess_set_attributes(session, attributes | TPMA_SESSION.CONTINUESESSION)
+        yield session
+    finally:
+        ctx.flush_context(session)
+
+
+def seal(ctx: ESAPI, srk: Srk, secret: bytes, auth_policy: bytes, auth_value: bytes) -> SealedBlob:
+    """Create a keyedhash object holding ``secret`` under the SRK, usable only by policy."""
+    attributes = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+    if not auth_value:
+        # Without a PIN there is nothing to guess, so wrong attempts must not count toward
+        # the TPM's lockout; with a PIN, guessing it must.
+        attributes |= TPMA_OBJECT.NODA
+    template = TPMT_PUBLIC(
+        type=TPM2_ALG.KEYEDHASH,
+        nameAlg=TPM2_ALG.SHA256,
+        objectAttributes=attributes,
+        authPolicy=auth_policy,
+        parameters=TPMU_PUBLIC_PARMS(
+            keyedHashDetail=TPMS_KEYEDHASH_PARMS(
+                scheme=TPMT_KEYEDHASH_SCHEME(scheme=TPM2_ALG.NULL)
+            )
+        ),
+    )
+    sensitive = TPM2B_SENSITIVE_CREATE(
+        sensitive=TPMS_SENSITIVE_CREATE(userAuth=auth_value, data=secret)
+    )
+    with _salted_session(ctx, srk, TPM2_SE.HMAC, TPMA_SESSION.DECRYPT) as session:
+        private, public, _, _, _ = ctx.create(
+            srk.handle, sensitive, TPM2B_PUBLIC(publicArea=template), session1=session
+        )
+    return SealedBlob(public=public.marshal(), private=private.marshal())
+
+
+def _apply_pcr_branches(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy) -> None:
+    """PolicyPCR for the expected boot state, then PolicyOR over all approved states."""
+    branch = policy.branches[policy.branch_index]
+    ctx.policy_pcr(
+        session,
+        policy.bank.hash(b"".join(branch[i] for i in sorted(branch))),
+        selection(policy.bank, sorted(branch)),
+    )
+    if len(policy.branch_digests) > 1:
+        ctx.policy_or(session, TPML_DIGEST(list(policy.branch_digests)))
+
+
+def _apply_policy(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy, ticket: object) -> None:
+    _apply_pcr_branches(ctx, session, policy)
+    key_name = policy_key_name(policy.key_pem)
+    ctx.policy_authorize(session, policy.approved_policy, key_name, ticket, policy.policy_ref)
+    if len(policy.authorized_digests) > 1:
+        ctx.policy_or(session, TPML_DIGEST(list(policy.authorized_digests)))
+    if policy.with_pin:
+        ctx.policy_auth_value(session)
+
+
+def _signature(rs: tuple[int, int]) -> TPMT_SIGNATURE:
+    r, s = rs
+    return TPMT_SIGNATURE(
+        sigAlg=TPM2_ALG.ECDSA,
+        signature=TPMU_SIGNATURE(
+            ecdsa=TPMS_SIGNATURE_ECC(
+                hash=TPM2_ALG.SHA256,
+                signatureR=r.to_bytes(32, "big"),
+                signatureS=s.to_bytes(32, "big"),
+            )
+        ),
+    )
+
+
+def unseal(
+    ctx: ESAPI, srk: Srk, blob: SealedBlob, policy: AuthorizedPolicy, auth_value: bytes
+) -> bytes:
+    """Load the sealed object, satisfy its policy in a salted session, and unseal it."""
+    public, _ = TPM2B_PUBLIC.unmarshal(blob.public)
+    private, _ = TPM2B_PRIVATE.unmarshal(blob.private)
+    with loaded_policy_key(ctx, policy.key_pem) as key:
+        ticket = ctx.verify_signature(key, policy.approval_digest, _signature(policy.signature_rs))
+    sealed = ctx.load(srk.handle, private, public)
+    try:
+        with _salted_session(ctx, srk, TPM2_SE.POLICY, TPMA_SESSION.ENCRYPT) as session:
+            _apply_policy(ctx, session, policy, ticket)
+            if auth_value:
+                ctx.tr_set_auth(sealed, auth_value)
+            return bytes(ctx.unseal(sealed, session1=session))
+    finally:
+        ctx.flush_context(sealed)
+
+
+def trial_policy_digest(ctx: ESAPI, policy: AuthorizedPolicy) -> bytes:
+    """The policy digest the TPM computes for ``policy`` (no signature check, no unseal).
+
+    Used to prove that sealer's software digests equal the TPM's own.
+    """
+    session = ctx.start_auth_session(
+        tpm_key=ESYS_TR.NONE,
+        bind=ESYS_TR.NONE,
+        session_type=TPM2_SE.TRIAL,
+        symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+        auth_hash=TPM2_ALG.SHA256,
+    )
+    try:
+        _apply_pcr_branches(ctx, session, policy)
+        return bytes(ctx.policy_get_digest(session))
+    finally:
+        ctx.flush_context(session)

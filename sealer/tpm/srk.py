@@ -1,0 +1,114 @@
+"""The storage root key: the TCG-standard ECC P-256 SRK, persisted at 0x81000001."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tpm2_pytss import ESAPI, TSS2_Exception
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_ECC, TPM2_RC, TPMA_OBJECT
+from tpm2_pytss.types import (
+    TPM2B_PUBLIC,
+    TPMS_ECC_PARMS,
+    TPMS_ECC_POINT,
+    TPMT_ECC_SCHEME,
+    TPMT_KDF_SCHEME,
+    TPMT_PUBLIC,
+    TPMT_SYM_DEF_OBJECT,
+    TPMU_PUBLIC_ID,
+    TPMU_PUBLIC_PARMS,
+    TPMU_SYM_KEY_BITS,
+    TPMU_SYM_MODE,
+)
+
+from sealer.errors import TPMError, TPMMismatchError
+
+SRK_HANDLE = 0x81000001
+
+
+@dataclass(frozen=True)
+class Srk:
+    handle: ESYS_TR  # ESAPI handle for the persistent key; never flushed
+    persistent: int
+    name: bytes
+
+
+def srk_template() -> TPM2B_PUBLIC:
+    """TCG EK Credential Profile / Provisioning Guidance: 'ECC NIST P256 SRK'."""
+    attributes = (
+        TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.USERWITHAUTH
+        | TPMA_OBJECT.NODA
+        | TPMA_OBJECT.RESTRICTED
+        | TPMA_OBJECT.DECRYPT
+    )
+    parameters = TPMU_PUBLIC_PARMS(
+        eccDetail=TPMS_ECC_PARMS(
+            symmetric=TPMT_SYM_DEF_OBJECT(
+                algorithm=TPM2_ALG.AES,
+                keyBits=TPMU_SYM_KEY_BITS(aes=128),
+                mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB),
+            ),
+            scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
+            curveID=TPM2_ECC.NIST_P256,
+            kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
+        )
+    )
+    public = TPMT_PUBLIC(
+        type=TPM2_ALG.ECC,
+        nameAlg=TPM2_ALG.SHA256,
+        objectAttributes=attributes,
+        parameters=parameters,
+        unique=TPMU_PUBLIC_ID(ecc=TPMS_ECC_POINT(x=b"\0" * 32, y=b"\0" * 32)),
+    )
+    return TPM2B_PUBLIC(publicArea=public)
+
+
+def read_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk | None:
+    """The SRK at ``persistent``, or None when nothing is persisted there."""
+    try:
+        handle = ctx.tr_from_tpmpublic(persistent)
+    except TSS2_Exception as exc:
+        if exc.error == TPM2_RC.HANDLE:
+            return None
+        raise
+    return Srk(handle=handle, persistent=persistent, name=bytes(ctx.tr_get_name(handle)))
+
+
+def ensure_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk:
+    """Use the persisted SRK, creating and persisting the standard one if absent."""
+    existing = read_srk(ctx, persistent)
+    if existing is not None:
+        return existing
+    try:
+        transient = ctx.create_primary(None, srk_template(), ESYS_TR.OWNER)[0]
+    except TSS2_Exception as exc:
+        if exc.error in (TPM2_RC.BAD_AUTH, TPM2_RC.AUTH_FAIL):
+            raise TPMError(
+                "cannot create the storage root key: the TPM's owner hierarchy has a password",
+                "create the SRK at 0x81000001 yourself (tpm2_createprimary + tpm2_evictcontrol)",
+            ) from exc
+        raise
+    try:
+        handle = ctx.evict_control(ESYS_TR.OWNER, transient, persistent)
+    finally:
+        ctx.flush_context(transient)
+    return Srk(handle=handle, persistent=persistent, name=bytes(ctx.tr_get_name(handle)))
+
+
+def require_srk(ctx: ESAPI, persistent: int, pinned_name: bytes) -> Srk:
+    """The SRK a volume was enrolled with, or TPMMismatchError when it is gone or different."""
+    srk = read_srk(ctx, persistent)
+    if srk is None:
+        raise TPMMismatchError(
+            f"this TPM has no storage root key at 0x{persistent:08x}: the TPM was cleared, "
+            "or this volume was enrolled with another TPM",
+            "unlock with the passphrase or recovery key, then enroll again",
+        )
+    if srk.name != pinned_name:
+        raise TPMMismatchError(
+            "this volume was enrolled with another TPM (its storage root key differs)",
+            "unlock with the passphrase or recovery key, then enroll again on this machine",
+        )
+    return srk

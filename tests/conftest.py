@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "swtpm-fixtures"))
+
+from luks_image import make_luks_image  # noqa: E402
+from swtpm import Swtpm  # noqa: E402
+
+PASSPHRASE = b"correct horse battery staple"
+
+
+def _require(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is not installed: run the README's test command, which installs it")
+
+
+@pytest.fixture
+def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
+    _require("swtpm")
+    with Swtpm(tmp_path / "tpm") as tpm:
+        yield tpm
+
+
+@pytest.fixture
+def luks_image(tmp_path: Path) -> Path:
+    _require("cryptsetup")
+    return make_luks_image(tmp_path / "volume.img", PASSPHRASE)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class SealerCli:
+    """Runs the real ``sealer`` command in a child process, as a user would."""
+
+    tcti: str
+    state_dir: Path
+
+    def __call__(
+        self,
+        *args: str,
+        stdin: bytes = b"",
+        fds: Sequence[bytes] = (),
+        tcti: str | None = None,
+    ) -> Result:
+        """Run sealer; each of ``fds`` is handed over in a pipe, named by "{fd0}", "{fd1}"."""
+        pipes = []
+        for data in fds:
+            read_fd, write_fd = os.pipe()
+            os.write(write_fd, data)
+            os.close(write_fd)
+            pipes.append(read_fd)
+        names = {f"fd{i}": f"/dev/fd/{fd}" for i, fd in enumerate(pipes)}
+        argv = [sys.executable, "-m", "sealer", "--tcti", tcti or self.tcti]
+        argv += [arg.format(**names) if "{fd" in arg else arg for arg in args]
+        try:
+            proc = subprocess.run(
+                argv, input=stdin, capture_output=True, pass_fds=pipes, timeout=120
+            )
+        finally:
+            for fd in pipes:
+                os.close(fd)
+        return Result(
+            proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode()
+        )
+
+    def enroll(self, device: Path, *extra: str, passphrase: bytes = PASSPHRASE) -> Result:
+        return self(
+            "enroll", "--unlock-key-file", "-", "--state-dir", str(self.state_dir),
+            "--quiet", *extra, str(device), stdin=passphrase,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def sealer(swtpm: Swtpm, tmp_path: Path) -> SealerCli:
+    return SealerCli(tcti=swtpm.tcti, state_dir=tmp_path / "state")
