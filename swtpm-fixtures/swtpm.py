@@ -127,6 +127,11 @@ class Exchange:
         return int.from_bytes(self.command[6:10], "big")
 
     @property
+    def rc(self) -> int:
+        """The response code; swtpm answers TPM_RC_RETRY (0x922) to be asked again."""
+        return int.from_bytes(self.response[6:10], "big")
+
+    @property
     def name(self) -> str:
         return COMMAND_NAMES.get(self.code, f"0x{self.code:x}")
 
@@ -162,8 +167,8 @@ class WireLog:
                 pending = None
         return cls(exchanges)
 
-    def counts(self) -> Counter[str]:
-        return Counter(e.name for e in self.exchanges)
+    def counts(self, succeeded_only: bool = False) -> Counter[str]:
+        return Counter(e.name for e in self.exchanges if e.rc == 0 or not succeeded_only)
 
     def contains(self, needle: bytes) -> bool:
         return any(needle in e.command or needle in e.response for e in self.exchanges)
