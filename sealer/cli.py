@@ -186,7 +186,8 @@ def enroll(
     approvals of boot states; the first approval accepts the current values of --pcrs and
     the cap PCR at its value before unlock.
     """
-    from sealer.services.enroll import EnrollRequest, enroll as run_enroll
+    from sealer.services.enroll import EnrollRequest
+    from sealer.services.enroll import enroll as run_enroll
     from sealer.services.secrets import read_secret
 
     def action() -> None:

@@ -95,18 +95,18 @@ def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
         report["token_error"] = exc.one_line()
         return report
     for enrollment in found:
-        token = enrollment.token
+        sealed = enrollment.token
         entry: dict[str, Any] = {
             "token": enrollment.token_id,
-            "keyslot": token.keyslot,
-            "pcr_bank": token.pcr_bank,
-            "pcrs": list(token.pcrs),
-            "cap_pcr": token.cap_pcr,
-            "pin": token.has_pin,
-            "srk_handle": f"0x{token.srk_handle:08x}",
-            "srk_name": token.srk_name.hex(),
-            "policy_keys": [{"role": k.role, "name": k.name.hex()} for k in token.policy_keys],
-            "created": token.created,
+            "keyslot": sealed.keyslot,
+            "pcr_bank": sealed.pcr_bank,
+            "pcrs": list(sealed.pcrs),
+            "cap_pcr": sealed.cap_pcr,
+            "pin": sealed.has_pin,
+            "srk_handle": f"0x{sealed.srk_handle:08x}",
+            "srk_name": sealed.srk_name.hex(),
+            "policy_keys": [{"role": k.role, "name": k.name.hex()} for k in sealed.policy_keys],
+            "created": sealed.created,
         }
         entry.update(_tpm_view(enrollment, tcti))
         report["enrollments"].append(entry)

@@ -81,8 +81,9 @@ def _authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy
     return AuthorizedPolicy(
         bank=approval.bank,
         branches=approval.branches,
-        branch_digests=[digest.policy_pcr(digest.ZERO, approval.bank, b)
-                        for b in approval.branches],  # fmt: skip
+        branch_digests=[
+            digest.policy_pcr(digest.ZERO, approval.bank, branch) for branch in approval.branches
+        ],
         branch_index=match.branch_index,
         approved_policy=approval.approved_policy,
         approval_digest=approval.approval_digest,
@@ -104,7 +105,7 @@ def release(
     """Unseal the enrollment's secret; return the keyslot passphrase and the approval used."""
     token = enrollment.token
     approvals = approvals_of(enrollment)
-    bank = BANKS[token.pcr_bank] if token.pcr_bank in BANKS else None
+    bank = BANKS.get(token.pcr_bank)
     if bank is None:
         raise TokenError(f"token {enrollment.token_id} names unknown PCR bank {token.pcr_bank!r}")
     wanted = sorted({p for a in approvals for p in a.pcrs} or {*token.pcrs, token.cap_pcr})

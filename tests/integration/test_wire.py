@@ -73,7 +73,9 @@ def test_no_secret_crosses_the_wire_in_clear(
     assert WireLog.read(log).contains(marker)
 
 
-def test_unlock_command_count(logged_tpm: tuple[Swtpm, Path], luks_image: Path, tmp_path: Path) -> None:
+def test_unlock_command_count(
+    logged_tpm: tuple[Swtpm, Path], luks_image: Path, tmp_path: Path
+) -> None:
     tpm, log = logged_tpm
     sealer = SealerCli(tcti=tpm.tcti, state_dir=tmp_path / "state")
     assert sealer.enroll(luks_image).returncode == 0

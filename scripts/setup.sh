@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything sealer, its demo and its tests need: Debian packages, then a virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+    swtpm swtpm-tools      # the software TPM 2.0 used by the demo and the tests
+    tpm2-tools             # the demo changes a PCR with tpm2_pcrextend, as a user would
+    libtss2-dev pkg-config # tpm2-pytss builds against the system's tpm2-tss
+    cryptsetup-bin         # LUKS2 headers, keyslots and tokens
+    gcc
+)
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sysconfig, os, venv; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
+    packages+=(python3-dev python3-venv)
+fi
+
+echo "setup: installing Debian packages: ${packages[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends "${packages[@]}" >/dev/null
+
+stamp=.venv/.installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: creating the virtualenv .venv (tpm2-pytss compiles; about a minute)" >&2
+    "$python" -m venv .venv
+    if ! .venv/bin/pip install --disable-pip-version-check -e '.[dev]' >.venv/pip.log 2>&1; then
+        tail -n 40 .venv/pip.log >&2
+        echo "setup: pip install failed; the whole log is in .venv/pip.log" >&2
+        exit 1
+    fi
+    touch "$stamp"
+fi
+echo "setup: ready (.venv/bin/sealer)" >&2
