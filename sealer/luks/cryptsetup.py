@@ -46,8 +46,8 @@ def _fail(device: str, action: str, result: Completed) -> SealerError:
     lowered = reason.lower()
     if result.returncode == _EXIT_BAD_PASSPHRASE:
         return AuthError(
-            f"{device} did not accept the key",
-            "check the passphrase or recovery key (a key file is used byte for byte)",
+            f"{device} did not accept the passphrase or recovery key",
+            "check it (a key file is used byte for byte, including any newline)",
         )
     if "space" in lowered or "full" in lowered:
         return HeaderFullError(f"cannot {action} on {device}: {reason}")

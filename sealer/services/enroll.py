@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sealer.errors import AuthError, HeaderFullError, SealerError, UsageError
+from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import PolicyKeyRef, SealerToken
@@ -98,13 +98,6 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     header = cryptsetup.read_header(req.device)
     token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
 
-    progress("checking the passphrase")
-    if not cryptsetup.test_key(req.device, req.unlock_key):
-        raise AuthError(
-            f"{req.device} did not accept the passphrase or recovery key",
-            "check it (a key file is used byte for byte, including any newline)",
-        )
-
     machine_key = keys.load_or_create_machine_key(req.state_dir)
     key_pem = keys.public_pem(machine_key)
     key_name = policy_key_name(key_pem)
@@ -148,7 +141,9 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         approvals=(approval.to_json(),),
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    progress(f"adding keyslot {keyslot} for the TPM")
+    # luksAddKey checks the passphrase itself: a wrong one fails here, before the header
+    # changes. Checking it separately first would cost a second run of its (slow) KDF.
+    progress(f"checking the passphrase and adding keyslot {keyslot} for the TPM")
     cryptsetup.add_keyslot(
         req.device,
         unlock_key=req.unlock_key,
@@ -181,7 +176,8 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     recovery = new_recovery_key()
     cryptsetup.add_keyslot(
         req.device,
-        unlock_key=req.unlock_key,
+        # The new TPM keyslot authorises this one: its KDF is cheap, the passphrase's is not.
+        unlock_key=tpm_passphrase(secret),
         new_key=recovery.encode("ascii"),
         slot=recovery_slot,
         minimal_kdf=True,
