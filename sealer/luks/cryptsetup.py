@@ -41,7 +41,8 @@ def read_header(device: str) -> LuksHeader:
     return parse_metadata(device, info.uuid, result.stdout_text)
 
 
-def _fail(device: str, action: str, result: Completed) -> SealerError:
+def _fail(device: str, action: str, result: Completed, hint: str | None = None) -> SealerError:
+    """The error for a failed cryptsetup call; ``action`` reads "cannot <action>"."""
     reason = result.reason
     lowered = reason.lower()
     if result.returncode == _EXIT_BAD_PASSPHRASE:
@@ -50,8 +51,8 @@ def _fail(device: str, action: str, result: Completed) -> SealerError:
             "check it (a key file is used byte for byte, including any newline)",
         )
     if "space" in lowered or "full" in lowered:
-        return HeaderFullError(f"cannot {action} on {device}: {reason}")
-    return DeviceError(f"cannot {action} on {device}: {reason}")
+        return HeaderFullError(f"cannot {action}: {reason}", hint)
+    return DeviceError(f"cannot {action}: {reason}", hint)
 
 
 def add_keyslot(
@@ -65,7 +66,7 @@ def add_keyslot(
             argv += MINIMAL_KDF
         result = run([*argv, device], stdin=unlock_key, pass_fds=[new_fd])
     if result.returncode != 0:
-        raise _fail(device, f"add keyslot {slot}", result)
+        raise _fail(device, f"add keyslot {slot} to {device}", result)
 
 
 def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
@@ -78,20 +79,26 @@ def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
         return True
     if result.returncode == _EXIT_BAD_PASSPHRASE:
         return False
-    raise _fail(device, "test a key", result)
+    raise _fail(device, f"test a key on {device}", result)
 
 
 def open_volume(device: str, name: str, key: bytes, slot: int) -> None:
     argv = [CRYPTSETUP, "open", "--type", "luks2", "--key-file=-", "--key-slot", str(slot)]
     result = run([*argv, device, name], stdin=key)
     if result.returncode != 0:
-        raise _fail(device, f"open it as /dev/mapper/{name}", result)
+        hint = None
+        if not os.path.exists("/dev/mapper/control"):
+            hint = (
+                "device-mapper is not available here (no /dev/mapper/control); "
+                "'sealer unlock --test' checks the key without opening the volume"
+            )
+        raise _fail(device, f"open {device} as /dev/mapper/{name}", result, hint)
 
 
 def kill_keyslot(device: str, slot: int) -> None:
     result = run([CRYPTSETUP, "luksKillSlot", "--batch-mode", device, str(slot)])
     if result.returncode != 0:
-        raise _fail(device, f"remove keyslot {slot}", result)
+        raise _fail(device, f"remove keyslot {slot} from {device}", result)
 
 
 def import_token(device: str, token_id: int, token: Mapping[str, Any]) -> None:
@@ -99,20 +106,12 @@ def import_token(device: str, token_id: int, token: Mapping[str, Any]) -> None:
     argv = [CRYPTSETUP, "token", "import", "--json-file", "-", "--token-id", str(token_id)]
     result = run([*argv, device], stdin=text)
     if result.returncode != 0:
-        raise _fail(device, f"write token {token_id}", result)
+        raise _fail(device, f"write token {token_id} to {device}", result)
 
 
 def remove_token(device: str, token_id: int) -> None:
     argv = [CRYPTSETUP, "token", "remove", "--token-id", str(token_id), device]
     result = run(argv)
     if result.returncode != 0:
-        raise _fail(device, f"remove token {token_id}", result)
+        raise _fail(device, f"remove token {token_id} from {device}", result)
 
-
-def is_block_device(device: str) -> bool:
-    try:
-        import stat
-
-        return stat.S_ISBLK(os.stat(device).st_mode)
-    except OSError:
-        return False

@@ -48,8 +48,18 @@ def read_secret(source: str | None, prompt: str, *, confirm: bool = False) -> by
     return data
 
 
+def _has_terminal() -> bool:
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        return False
+    return True
+
+
 def _prompt(prompt: str, confirm: bool) -> bytes:
-    if not (sys.stdin.isatty() or os.path.exists("/dev/tty")):
+    # getpass would fall back to reading standard input with a warning; a missing terminal
+    # is the caller's mistake to hear about instead.
+    if not _has_terminal():
         raise UsageError(
             "no terminal to ask for the secret",
             "give it with a file option ('-' reads standard input)",

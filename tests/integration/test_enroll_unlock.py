@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,31 @@ def test_remove_takes_the_keyslot_and_token_away(sealer: SealerCli, luks_image: 
     assert [k["slot"] for k in report["keyslots"]] == [0]
     assert sealer("unlock", "--test", str(luks_image)).returncode == 9
     assert opens_with(luks_image, PASSPHRASE)
+
+
+def test_unlock_opens_the_volume_or_says_why_it_cannot(
+    sealer: SealerCli, luks_image: Path
+) -> None:
+    """Where device-mapper works the volume opens; where it does not (these CI machines),
+    the failure is one line with a pointer to --test, and nothing changes."""
+    assert sealer.enroll(luks_image).returncode == 0
+    name = f"sealer-test-{luks_image.parent.name[-12:]}"
+    result = sealer("unlock", "--name", name, str(luks_image))
+    if result.returncode == 0:
+        subprocess.run(["cryptsetup", "close", name], check=True)
+    else:
+        assert result.returncode == 3, result.stderr
+        assert result.stderr.startswith(f"sealer: cannot open {luks_image} as /dev/mapper/{name}")
+        assert "Traceback" not in result.stderr
+    assert opens_with(luks_image, PASSPHRASE)
+
+
+def test_enroll_without_a_terminal_or_key_file_is_a_usage_error(
+    sealer: SealerCli, luks_image: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sealer", "--tcti", sealer.tcti, "enroll", str(luks_image)],
+        stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert b"no terminal to ask for the secret" in result.stderr
