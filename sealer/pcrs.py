@@ -57,7 +57,8 @@ def bank_named(name: str) -> Bank:
 
 def parse_pcr_index(text: str) -> int:
     text = text.strip()
-    if not text.isdigit() or not 0 <= int(text) < PCR_COUNT:
+    # isascii(): str.isdigit() is also true for digits int() refuses, such as "²".
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) < PCR_COUNT:
         raise UsageError(f"{text!r} is not a PCR index", f"PCRs are numbered 0 to {PCR_COUNT - 1}")
     return int(text)
 

@@ -86,6 +86,8 @@ class LuksHeader:
 
 
 def _int_key(value: str, what: str, device: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise DeviceError(f"{device}: LUKS2 metadata has a malformed {what} id {value!r}")
     try:
         return int(value)
     except ValueError as exc:
@@ -101,20 +103,28 @@ def parse_metadata(device: str, uuid: str, text: str) -> LuksHeader:
     if not isinstance(doc, dict):
         raise DeviceError(f"{device}: LUKS2 metadata is not a JSON object")
     keyslots: dict[int, Keyslot] = {}
-    for key, slot in (doc.get("keyslots") or {}).items():
-        kdf = slot.get("kdf", {}).get("type", "?") if isinstance(slot, dict) else "?"
-        keyslots[_int_key(key, "keyslot", device)] = Keyslot(
-            slot=_int_key(key, "keyslot", device), kdf=str(kdf)
-        )
+    for key, slot in _section(doc, "keyslots", device).items():
+        kdf = slot.get("kdf") if isinstance(slot, dict) else None
+        kdf_type = kdf.get("type", "?") if isinstance(kdf, dict) else "?"
+        number = _int_key(key, "keyslot", device)
+        keyslots[number] = Keyslot(slot=number, kdf=str(kdf_type))
     tokens: dict[int, Token] = {}
-    for key, token in (doc.get("tokens") or {}).items():
+    for key, token in _section(doc, "tokens", device).items():
         if not isinstance(token, dict):
             continue
         token_id = _int_key(key, "token", device)
-        slots = tuple(
-            _int_key(str(s), "keyslot", device) for s in token.get("keyslots", []) or []
-        )
+        raw_slots = token.get("keyslots") or []
+        if not isinstance(raw_slots, list):
+            raise DeviceError(f"{device}: LUKS2 token {token_id} has malformed keyslots")
+        slots = tuple(_int_key(str(s), "keyslot", device) for s in raw_slots)
         tokens[token_id] = Token(
             token_id=token_id, type=str(token.get("type", "")), keyslots=slots, data=token
         )
     return LuksHeader(device=device, uuid=uuid, keyslots=keyslots, tokens=tokens)
+
+
+def _section(doc: Mapping[str, Any], name: str, device: str) -> Mapping[str, Any]:
+    section = doc.get(name) or {}
+    if not isinstance(section, dict):
+        raise DeviceError(f"{device}: LUKS2 metadata section {name!r} is not an object")
+    return section

@@ -8,7 +8,6 @@ TokenError, never in a KeyError deep inside the unseal path.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +49,7 @@ class SealerToken:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **self.extra,  # fields a newer sealer added survive a rewrite by this one
             "type": TOKEN_TYPE,
             "keyslots": [str(self.keyslot)],
             "version": TOKEN_VERSION,
@@ -96,7 +96,7 @@ class _Reader:
     def b64(self, key: str) -> bytes:
         try:
             return base64.b64decode(self.get(key, str), validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, and non-ASCII text
             raise self.fail(f"field {key!r} is not base64") from exc
 
     def hexbytes(self, key: str, doc: Mapping[str, Any] | None = None) -> bytes:
@@ -115,13 +115,13 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
     if doc.get("type") != TOKEN_TYPE:
         raise r.fail(f"type is {doc.get('type')!r}")
     version = doc.get("version")
-    if version != TOKEN_VERSION:
+    if type(version) is not int or version != TOKEN_VERSION:  # True == 1.0 == 1 in Python
         raise TokenError(
             f"{where} has version {version!r}, this sealer reads version {TOKEN_VERSION}",
             "upgrade sealer, or unlock with the passphrase or recovery key",
         )
     keyslots = r.get("keyslots", list)
-    if len(keyslots) != 1 or not str(keyslots[0]).isdigit():
+    if len(keyslots) != 1 or not (str(keyslots[0]).isascii() and str(keyslots[0]).isdigit()):
         raise r.fail(f"it must name exactly one keyslot, not {keyslots!r}")
     try:
         srk_handle = int(r.get("srk_handle", str), 16)

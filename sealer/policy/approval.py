@@ -9,7 +9,6 @@ check it in software first only to give a clear message instead of a TPM error c
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -123,7 +122,8 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
     def fail(what: str) -> TokenError:
         return TokenError(f"{where} is corrupted ({what})")
 
-    if doc.get("version") != APPROVAL_VERSION:
+    version = doc.get("version")
+    if type(version) is not int or version != APPROVAL_VERSION:  # True == 1.0 == 1 in Python
         raise TokenError(f"{where} has unknown version {doc.get('version')!r}")
     bank = BANKS.get(str(doc.get("pcr_bank")))
     if bank is None:
@@ -134,7 +134,9 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
     branches: list[dict[int, bytes]] = []
     try:
         for raw in raw_branches:
-            branch = {int(p): bytes.fromhex(v) for p, v in dict(raw).items()}
+            if not isinstance(raw, dict):
+                raise fail("a boot state is not an object of PCR: value")
+            branch = {int(p): bytes.fromhex(v) for p, v in raw.items()}
             if not branch or any(not 0 <= p < PCR_COUNT for p in branch):
                 raise fail("a boot state names no PCR or a PCR out of range")
             if any(len(v) != bank.size for v in branch.values()):
@@ -142,7 +144,9 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
             branches.append(branch)
         if len({tuple(sorted(b)) for b in branches}) != 1:
             raise fail("its boot states do not select the same PCRs")
-        signature = base64.b64decode(str(doc.get("signature")), validate=True)
+        if not isinstance(doc.get("signature"), str):
+            raise fail("it has no signature")
+        signature = base64.b64decode(doc["signature"], validate=True)
         return Approval(
             bank=bank,
             branches=tuple(branches),
@@ -152,5 +156,5 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
             created=str(doc.get("created", "")),
             comment=str(doc.get("comment", "")),
         )
-    except (ValueError, TypeError, binascii.Error) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # binascii.Error is a ValueError
         raise fail(str(exc)) from exc

@@ -40,14 +40,15 @@ def pcr_selection(bank: Bank, indices: Sequence[int]) -> bytes:
     return struct.pack(">IHB", 1, bank.alg_id, len(bitmap)) + bytes(bitmap)
 
 
-def pcr_composite(bank: Bank, values: PcrValues) -> bytes:
-    """The hash of the selected PCR values, concatenated in ascending index order."""
-    return bank.hash(b"".join(values[i] for i in sorted(values)))
+def pcr_composite(values: PcrValues) -> bytes:
+    """PolicyPCR's pcrDigest: the selected values, in ascending index order, hashed with the
+    policy session's algorithm (SHA-256), not with the bank's (Part 3, TPM2_PolicyPCR)."""
+    return _h(*(values[i] for i in sorted(values)))
 
 
 def policy_pcr(previous: bytes, bank: Bank, values: PcrValues) -> bytes:
     selection = pcr_selection(bank, sorted(values))
-    return _h(previous, _cc(CC_POLICY_PCR), selection, pcr_composite(bank, values))
+    return _h(previous, _cc(CC_POLICY_PCR), selection, pcr_composite(values))
 
 
 def policy_or(branches: Sequence[bytes]) -> bytes:

@@ -31,7 +31,9 @@ def read_secret(source: str | None, prompt: str, *, confirm: bool = False) -> by
     trailing newline is dropped, since ``echo secret |`` is how people use it.
     """
     if source == "-":
-        data = sys.stdin.buffer.read(MAX_SECRET_FILE + 1)
+        data = sys.stdin.buffer.read(MAX_SECRET_FILE + 2)  # room for the newline dropped below
+        if len(data) > MAX_SECRET_FILE + 1:
+            raise UsageError(f"the secret on standard input is longer than {MAX_SECRET_FILE} bytes")
         data = data[:-1] if data.endswith(b"\n") else data
     elif source is not None:
         try:

@@ -85,6 +85,7 @@ def _authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy
             digest.policy_pcr(digest.ZERO, approval.bank, branch) for branch in approval.branches
         ],
         branch_index=match.branch_index,
+        pcr_digest=digest.pcr_composite(approval.branches[match.branch_index]),
         approved_policy=approval.approved_policy,
         approval_digest=approval.approval_digest,
         policy_ref=approval.policy_ref,

@@ -57,6 +57,7 @@ class AuthorizedPolicy:
     branches: Sequence[PcrValues]  # every boot state of the approval
     branch_digests: Sequence[bytes]  # PolicyPCR digest of each branch, same order
     branch_index: int  # the branch the current PCRs are expected to match
+    pcr_digest: bytes  # PolicyPCR's pcrDigest for that branch; b"": the TPM's current values
     approved_policy: bytes
     approval_digest: bytes  # aHash = H(approved_policy || policy_ref)
     policy_ref: bytes
@@ -113,11 +114,7 @@ def seal(ctx: ESAPI, srk: Srk, secret: bytes, auth_policy: bytes, auth_value: by
 def _apply_pcr_branches(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy) -> None:
     """PolicyPCR for the expected boot state, then PolicyOR over all approved states."""
     branch = policy.branches[policy.branch_index]
-    ctx.policy_pcr(
-        session,
-        policy.bank.hash(b"".join(branch[i] for i in sorted(branch))),
-        selection(policy.bank, sorted(branch)),
-    )
+    ctx.policy_pcr(session, policy.pcr_digest, selection(policy.bank, sorted(branch)))
     if len(policy.branch_digests) > 1:
         ctx.policy_or(session, TPML_DIGEST(list(policy.branch_digests)))
 
@@ -168,7 +165,8 @@ def unseal(
 def trial_policy_digest(ctx: ESAPI, policy: AuthorizedPolicy) -> bytes:
     """The policy digest the TPM computes for ``policy`` (no signature check, no unseal).
 
-    Used to prove that sealer's software digests equal the TPM's own.
+    Used to prove that sealer's software digests equal the TPM's own; with an empty
+    ``pcr_digest`` the TPM hashes its current PCR values itself.
     """
     session = ctx.start_auth_session(
         tpm_key=ESYS_TR.NONE,

@@ -20,7 +20,7 @@ from sealer.policy import digest
 from sealer.services.unlock import approvals_of, release
 from sealer.services.volume import enrollments
 from sealer.tpm.connection import connect
-from sealer.tpm.pcr import extend_pcr
+from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.seal import AuthorizedPolicy, trial_policy_digest
 
 pytestmark = pytest.mark.integration
@@ -97,26 +97,46 @@ def test_unlock_command_count(
 def test_software_policy_digests_equal_the_tpms(
     swtpm: Swtpm, bank_name: str, branch_count: int
 ) -> None:
+    """The TPM hashes its own PCR values (empty pcrDigest) and must reach our digest."""
     bank = BANKS[bank_name]
-    branches = [
-        {4: bank.hash(b"uki %d" % n), 7: bank.hash(b"sb"), 15: bank.initial_value(15)}
-        for n in range(branch_count)
-    ]
-    policy = AuthorizedPolicy(
-        bank=bank,
-        branches=branches,
-        branch_digests=[digest.policy_pcr(digest.ZERO, bank, b) for b in branches],
-        branch_index=branch_count - 1,
-        approved_policy=b"",
-        approval_digest=b"",
-        policy_ref=b"",
-        key_pem="",
-        signature_rs=(0, 0),
-        authorized_digests=[],
-        with_pin=False,
-    )
     with connect(swtpm.tcti) as ctx:
+        extend_pcr(ctx, bank, 4, bank.hash(b"uki"))
+        extend_pcr(ctx, bank, 7, bank.hash(b"secure boot db"))
+        current = read_pcrs(ctx, bank, [4, 7, 15])
+        branches = [{**current, 4: bank.hash(b"older uki %d" % n)} for n in range(branch_count)]
+        branches[-1] = current
+        policy = AuthorizedPolicy(
+            bank=bank,
+            branches=branches,
+            branch_digests=[digest.policy_pcr(digest.ZERO, bank, b) for b in branches],
+            branch_index=branch_count - 1,
+            pcr_digest=b"",
+            approved_policy=b"",
+            approval_digest=b"",
+            policy_ref=b"",
+            key_pem="",
+            signature_rs=(0, 0),
+            authorized_digests=[],
+            with_pin=False,
+        )
         assert trial_policy_digest(ctx, policy) == digest.approved_policy(bank, branches)
+
+
+@pytest.mark.parametrize("bank_name", ["sha1", "sha384"])
+def test_enroll_and_unlock_in_other_pcr_banks(
+    sealer: SealerCli, swtpm: Swtpm, luks_image: Path, bank_name: str
+) -> None:
+    bank = BANKS[bank_name]
+    with connect(swtpm.tcti) as ctx:
+        active = bool(read_pcrs(ctx, bank, [7]))
+    assert active
+    enrolled = sealer.enroll(luks_image, "--pcr-bank", bank_name, "--pcrs", "7")
+    assert enrolled.returncode == 0, enrolled.stderr
+    unlocked = sealer("unlock", "--test", str(luks_image))
+    assert unlocked.returncode == 0, unlocked.stderr
+    with connect(swtpm.tcti) as ctx:
+        extend_pcr(ctx, bank, 7, bank.hash(b"tampered"))
+    assert sealer("unlock", "--test", str(luks_image)).returncode == 5
 
 
 def test_approvals_verify_against_the_token_key(sealer: SealerCli, luks_image: Path) -> None:

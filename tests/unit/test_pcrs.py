@@ -123,11 +123,6 @@ def test_parse_pcr_list_refuses_bad_indices_with_usage_error(text: str) -> None:
         parse_pcr_list(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parse_pcr_index trusts str.isdigit(), which is true for '²', but int('²') raises "
-    "ValueError instead of UsageError",
-)
 @pytest.mark.parametrize("text", ["\u00b2", "7\u00b2"])
 def test_parse_pcr_list_refuses_unicode_digits_with_usage_error(text: str) -> None:
     with pytest.raises(UsageError):
