@@ -79,10 +79,14 @@ class SealerCli:
             proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode()
         )
 
-    def enroll(self, device: Path, *extra: str, passphrase: bytes = PASSPHRASE) -> Result:
+    def enroll(
+        self, device: Path, *extra: str, passphrase: bytes = PASSPHRASE, pin: bytes = b""
+    ) -> Result:
+        """Enroll with the passphrase on stdin and, if given, the PIN through a pipe."""
+        pin_args = ("--pin-file", "{fd0}") if pin else ()
         return self(
             "enroll", "--unlock-key-file", "-", "--state-dir", str(self.state_dir),
-            "--quiet", *extra, str(device), stdin=passphrase,
+            "--quiet", *pin_args, *extra, str(device), stdin=passphrase, fds=[pin] if pin else [],
         )  # fmt: skip
 
 

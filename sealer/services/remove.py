@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sealer.errors import RefusedError, TokenError, UsageError
+from sealer.errors import RefusedError, UsageError
 from sealer.luks import cryptsetup
-from sealer.luks.token import TOKEN_TYPE
+from sealer.services.volume import select_tokens
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,7 @@ class Removed:
 def remove(device: str, token_id: int | None) -> Removed:
     header = cryptsetup.read_header(device)
     # Raw tokens, not parsed ones: a corrupted or half-removed token must still be removable.
-    tokens = header.tokens_of_type(TOKEN_TYPE)
-    if token_id is not None:
-        tokens = [t for t in tokens if t.token_id == token_id]
-        if not tokens:
-            raise UsageError(f"{device} has no sealer token {token_id}",
-                             "see 'sealer status' for its tokens")  # fmt: skip
-    if not tokens:
-        raise TokenError(f"{device} has no sealer TPM enrollment to remove")
+    tokens = select_tokens(header, token_id)
     if len(tokens) > 1:
         ids = ", ".join(str(t.token_id) for t in tokens)
         raise UsageError(f"{device} has several sealer tokens ({ids})",

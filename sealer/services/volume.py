@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sealer.errors import TokenError, UsageError
-from sealer.luks.header import LuksHeader
+from sealer.luks.header import LuksHeader, Token
 from sealer.luks.token import TOKEN_TYPE, SealerToken, parse_token
 
 
@@ -23,19 +23,29 @@ def enrollments(header: LuksHeader) -> list[Enrollment]:
     ]
 
 
-def require_enrollments(header: LuksHeader, token_id: int | None = None) -> list[Enrollment]:
+def select_tokens(header: LuksHeader, token_id: int | None = None) -> list[Token]:
+    """The volume's sealer tokens, unparsed (or only ``token_id``); never an empty list."""
     tokens = header.tokens_of_type(TOKEN_TYPE)
     if token_id is not None:
         tokens = [t for t in tokens if t.token_id == token_id]
         if not tokens:
-            raise UsageError(f"{header.device} has no sealer token {token_id}",
-                             "see 'sealer status' for its tokens")  # fmt: skip
+            raise UsageError(
+                f"{header.device} has no sealer token {token_id}",
+                "see 'sealer status' for its tokens",
+            )
     if not tokens:
         raise TokenError(
             f"{header.device} has no sealer TPM enrollment",
             "enroll it first with 'sealer enroll'",
         )
-    return [Enrollment(t.token_id, parse_token(t.token_id, t.data)) for t in tokens]
+    return tokens
+
+
+def require_enrollments(header: LuksHeader, token_id: int | None = None) -> list[Enrollment]:
+    return [
+        Enrollment(t.token_id, parse_token(t.token_id, t.data))
+        for t in select_tokens(header, token_id)
+    ]
 
 
 def default_mapping_name(header: LuksHeader) -> str:

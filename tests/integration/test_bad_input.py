@@ -169,6 +169,7 @@ def test_state_directory_unusable(sealer: SealerCli, luks_image: Path, tmp_path:
     assert result.returncode == 11
     assert_one_clear_line(result.stderr, "pick a writable directory with --state-dir")
     assert keyslots(luks_image) == [0]
+    assert opens_with(luks_image, PASSPHRASE)
 
 
 def test_state_key_file_is_private(sealer: SealerCli, luks_image: Path) -> None:
@@ -208,6 +209,7 @@ def test_bad_pcr_arguments_are_usage_errors(sealer: SealerCli, luks_image: Path)
         assert result.returncode == 2, (extra, result.stderr)
         assert_one_clear_line(result.stderr, expected)
     assert keyslots(luks_image) == [0]
+    assert opens_with(luks_image, PASSPHRASE)
 
 
 def test_unlock_on_an_unenrolled_volume(sealer: SealerCli, luks_image: Path) -> None:

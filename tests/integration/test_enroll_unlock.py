@@ -129,11 +129,7 @@ def test_recovery_key_is_printed_once_and_opens_the_volume(
 def test_pin_is_required_and_checked_by_the_tpm(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path
 ) -> None:
-    enrolled = sealer(
-        "enroll", "--unlock-key-file", "-", "--pin-file", "{fd0}",
-        "--state-dir", str(sealer.state_dir), str(luks_image),
-        stdin=PASSPHRASE, fds=[b"2468"],
-    )  # fmt: skip
+    enrolled = sealer.enroll(luks_image, pin=b"2468")
     assert enrolled.returncode == 0, enrolled.stderr
     ok = sealer("unlock", "--test", "--pin-file", "-", str(luks_image), stdin=b"2468\n")
     assert ok.returncode == 0, ok.stderr
@@ -146,11 +142,7 @@ def test_pin_is_required_and_checked_by_the_tpm(
 def test_a_changed_pcr_does_not_cost_a_pin_attempt(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path
 ) -> None:
-    enrolled = sealer(
-        "enroll", "--unlock-key-file", "-", "--pin-file", "{fd0}",
-        "--state-dir", str(sealer.state_dir), str(luks_image),
-        stdin=PASSPHRASE, fds=[b"2468"],
-    )  # fmt: skip
+    enrolled = sealer.enroll(luks_image, pin=b"2468")
     assert enrolled.returncode == 0
     extend(swtpm, 7)
     # No PIN source and no terminal: had sealer asked for the PIN it would fail with exit 2.

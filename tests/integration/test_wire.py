@@ -46,11 +46,7 @@ def test_no_secret_crosses_the_wire_in_clear(
 ) -> None:
     tpm, log = logged_tpm
     sealer = SealerCli(tcti=tpm.tcti, state_dir=tmp_path / "state")
-    pin_args = ["--pin-file", "{fd0}"] if pin else []
-    enrolled = sealer(
-        "enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir), "-q",
-        *pin_args, str(luks_image), stdin=PASSPHRASE, fds=[pin] if pin else [],
-    )  # fmt: skip
+    enrolled = sealer.enroll(luks_image, pin=pin)
     assert enrolled.returncode == 0, enrolled.stderr
     unlock_args = ["--pin-file", "-"] if pin else []
     unlocked = sealer("unlock", "--test", *unlock_args, str(luks_image), stdin=pin)
