@@ -9,8 +9,8 @@ import pyudev
 from sealer.errors import SealerError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
-from sealer.pcrs import BANKS, format_pcrs
-from sealer.services.unlock import approvals_of, find_match
+from sealer.pcrs import format_pcrs
+from sealer.services.unlock import approvals_of, find_match, pcrs_to_read
 from sealer.services.volume import Enrollment, enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
@@ -33,12 +33,9 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
     view: dict[str, Any] = {}
     try:
         approvals = approvals_of(enrollment)
+        bank, wanted = pcrs_to_read(enrollment, approvals)
     except SealerError as exc:
         return {"tpm_error": exc.one_line()}
-    bank = BANKS.get(token.pcr_bank)
-    if bank is None:
-        return {"tpm_error": f"unknown PCR bank {token.pcr_bank!r}"}
-    wanted = sorted({p for a in approvals for p in a.pcrs} | {*token.pcrs, token.cap_pcr})
     try:
         with connect(tcti) as ctx:
             srk = read_srk(ctx, token.srk_handle)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sealer.errors import PolicyMismatchError, SealerError, TokenError
 from sealer.luks import cryptsetup
-from sealer.pcrs import BANKS, PcrValues, format_pcrs
+from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest
 from sealer.policy.approval import Approval, parse_approval, verify_approval
 from sealer.services.secrets import pin_auth_value
@@ -50,6 +50,17 @@ def approvals_of(enrollment: Enrollment) -> list[Approval]:
         verify_approval(approval, pem)
         found.append(approval)
     return found
+
+
+def pcrs_to_read(
+    enrollment: Enrollment, approvals: Sequence[Approval]
+) -> tuple[Bank, list[int]]:
+    """The bank and the PCRs whose current values decide which approval, if any, applies."""
+    token = enrollment.token
+    bank = BANKS.get(token.pcr_bank)
+    if bank is None:
+        raise TokenError(f"token {enrollment.token_id} names unknown PCR bank {token.pcr_bank!r}")
+    return bank, sorted({p for a in approvals for p in a.pcrs} | {*token.pcrs, token.cap_pcr})
 
 
 def find_match(approvals: Sequence[Approval], current: PcrValues) -> Match | None:
@@ -106,10 +117,7 @@ def release(
     """Unseal the enrollment's secret; return the keyslot passphrase and the approval used."""
     token = enrollment.token
     approvals = approvals_of(enrollment)
-    bank = BANKS.get(token.pcr_bank)
-    if bank is None:
-        raise TokenError(f"token {enrollment.token_id} names unknown PCR bank {token.pcr_bank!r}")
-    wanted = sorted({p for a in approvals for p in a.pcrs} or {*token.pcrs, token.cap_pcr})
+    bank, wanted = pcrs_to_read(enrollment, approvals)
     with connect(tcti) as ctx:
         srk = require_srk(ctx, token.srk_handle, token.srk_name)
         current = read_pcrs(ctx, bank, wanted)
