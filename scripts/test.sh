@@ -2,7 +2,7 @@
 # Lints, type-checks and runs the whole test suite (unit + integration against swtpm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --boot-chain
 echo "test: ruff" >&2
 .venv/bin/ruff check sealer tests swtpm-fixtures scripts
 echo "test: mypy" >&2

@@ -86,3 +86,16 @@ def secret_pipe(secret: bytes) -> Iterator[int]:
 
 def fd_path(fd: int) -> str:
     return f"/dev/fd/{fd}"
+
+
+def ask(argv: Sequence[str]) -> bytes | None:
+    """Run a program that asks the person at the console and prints the answer on stdout.
+
+    The child inherits standard input and error, which is where such programs (Debian's
+    askpass, systemd-ask-password) find the console. Returns None if it gave no answer.
+    """
+    try:
+        proc = subprocess.run(list(argv), stdout=subprocess.PIPE, check=False)
+    except OSError:
+        return None
+    return proc.stdout if proc.returncode == 0 else None

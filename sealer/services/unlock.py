@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sealer.errors import PolicyMismatchError, SealerError, TokenError
 from sealer.luks import cryptsetup
+from sealer.luks.header import LuksHeader
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest
 from sealer.policy.approval import Approval, parse_approval, verify_approval
@@ -135,6 +136,30 @@ def release(
     return base64.b64encode(secret), match
 
 
+@dataclass(frozen=True)
+class Unsealed:
+    key: bytes  # the keyslot passphrase: a secret, never logged
+    header: LuksHeader
+    enrollment: Enrollment
+    match: Match
+
+
+def release_key(
+    device: str, *, token_id: int | None, tcti: str | None, read_pin: PinReader
+) -> Unsealed:
+    """The first enrollment of ``device`` whose approval matches the boot state, unsealed."""
+    header = cryptsetup.read_header(device)
+    errors: list[SealerError] = []
+    for enrollment in require_enrollments(header, token_id):
+        try:
+            key, match = release(enrollment, tcti, read_pin)
+        except (PolicyMismatchError, TokenError) as exc:
+            errors.append(exc)  # another enrollment of the same volume may still work
+            continue
+        return Unsealed(key, header, enrollment, match)
+    raise errors[0]
+
+
 def unlock(
     device: str,
     *,
@@ -144,23 +169,16 @@ def unlock(
     tcti: str | None,
     read_pin: PinReader,
 ) -> Released:
-    header = cryptsetup.read_header(device)
-    errors: list[SealerError] = []
-    for enrollment in require_enrollments(header, token_id):
-        try:
-            key, match = release(enrollment, tcti, read_pin)
-        except (PolicyMismatchError, TokenError) as exc:
-            errors.append(exc)  # another enrollment of the same volume may still work
-            continue
-        slot = enrollment.token.keyslot
-        if test_only:
-            if not cryptsetup.test_key(device, key, slot):
-                raise TokenError(
-                    f"the TPM released a key that keyslot {slot} does not accept "
-                    "(the keyslot was replaced after enrollment)",
-                    "remove this enrollment with 'sealer remove' and enroll again",
-                )
-        else:
-            cryptsetup.open_volume(device, name or default_mapping_name(header), key, slot)
-        return Released(device, enrollment.token_id, slot, match.approval_index)
-    raise errors[0]
+    unsealed = release_key(device, token_id=token_id, tcti=tcti, read_pin=read_pin)
+    slot = unsealed.enrollment.token.keyslot
+    if test_only:
+        if not cryptsetup.test_key(device, unsealed.key, slot):
+            raise TokenError(
+                f"the TPM released a key that keyslot {slot} does not accept "
+                "(the keyslot was replaced after enrollment)",
+                "remove this enrollment with 'sealer remove' and enroll again",
+            )
+    else:
+        mapping = name or default_mapping_name(unsealed.header)
+        cryptsetup.open_volume(device, mapping, unsealed.key, slot)
+    return Released(device, unsealed.enrollment.token_id, slot, unsealed.match.approval_index)

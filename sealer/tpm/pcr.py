@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tpm2_pytss import ESAPI
-from tpm2_pytss.constants import ESYS_TR
+from tpm2_pytss.constants import ESYS_TR, TPM2_CAP
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
 
 from sealer.errors import TPMError
-from sealer.pcrs import Bank
+from sealer.pcrs import BANKS, Bank
 
 
 def selection(bank: Bank, indices: Sequence[int]) -> TPML_PCR_SELECTION:
@@ -45,3 +45,31 @@ def extend_pcr(ctx: ESAPI, bank: Bank, index: int, digest: bytes) -> None:
         [TPMT_HA(hashAlg=bank.alg_id, digest=TPMU_HA(**{bank.name: digest}))]
     )
     ctx.pcr_extend(ESYS_TR.PCR0 + index, values)
+
+
+def active_banks(ctx: ESAPI) -> list[Bank]:
+    """The PCR banks the TPM has allocated (with at least one PCR), among those sealer knows."""
+    _, data = ctx.get_capability(TPM2_CAP.PCRS, 0, 1)
+    by_id = {bank.alg_id: bank for bank in BANKS.values()}
+    return [
+        by_id[int(sel.hash)]
+        for sel in data.data.assignedPCR
+        if int(sel.hash) in by_id and any(bytes(sel.pcrSelect)[: sel.sizeofSelect])
+    ]
+
+
+def extend_all_banks(ctx: ESAPI, index: int, event: bytes) -> list[Bank]:
+    """Extend PCR ``index`` with the hash of ``event`` in every active bank, in one command.
+
+    Extending every bank, as firmware does, keeps the banks telling the same story: a policy
+    on any bank sees the PCR move.
+    """
+    banks = active_banks(ctx)
+    values = TPML_DIGEST_VALUES(
+        [
+            TPMT_HA(hashAlg=bank.alg_id, digest=TPMU_HA(**{bank.name: bank.hash(event)}))
+            for bank in banks
+        ]
+    )
+    ctx.pcr_extend(ESYS_TR.PCR0 + index, values)
+    return banks

@@ -1,0 +1,202 @@
+"""Lay out, inside an initramfs, the smallest Python runtime that runs the boot unlocker.
+
+``python -m sealer.boot.bundle --destdir DIR`` is run by the initramfs-tools hook (and the
+dracut module) with the interpreter that has sealer installed. It:
+
+- asks a child interpreter which modules the boot entry points import, so the bundle holds
+  exactly those standard-library modules and nothing of the rest (tests, tkinter, asyncio,
+  the email package's unused parts, ...);
+- copies third-party packages the unlocker imports (sealer, tpm2_pytss, cryptography, cffi's
+  backend) whole, since they import some of their own modules lazily;
+- writes every pure module as sourceless bytecode into DIR, under BUNDLE_ROOT;
+- prints, one per line, ``exec SOURCE DEST`` for each native file (the interpreter, extension
+  modules, the TPM device TCTI that libtss2 loads with dlopen, the shell scripts): the hook
+  copies those with initramfs-tools' ``copy_exec``, which also brings their shared libraries.
+
+The bundled interpreter finds its standard library from its own location (the ``os.pyc``
+and ``lib-dynload`` landmarks), so it needs no environment variables and runs with ``-I -S``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import py_compile
+import sys
+import sysconfig
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from sealer.errors import SealerError
+from sealer.proc import run
+
+BUNDLE_ROOT = PurePosixPath("/usr/lib/sealer/python")
+KEYSCRIPT = PurePosixPath("/usr/lib/sealer/keyscript")
+ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.cap")
+# libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
+TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
+# Imported by the interpreter itself or by site; not needed under -I -S.
+_STARTUP_ONLY = ("site", "_sitebuiltins", "_distutils_hack", "__editable__", "sitecustomize")
+_SKIPPED_DIRS = {"__pycache__", "tests", "test"}
+_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib")
+
+_DISCOVER = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+found = {}
+for name, module in sorted(sys.modules.items()):
+    spec = getattr(module, "__spec__", None)
+    origin = getattr(spec, "origin", None) if spec is not None else None
+    found[name] = origin
+print(json.dumps(found))
+"""
+
+
+@dataclass
+class Bundle:
+    """Pure modules (destination -> source .py) and native files (destination -> source)."""
+
+    pure: dict[PurePosixPath, Path] = field(default_factory=dict)
+    native: dict[PurePosixPath, Path] = field(default_factory=dict)
+
+
+def _lib_dir() -> PurePosixPath:
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return BUNDLE_ROOT / "lib" / version
+
+
+def discover_modules(entry_modules: Iterable[str]) -> dict[str, str | None]:
+    """Every module (name -> origin file) a fresh interpreter has after importing the entries."""
+    result = run([sys.executable, "-c", _DISCOVER, *entry_modules])
+    if result.returncode != 0:
+        raise SealerError(
+            f"cannot import the boot unlocker to list its modules: {result.reason}",
+            "check that sealer and its dependencies are installed for this interpreter",
+        )
+    found: dict[str, str | None] = json.loads(result.stdout)
+    return found
+
+
+def _stdlib_dirs() -> list[Path]:
+    paths = sysconfig.get_paths()
+    return [Path(paths["stdlib"]).resolve(), Path(paths["platstdlib"]).resolve()]
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _package_root(name: str, origin: Path) -> Path:
+    """The directory (or single file) holding top-level module ``name``."""
+    if origin.name.startswith("__init__."):
+        return origin.parent
+    return origin
+
+
+def _walk_package(root: Path) -> Iterator[Path]:
+    if root.is_file():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
+        for filename in sorted(filenames):
+            yield Path(dirpath) / filename
+
+
+def _add_file(bundle: Bundle, source: Path, relative: PurePosixPath) -> None:
+    if source.suffix == ".py":
+        bundle.pure[_lib_dir() / relative.with_suffix(".pyc")] = source
+    elif source.suffix == ".so":
+        bundle.native[_lib_dir() / relative] = source
+
+
+def plan(modules: dict[str, str | None]) -> Bundle:
+    """What goes where, from a module list as ``discover_modules`` returns it."""
+    bundle = Bundle()
+    stdlib = _stdlib_dirs()
+    third_party: dict[str, Path] = {}
+    for name, origin in modules.items():
+        top = name.split(".")[0]
+        if origin is None or not origin.startswith("/") or top.startswith(_STARTUP_ONLY):
+            continue  # built in, frozen, namespace package, or only for site
+        path = Path(origin).resolve()
+        home = next((root for root in stdlib if _under(path, root)), None)
+        if home is not None and "site-packages" not in path.parts:
+            _add_file(bundle, path, PurePosixPath(path.relative_to(home).as_posix()))
+        elif top not in third_party:
+            top_origin = modules.get(top)
+            third_party[top] = _package_root(top, Path(top_origin or origin).resolve())
+    for root in third_party.values():
+        for source in _walk_package(root):
+            relative = source.relative_to(root.parent)
+            _add_file(bundle, source, PurePosixPath(relative.as_posix()))
+    # The interpreter finds its prefix by these landmarks: os is frozen into the binary, so
+    # nothing above brought os.py in.
+    bundle.pure[_lib_dir() / "os.pyc"] = Path(stdlib[0]) / "os.py"
+    bundle.native[BUNDLE_ROOT / "bin" / "python3"] = Path(sys._base_executable).resolve()
+    for library in TCTI_LIBRARIES:
+        bundle.native[PurePosixPath("/usr/lib/x86_64-linux-gnu") / library] = find_library(
+            library
+        )
+    return bundle
+
+
+def find_library(name: str) -> Path:
+    for directory in _LIBRARY_DIRS:
+        candidate = Path(directory) / name
+        if candidate.exists():
+            return candidate.resolve()
+    raise SealerError(
+        f"{name} is not installed",
+        "install the TPM device TCTI (Debian: apt-get install libtss2-tcti-device0)",
+    )
+
+
+def write_pure(bundle: Bundle, destdir: Path) -> int:
+    """Compile every pure module to sourceless bytecode inside ``destdir``; return the count."""
+    for dest, source in sorted(bundle.pure.items()):
+        target = destdir / dest.relative_to("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        py_compile.compile(
+            str(source),
+            cfile=str(target),
+            dfile=str(dest.with_suffix(".py")),
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+    (destdir / _lib_dir().relative_to("/") / "lib-dynload").mkdir(parents=True, exist_ok=True)
+    return len(bundle.pure)
+
+
+def hook_scripts_dir() -> Path:
+    """The initramfs-tools scripts shipped beside the sealer package in a source checkout."""
+    return Path(__file__).resolve().parents[2] / "initramfs-hook" / "initramfs-tools"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sealer.boot.bundle", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--destdir", type=Path, required=True, help="the initramfs tree")
+    args = parser.parse_args(argv)
+    try:
+        bundle = plan(discover_modules(ENTRY_MODULES))
+        write_pure(bundle, args.destdir)
+        scripts = hook_scripts_dir()
+        bundle.native[KEYSCRIPT] = scripts / "keyscript"
+        for dest, source in sorted(bundle.native.items()):
+            if not source.exists():
+                raise SealerError(f"{source} is missing", "reinstall sealer")
+            print(f"exec {source} {dest}")
+    except (SealerError, OSError, py_compile.PyCompileError) as error:
+        message = error.one_line() if isinstance(error, SealerError) else str(error)
+        print(f"sealer: cannot bundle the boot unlocker: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""A LUKS2 root disk whose tiny static root reports to the serial console, then powers off.
+
+The host has no device-mapper, so the disk is made the way an installer without dm-crypt
+could: an ext4 file system filled from a directory, then encrypted in place by
+``cryptsetup reencrypt --encrypt`` into the room left at the end of the file.
+
+The root's /sbin/init (busybox-static) prints one line per PCR the test may want, a line
+saying the root is up, and powers the machine off; QEMU then exits on its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")  # busybox-static's binary: no libraries needed in the root
+REPORT_PCRS = (0, 2, 4, 7, 9, 11, 14, 15)
+ROOT_UP = "SEALER-E2E: root file system is up"
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+# Runs as PID 1 on the unlocked root: report the TPM's PCRs, then power off.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+for n in {" ".join(str(p) for p in REPORT_PCRS)}; do
+    v=$(/bin/busybox cat /sys/class/tpm/tpm0/pcr-sha256/$n 2>/dev/null || echo missing)
+    echo "SEALER-E2E: pcr sha256 $n $v"
+done
+echo "{ROOT_UP}"
+/bin/busybox sync
+/bin/busybox poweroff -f
+"""
+
+_FS_MIB = 16
+_LUKS_ROOM_MIB = 32  # reencrypt moves the data to make room for the LUKS2 header here
+
+
+def make_root_tree(tree: Path) -> Path:
+    for sub in ("bin", "sbin", "proc", "sys", "dev", "tmp"):
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+    (tree / "bin" / "busybox").write_bytes(BUSYBOX.read_bytes())
+    (tree / "bin" / "busybox").chmod(0o755)
+    init = tree / "sbin" / "init"
+    init.write_text(INIT_SCRIPT)
+    init.chmod(0o755)
+    return tree
+
+
+def make_luks_root(path: Path, passphrase: bytes, work: Path) -> str:
+    """Build the encrypted root disk at ``path``; return its LUKS UUID."""
+    tree = make_root_tree(work / "root-tree")
+    with open(path, "wb") as handle:
+        handle.truncate(_FS_MIB * 1024 * 1024)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "sealer-root", "-d", str(tree), str(path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with open(path, "ab") as handle:
+        handle.truncate((_FS_MIB + _LUKS_ROOM_MIB) * 1024 * 1024)
+    subprocess.run(
+        [
+            "cryptsetup", "reencrypt", "--encrypt", "--batch-mode", "--type", "luks2",
+            "--reduce-device-size", f"{_LUKS_ROOM_MIB}M", "--key-file=-",
+            # The test passphrase keyslot needs no strong KDF, and a fast one keeps each
+            # fallback boot quick under software emulation.
+            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+            str(path),
+        ],
+        input=passphrase, check=True, capture_output=True,
+    )  # fmt: skip
+    uuid = subprocess.run(
+        ["cryptsetup", "luksUUID", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return uuid
