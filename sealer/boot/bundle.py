@@ -9,9 +9,11 @@ dracut module) with the interpreter that has sealer installed. It:
 - copies third-party packages the unlocker imports (sealer, tpm2_pytss, cryptography, cffi's
   backend) whole, since they import some of their own modules lazily;
 - writes every pure module as sourceless bytecode into DIR, under BUNDLE_ROOT;
-- prints, one per line, ``exec SOURCE DEST`` for each native file (the interpreter, extension
-  modules, the TPM device TCTI that libtss2 loads with dlopen, the shell scripts): the hook
-  copies those with initramfs-tools' ``copy_exec``, which also brings their shared libraries.
+- prints, one per line, ``exec SOURCE DEST`` for each native file (the interpreter's
+  libpython, extension modules, the TPM device TCTI that libtss2 loads with dlopen, the shell scripts): the hook
+  copies those with initramfs-tools' ``copy_exec``, which also brings their shared libraries,
+  then strips them (a self-built libpython keeps its debug symbols: 23 MB instead of 4);
+  ``file SOURCE DEST`` for a file to copy as it is (an interpreter linked to such a libpython).
 
 The bundled interpreter finds its standard library from its own location (the ``os.pyc``
 and ``lib-dynload`` landmarks), so it needs no environment variables and runs with ``-I -S``.
@@ -38,6 +40,7 @@ KEYSCRIPT = PurePosixPath("/usr/lib/sealer/keyscript")
 ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.cap")
 # libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
 TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
+SYSTEM_LIBRARY_DIR = PurePosixPath("/usr/lib/x86_64-linux-gnu")
 # Imported by the interpreter itself or by site; not needed under -I -S.
 _STARTUP_ONLY = ("site", "_sitebuiltins", "_distutils_hack", "__editable__", "sitecustomize")
 _SKIPPED_DIRS = {"__pycache__", "tests", "test"}
@@ -58,10 +61,11 @@ print(json.dumps(found))
 
 @dataclass
 class Bundle:
-    """Pure modules (destination -> source .py) and native files (destination -> source)."""
+    """Where each file goes in the initramfs (destination -> source on the host)."""
 
-    pure: dict[PurePosixPath, Path] = field(default_factory=dict)
-    native: dict[PurePosixPath, Path] = field(default_factory=dict)
+    pure: dict[PurePosixPath, Path] = field(default_factory=dict)  # .py compiled to .pyc
+    native: dict[PurePosixPath, Path] = field(default_factory=dict)  # copied with libraries
+    plain: dict[PurePosixPath, Path] = field(default_factory=dict)  # copied as they are
 
 
 def _lib_dir() -> PurePosixPath:
@@ -137,12 +141,30 @@ def plan(modules: dict[str, str | None]) -> Bundle:
     # The interpreter finds its prefix by these landmarks: os is frozen into the binary, so
     # nothing above brought os.py in.
     bundle.pure[_lib_dir() / "os.pyc"] = Path(stdlib[0]) / "os.py"
-    bundle.native[BUNDLE_ROOT / "bin" / "python3"] = Path(sys._base_executable).resolve()
+    interpreter = Path(sys._base_executable).resolve()
+    libpython = shared_libpython()
+    if libpython is None:
+        bundle.native[BUNDLE_ROOT / "bin" / "python3"] = interpreter
+    else:
+        # A shared libpython outside the system's library directories is found through the
+        # interpreter's RUNPATH, which may name a directory that is not there at boot (or is
+        # hidden: pyenv's /root/... lies under the initramfs' mount point for the real root).
+        # Copied plainly, the interpreter finds libpython in the default directory instead.
+        bundle.plain[BUNDLE_ROOT / "bin" / "python3"] = interpreter
+        bundle.native[SYSTEM_LIBRARY_DIR / libpython.name] = libpython
     for library in TCTI_LIBRARIES:
-        bundle.native[PurePosixPath("/usr/lib/x86_64-linux-gnu") / library] = find_library(
+        bundle.native[SYSTEM_LIBRARY_DIR / library] = find_library(
             library
         )
     return bundle
+
+
+def shared_libpython() -> Path | None:
+    """The interpreter's libpython, when it is built as a shared library."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    path = Path(str(sysconfig.get_config_var("LIBDIR")), str(sysconfig.get_config_var("LDLIBRARY")))
+    return path.resolve() if path.exists() else None
 
 
 def find_library(name: str) -> Path:
@@ -187,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         write_pure(bundle, args.destdir)
         scripts = hook_scripts_dir()
         bundle.native[KEYSCRIPT] = scripts / "keyscript"
-        for dest, source in sorted(bundle.native.items()):
-            if not source.exists():
-                raise SealerError(f"{source} is missing", "reinstall sealer")
-            print(f"exec {source} {dest}")
+        entries = [("exec", bundle.native), ("file", bundle.plain)]
+        for kind, files in entries:
+            for dest, source in sorted(files.items()):
+                if not source.exists():
+                    raise SealerError(f"{source} is missing", "reinstall sealer")
+                print(f"{kind} {source} {dest}")
     except (SealerError, OSError, py_compile.PyCompileError) as error:
         message = error.one_line() if isinstance(error, SealerError) else str(error)
         print(f"sealer: cannot bundle the boot unlocker: {message}", file=sys.stderr)
