@@ -7,13 +7,16 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from sealer import __version__
 from sealer.errors import SealerError
 from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list, parse_pcr_value
+
+if TYPE_CHECKING:
+    from sealer.services.bootwire import Plan
 
 DEFAULT_STATE_DIR = Path("/var/lib/sealer")
 
@@ -106,6 +109,7 @@ def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
       sealer status                             # every LUKS2 volume udev knows
       sealer unlock --test /dev/nvme0n1p3       # does the TPM release the key now?
       sealer remove /dev/nvme0n1p3
+      sealer boot enable --dry-run              # unlock enrolled volumes at boot
     """
     ctx.obj = Options(tcti=tcti, debug=debug)
 
@@ -359,5 +363,234 @@ def remove(ctx: click.Context, device: str, token_id: int | None, as_json: bool)
         else:
             slots = ", ".join(str(s) for s in removed.keyslots) or "none left"
             click.echo(f"Removed token {removed.token_id} (keyslot {slots}) from {device}.")
+
+    _run(ctx, as_json, action)
+
+
+@main.group()
+def boot() -> None:
+    """Wire the boot-time unlocker into the initramfs (Debian initramfs-tools).
+
+    \b
+    'sealer boot enable' writes, as root:
+      /etc/crypttab                      keyscript=/usr/lib/sealer/keyscript added to the
+                                         chosen entries; every other line stays as it is
+      /usr/lib/sealer/keyscript          run by cryptsetup to get those volumes' keys
+      /etc/initramfs-tools/hooks/sealer  puts the unlocker into the initramfs
+      /etc/initramfs-tools/scripts/init-bottom/sealer
+                                         caps PCR 15 once every volume is open
+      /etc/sealer/initramfs.conf         which Python interpreter has sealer installed
+    then runs 'update-initramfs -u'. Look first with --dry-run.
+
+    At boot the keyscript asks the TPM for the key. When anything is unexpected it says why
+    in one line and the usual passphrase prompt appears: the passphrase and the recovery key
+    keep working. Undo everything with 'sealer boot disable'.
+    """
+
+
+def _boot_options(
+    default_choice: str,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options enable and disable share; ``default_choice`` says what --name defaults to."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(_boot_option_list(default_choice)):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _boot_option_list(default_choice: str) -> list[Callable[[Any], Any]]:
+    return [
+        click.option(
+            "--name",
+            "names",
+            multiple=True,
+            metavar="NAME",
+            help=f"The crypttab entry (first field) to change. Repeatable. Default: "
+            f"{default_choice}.",
+        ),
+        click.option(
+            "--crypttab",
+            type=click.Path(path_type=Path, dir_okay=False),
+            metavar="PATH",
+            help="The crypttab to change. Default: /etc/crypttab (under --root).",
+        ),
+        click.option(
+            "--root",
+            type=click.Path(path_type=Path, file_okay=False, exists=True),
+            metavar="DIR",
+            help="Change the files under DIR (a chroot or image tree) instead of this "
+            "machine's; update-initramfs is then not run: run it inside DIR.",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Print a diff of every file that would change and the commands that would "
+            "run; change nothing.",
+        ),
+        click.option(
+            "--no-update-initramfs",
+            is_flag=True,
+            help="Do not run 'update-initramfs -u'; the change takes effect at the next rebuild.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the plan or result as JSON."),
+    ]
+
+
+def _report_plan(plan: Plan, dry_run: bool, as_json: bool) -> None:
+    """Print what a boot plan changes (or would change, with --dry-run)."""
+    from sealer.boot.crypttab import KEYSCRIPT_OPTION
+
+    for warning in plan.warnings:
+        click.echo(f"sealer: warning: {warning}", err=True)
+    if as_json:
+        _emit_json(
+            {
+                "action": plan.action,
+                "dry_run": dry_run,
+                "crypttab": str(plan.crypttab),
+                "entries": [
+                    {
+                        "name": e.name,
+                        "line": e.line,
+                        "source": e.source,
+                        "changed": e.changed,
+                        "before": e.before,
+                        "after": e.after,
+                    }
+                    for e in plan.entries
+                ],
+                "files": [
+                    {
+                        "path": str(f.path),
+                        "change": f.change,
+                        "mode": None if f.mode is None else f"{f.mode:04o}",
+                        **({"diff": f.diff()} if dry_run else {}),
+                    }
+                    for f in plan.files
+                ],
+                "commands": [list(argv) for argv in plan.commands],
+                "notes": list(plan.notes),
+                "warnings": list(plan.warnings),
+            }
+        )
+        return
+    for note in plan.notes:
+        click.echo(f"sealer: note: {note}", err=True)
+    commands = ", ".join(" ".join(argv) for argv in plan.commands)
+    if dry_run:
+        for change in plan.changed_files:
+            click.echo(change.diff(), nl=False)
+        if not plan.changed_files:
+            click.echo("No file would change.")
+        if commands:
+            click.echo(f"Would run: {commands}")
+        click.echo("Dry run: nothing was changed.")
+        return
+    enabling = plan.action == "enable"
+    for entry in plan.entries:
+        if enabling:
+            state = "now uses" if entry.changed else "already uses"
+        else:
+            state = "no longer uses" if entry.changed else "did not use"
+        click.echo(f"{plan.crypttab}: {entry.name} (line {entry.line}) {state} {KEYSCRIPT_OPTION}")
+    verbs = {"create": "Installed", "update": "Updated", "remove": "Removed"}
+    for change in plan.changed_files:
+        if change.path != plan.crypttab:
+            click.echo(f"{verbs[change.change]} {change.path}")
+    if commands:
+        click.echo(f"Ran: {commands}")
+    when = "At the next boot" if commands else "Once the initramfs is rebuilt"
+    if enabling:
+        click.echo(
+            f"{when} the TPM unlocks these volumes; the passphrase prompt stays as the "
+            "fallback. Undo with 'sealer boot disable'."
+        )
+    elif plan.entries or plan.changed_files:
+        click.echo(f"{when} these volumes ask for their passphrase again.")
+    else:
+        click.echo("No crypttab entry uses sealer's keyscript: nothing to undo.")
+
+
+@boot.command("enable")
+@_boot_options("every entry whose source is a LUKS2 volume enrolled with sealer")
+@click.option(
+    "--hook-source",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="DIR",
+    help="The initramfs-hook directory of a sealer source checkout to install the hook and "
+    "keyscript from. Default: the one next to the sealer package.",
+)
+@click.pass_context
+def boot_enable(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    crypttab: Path | None,
+    root: Path | None,
+    dry_run: bool,
+    no_update_initramfs: bool,
+    as_json: bool,
+    hook_source: Path | None,
+) -> None:
+    """Unlock the chosen crypttab volumes with the TPM at boot.
+
+    Installs the keyscript, the initramfs hook and /etc/sealer/initramfs.conf, adds
+    keyscript=/usr/lib/sealer/keyscript to the chosen /etc/crypttab entries (an entry without
+    options gets 'luks,keyscript=...'), then runs 'update-initramfs -u'. An entry that
+    already uses another keyscript is refused. Running it again changes nothing.
+
+    The passphrase prompt stays as the fallback whenever the TPM does not release the key.
+    Undo with 'sealer boot disable'.
+    """
+    from sealer.services.bootwire import WireRequest, apply, plan_enable
+
+    def action() -> None:
+        request = WireRequest(
+            names=names,
+            root=root,
+            crypttab=crypttab,
+            hook_source=hook_source,
+            update_initramfs=not no_update_initramfs,
+        )
+        plan = plan_enable(request)
+        if not dry_run:
+            apply(plan, _progress(as_json))
+        _report_plan(plan, dry_run, as_json)
+
+    _run(ctx, as_json, action)
+
+
+@boot.command("disable")
+@_boot_options("every entry that uses sealer's keyscript")
+@click.pass_context
+def boot_disable(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    crypttab: Path | None,
+    root: Path | None,
+    dry_run: bool,
+    no_update_initramfs: bool,
+    as_json: bool,
+) -> None:
+    """Undo 'sealer boot enable': the passphrase prompt is back at boot.
+
+    Removes keyscript=/usr/lib/sealer/keyscript from the chosen /etc/crypttab entries (any
+    other option, including 'luks', stays). Once no entry uses it, also removes the
+    keyscript, the initramfs hook and /etc/sealer/initramfs.conf. Then runs
+    'update-initramfs -u'. The TPM enrollments stay in the volumes ('sealer remove' takes
+    them away).
+    """
+    from sealer.services.bootwire import WireRequest, apply, plan_disable
+
+    def action() -> None:
+        request = WireRequest(
+            names=names, root=root, crypttab=crypttab, update_initramfs=not no_update_initramfs
+        )
+        plan = plan_disable(request)
+        if not dry_run:
+            apply(plan, _progress(as_json))
+        _report_plan(plan, dry_run, as_json)
 
     _run(ctx, as_json, action)

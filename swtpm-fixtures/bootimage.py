@@ -91,7 +91,12 @@ def build_uki(
     osrel.write_text('ID=debian\nPRETTY_NAME="sealer e2e guest"\n')
     cmdline_file = work / f"{output.stem}.cmdline"
     cmdline_file.write_text(cmdline)
-    sections = {".osrel": osrel, ".cmdline": cmdline_file, ".linux": kernel.image, ".initrd": initrd}
+    sections = {
+        ".osrel": osrel,
+        ".cmdline": cmdline_file,
+        ".linux": kernel.image,
+        ".initrd": initrd,
+    }
     argv = ["objcopy"]
     for name, path in sections.items():
         argv += [

@@ -43,7 +43,9 @@ class Boot:
     def pcrs(self) -> dict[int, bytes]:
         """PCR values the guest's root reported ("SEALER-E2E: pcr sha256 N HEX")."""
         found: dict[int, bytes] = {}
-        for match in re.finditer(r"SEALER-E2E: pcr sha256 (\d+) ([0-9A-Fa-f]{64})", self.transcript):
+        for match in re.finditer(
+            r"SEALER-E2E: pcr sha256 (\d+) ([0-9A-Fa-f]{64})", self.transcript
+        ):
             found[int(match.group(1))] = bytes.fromhex(match.group(2))
         return found
 

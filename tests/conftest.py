@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "swtpm-fixtures"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+pytest_plugins = ["e2e_fixtures"]
 
 from luks_image import make_luks_image  # noqa: E402
 from swtpm import Swtpm  # noqa: E402

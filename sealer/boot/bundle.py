@@ -10,9 +10,10 @@ dracut module) with the interpreter that has sealer installed. It:
   backend) whole, since they import some of their own modules lazily;
 - writes every pure module as sourceless bytecode into DIR, under BUNDLE_ROOT;
 - prints, one per line, ``exec SOURCE DEST`` for each native file (the interpreter's
-  libpython, extension modules, the TPM device TCTI that libtss2 loads with dlopen, the shell scripts): the hook
-  copies those with initramfs-tools' ``copy_exec``, which also brings their shared libraries,
-  then strips them (a self-built libpython keeps its debug symbols: 23 MB instead of 4);
+  libpython, extension modules, the TPM device TCTI that libtss2 loads with dlopen, the
+  keyscript): the hook copies those with initramfs-tools' ``copy_exec``, which also brings
+  their shared libraries, then strips them (a self-built libpython keeps its debug symbols:
+  23 MB instead of 4);
   ``file SOURCE DEST`` for a file to copy as it is (an interpreter linked to such a libpython).
 
 The bundled interpreter finds its standard library from its own location (the ``os.pyc``
@@ -22,7 +23,6 @@ and ``lib-dynload`` landmarks), so it needs no environment variables and runs wi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import py_compile
@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from sealer.errors import SealerError
 from sealer.proc import run
+from sealer.services.bootwire import find_hook_source
 
 BUNDLE_ROOT = PurePosixPath("/usr/lib/sealer/python")
 KEYSCRIPT = PurePosixPath("/usr/lib/sealer/keyscript")
@@ -141,7 +142,7 @@ def plan(modules: dict[str, str | None]) -> Bundle:
     # The interpreter finds its prefix by these landmarks: os is frozen into the binary, so
     # nothing above brought os.py in.
     bundle.pure[_lib_dir() / "os.pyc"] = Path(stdlib[0]) / "os.py"
-    interpreter = Path(sys._base_executable).resolve()
+    interpreter = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
     libpython = shared_libpython()
     if libpython is None:
         bundle.native[BUNDLE_ROOT / "bin" / "python3"] = interpreter
@@ -153,9 +154,7 @@ def plan(modules: dict[str, str | None]) -> Bundle:
         bundle.plain[BUNDLE_ROOT / "bin" / "python3"] = interpreter
         bundle.native[SYSTEM_LIBRARY_DIR / libpython.name] = libpython
     for library in TCTI_LIBRARIES:
-        bundle.native[SYSTEM_LIBRARY_DIR / library] = find_library(
-            library
-        )
+        bundle.native[SYSTEM_LIBRARY_DIR / library] = find_library(library)
     return bundle
 
 
@@ -194,21 +193,20 @@ def write_pure(bundle: Bundle, destdir: Path) -> int:
     return len(bundle.pure)
 
 
-def hook_scripts_dir() -> Path:
-    """The initramfs-tools scripts shipped beside the sealer package in a source checkout."""
-    return Path(__file__).resolve().parents[2] / "initramfs-hook" / "initramfs-tools"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sealer.boot.bundle", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m sealer.boot.bundle",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--destdir", type=Path, required=True, help="the initramfs tree")
     args = parser.parse_args(argv)
     try:
         bundle = plan(discover_modules(ENTRY_MODULES))
         write_pure(bundle, args.destdir)
-        scripts = hook_scripts_dir()
-        bundle.native[KEYSCRIPT] = scripts / "keyscript"
+        # For a volume named on the kernel command line (cryptopts=) rather than in crypttab,
+        # cryptroot's own hook does not copy the keyscript.
+        bundle.native[KEYSCRIPT] = find_hook_source(None) / "keyscript"
         entries = [("exec", bundle.native), ("file", bundle.plain)]
         for kind, files in entries:
             for dest, source in sorted(files.items()):

@@ -1,0 +1,541 @@
+"""``sealer boot enable|disable``: wire the boot-time unlocker into Debian's initramfs-tools.
+
+Enabling installs the keyscript and the initramfs hook from the source checkout, records
+which Python has sealer installed, adds ``keyscript=/usr/lib/sealer/keyscript`` to the chosen
+/etc/crypttab entries, and rebuilds the initramfs. Disabling takes our keyscript option out
+of crypttab and, once no entry uses it, removes the files again.
+
+Everything is planned first (pure reads) and applied second, so ``--dry-run`` shows exactly
+what applying would do. Files are replaced atomically; the passphrase prompt is untouched, so
+a failure at any step leaves a machine that boots as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import sealer
+from sealer.boot.crypttab import KEYSCRIPT_OPTION, KEYSCRIPT_PATH, Crypttab, Line
+from sealer.boot.crypttab import disable_line as crypttab_disable_line
+from sealer.boot.crypttab import enable_line as crypttab_enable_line
+from sealer.errors import SealerError, UsageError
+from sealer.luks import cryptsetup
+from sealer.proc import run
+from sealer.services.volume import enrollments
+
+CRYPTTAB_PATH = "/etc/crypttab"
+HOOK_PATH = "/etc/initramfs-tools/hooks/sealer"
+# mkinitramfs runs boot scripts only from its own folders, never from ones a hook adds.
+CAP_SCRIPT_PATH = "/etc/initramfs-tools/scripts/init-bottom/sealer"
+CAP_SCRIPT_SOURCE = "scripts/init-bottom/sealer"
+CONF_PATH = "/etc/sealer/initramfs.conf"
+# Installed by cryptsetup-initramfs; without it no crypttab entry is opened in the initramfs.
+CRYPTROOT_HOOK_PATH = "/usr/share/initramfs-tools/hooks/cryptroot"
+UPDATE_INITRAMFS = ("update-initramfs", "-u")
+DEV_DISK = Path("/dev/disk")
+# crypttab(5) source specifications and the udev symlink directories that resolve them.
+_SOURCE_SPECS = {
+    "UUID": "by-uuid",
+    "PARTUUID": "by-partuuid",
+    "LABEL": "by-label",
+    "PARTLABEL": "by-partlabel",
+}
+_SCRIPT_MODE = 0o755  # initramfs-tools skips hooks that are not executable
+_CONF_MODE = 0o644
+
+Change = Literal["create", "update", "remove", "unchanged"]
+# Why a crypttab source cannot be unlocked by sealer, or None when it can.
+EnrollmentCheck = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    names: tuple[str, ...] = ()
+    root: Path | None = None  # a chroot or image tree; None: this machine
+    crypttab: Path | None = None  # None: /etc/crypttab (under root)
+    hook_source: Path | None = None  # None: initramfs-hook/ of the source checkout
+    update_initramfs: bool = True
+    python: str = field(default_factory=lambda: sys.executable)
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: Path
+    change: Change
+    before: bytes | None
+    after: bytes | None
+    mode: int | None  # the mode written (None when removed)
+    old_mode: int | None
+    owner: tuple[int, int] | None = None  # uid, gid to keep when replacing
+    follow_symlink: bool = False  # write through a symlinked /etc/crypttab, never replace it
+
+    def diff(self) -> str:
+        """A unified diff, with git's mode lines, of what applying this change does."""
+        if self.change == "unchanged":
+            return ""
+        header = []
+        if self.change == "create":
+            header.append(f"new file mode {_git_mode(self.mode)}\n")
+        elif self.change == "remove":
+            header.append(f"deleted file mode {_git_mode(self.old_mode)}\n")
+        elif self.mode != self.old_mode:
+            header.append(f"old mode {_git_mode(self.old_mode)}\n")
+            header.append(f"new mode {_git_mode(self.mode)}\n")
+        body = difflib.unified_diff(
+            _diff_lines(self.before),
+            _diff_lines(self.after),
+            str(self.path) if self.before is not None else "/dev/null",
+            str(self.path) if self.after is not None else "/dev/null",
+        )
+        out = []
+        for line in body:
+            # difflib leaves a last line without "\n" as is; say so the way diff(1) does.
+            out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+        if header and not out:  # a mode change only
+            out = [f"--- {self.path}\n", f"+++ {self.path}\n"]
+        return "".join(header + out)
+
+
+@dataclass(frozen=True)
+class EntryChange:
+    name: str
+    line: int
+    source: str
+    before: str
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Literal["enable", "disable"]
+    crypttab: Path
+    entries: tuple[EntryChange, ...]
+    files: tuple[FileChange, ...]  # in the order they must be applied
+    commands: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def changed_files(self) -> list[FileChange]:
+        return [f for f in self.files if f.change != "unchanged"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: reads only
+
+
+def host_path(root: Path | None, path: str) -> Path:
+    """``path`` on this machine, or inside ``root``."""
+    return root / path.lstrip("/") if root is not None else Path(path)
+
+
+def resolve_source(source: str, dev_disk: Path = DEV_DISK) -> Path | None:
+    """The device or image a crypttab source names, or None when it is not here."""
+    key, sep, value = source.partition("=")
+    if sep and key in _SOURCE_SPECS:
+        if not value or "/" in value or value in (".", ".."):
+            return None
+        candidates = [value]
+        if key in ("UUID", "PARTUUID") and value.lower() != value:
+            candidates.append(value.lower())  # udev names UUID links in lower case
+        for candidate in candidates:
+            path = dev_disk / _SOURCE_SPECS[key] / candidate
+            if path.exists():
+                return path
+        return None
+    return Path(source) if os.path.exists(source) else None
+
+
+def enrollment_problem(source: str, dev_disk: Path = DEV_DISK) -> str | None:
+    """Why sealer cannot unlock ``source`` (not found, not LUKS2, not enrolled), or None."""
+    device = resolve_source(source, dev_disk)
+    if device is None:
+        return f"{source} was not found"
+    try:
+        found = enrollments(cryptsetup.read_header(str(device)))
+    except SealerError as error:
+        return error.message
+    return None if found else f"{device} has no sealer enrollment"
+
+
+def find_hook_source(given: Path | None) -> Path:
+    """The initramfs-tools directory to install the hook and keyscript from."""
+    if given is not None:
+        candidates = [given / "initramfs-tools", given]
+    else:
+        checkout = Path(sealer.__file__).resolve().parent.parent / "initramfs-hook"
+        candidates = [checkout / "initramfs-tools"]
+    for candidate in candidates:
+        needed = (
+            candidate / "hooks" / "sealer",
+            candidate / "keyscript",
+            candidate / CAP_SCRIPT_SOURCE,
+        )
+        if all(path.is_file() for path in needed):
+            return candidate
+    wanted = (
+        "initramfs-tools/hooks/sealer, initramfs-tools/keyscript and initramfs-tools/"
+        + CAP_SCRIPT_SOURCE
+    )
+    if given is not None:
+        raise UsageError(
+            f"--hook-source {given} has no {wanted}",
+            "give the initramfs-hook directory of a sealer source checkout",
+        )
+    raise UsageError(
+        f"the source checkout's initramfs-hook directory was not found "
+        f"(looked for {wanted} in {candidates[0].parent})",
+        "pass the initramfs-hook directory of a sealer checkout with --hook-source DIR",
+    )
+
+
+def _read(path: Path) -> tuple[bytes, os.stat_result] | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), os.fstat(handle.fileno())
+    except FileNotFoundError:
+        return None
+    except PermissionError as exc:
+        raise SealerError(f"cannot read {path}: permission denied", "run sealer as root") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"{path} is a directory, not a file") from exc
+    except OSError as exc:
+        raise SealerError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _read_source(path: Path) -> bytes:
+    current = _read(path)
+    if current is None:  # it was there a moment ago, in find_hook_source
+        raise UsageError(f"{path} disappeared while sealer was reading it", "try again")
+    return current[0]
+
+
+def _file_change(path: Path, after: bytes | None, mode: int | None) -> FileChange | None:
+    """The change that makes ``path`` hold ``after`` with ``mode`` (None: absent)."""
+    current = _read(path)
+    if current is None:
+        if after is None:
+            return None
+        return FileChange(path, "create", None, after, mode, None)
+    before, stat = current
+    old_mode = stat.st_mode & 0o7777
+    owner = (stat.st_uid, stat.st_gid)
+    if after is None:
+        return FileChange(path, "remove", before, None, None, old_mode, owner)
+    change: Change = "unchanged" if (before, old_mode) == (after, mode) else "update"
+    return FileChange(path, change, before, after, mode, old_mode, owner)
+
+
+def _read_crypttab(path: Path) -> tuple[Crypttab, bytes, os.stat_result]:
+    current = _read(path)
+    if current is None:
+        raise UsageError(
+            f"{path} does not exist",
+            "each volume to unlock at boot needs a crypttab(5) entry; "
+            "give another file with --crypttab PATH",
+        )
+    data, stat = current
+    # surrogateescape: any byte that is not UTF-8 goes back out exactly as it came in.
+    return Crypttab.parse(data.decode("utf-8", "surrogateescape")), data, stat
+
+
+def _crypttab_change(
+    path: Path, data: bytes, stat: os.stat_result, table: Crypttab, follow: bool
+) -> FileChange:
+    after = table.render().encode("utf-8", "surrogateescape")
+    mode = stat.st_mode & 0o7777  # crypttab may name key files: keep whatever mode it has
+    change: Change = "unchanged" if after == data else "update"
+    owner = (stat.st_uid, stat.st_gid)
+    return FileChange(path, change, data, after, mode, mode, owner, follow_symlink=follow)
+
+
+def _select(
+    table: Crypttab, names: tuple[str, ...], crypttab: Path, keep: Callable[[Line], bool]
+) -> list[Line]:
+    """Lines named by --name (all of them must exist), else the lines ``keep`` accepts."""
+    if not names:
+        return [line for line in table.lines if keep(line)]
+    chosen: dict[int, Line] = {}
+    for name in names:
+        found = table.lines_named(name)
+        if not found:
+            known = ", ".join(dict.fromkeys(table.names()))
+            raise UsageError(
+                f"{crypttab} has no entry named {name!r}",
+                f"its entries are: {known}" if known else "it has no entries",
+            )
+        chosen.update((line.number, line) for line in found)
+    return [chosen[n] for n in sorted(chosen)]
+
+
+def _edit(
+    table: Crypttab, lines: list[Line], edit: Callable[[Line, str], str], crypttab: Path
+) -> tuple[Crypttab, tuple[EntryChange, ...]]:
+    changes = []
+    for line in lines:
+        after = edit(line, str(crypttab))
+        entry = line.entry
+        assert entry is not None  # edit() refuses lines that are not entries
+        changes.append(EntryChange(entry.name, line.number, entry.source, line.text, after))
+    new_table = table.replace({c.line: c.after for c in changes if c.changed})
+    return new_table, tuple(changes)
+
+
+def _commands(request: WireRequest) -> tuple[tuple[tuple[str, ...], ...], list[str]]:
+    """The commands to run after writing, and notes about those left out."""
+    if not request.update_initramfs:
+        return (), [
+            "update-initramfs is not run (--no-update-initramfs): the current initramfs "
+            "keeps the old setup until 'update-initramfs -u' rebuilds it"
+        ]
+    if request.root is not None:
+        return (), [
+            f"update-initramfs is not run under --root: rebuild the initramfs inside that "
+            f"root, e.g. 'chroot {shlex.quote(str(request.root))} update-initramfs -u'"
+        ]
+    return (UPDATE_INITRAMFS,), []
+
+
+def _missing_tools(commands: tuple[tuple[str, ...], ...]) -> list[str]:
+    return [argv[0] for argv in commands if shutil.which(argv[0]) is None]
+
+
+def _crypttab_path(request: WireRequest) -> Path:
+    return request.crypttab or host_path(request.root, CRYPTTAB_PATH)
+
+
+def initramfs_conf(python: str) -> bytes:
+    """/etc/sealer/initramfs.conf: tells the hook which interpreter has sealer installed."""
+    if not python:
+        raise SealerError(
+            "cannot tell which Python runs sealer (sys.executable is empty)",
+            "run sealer with the interpreter it is installed in, e.g. /path/to/venv/bin/python "
+            "-m sealer",
+        )
+    # abspath, not realpath: a virtualenv's python is a symlink to the base interpreter, and
+    # only the venv's own path brings the venv's site-packages (and so sealer) along.
+    text = (
+        "# Written by 'sealer boot enable'; removed by 'sealer boot disable'.\n"
+        f"# {HOOK_PATH} sources this file when it builds the initramfs,\n"
+        "# to find the Python interpreter that has sealer installed.\n"
+        f"SEALER_PYTHON={shlex.quote(os.path.abspath(python))}\n"
+    )
+    return text.encode()
+
+
+def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_problem) -> Plan:
+    """What ``sealer boot enable`` would change; nothing is written."""
+    crypttab = _crypttab_path(request)
+    table, data, stat = _read_crypttab(crypttab)
+    source = find_hook_source(request.hook_source)
+    warnings: list[str] = []
+    problems: list[str] = []
+
+    def enrolled(line: Line) -> bool:
+        if line.entry is None:
+            return False
+        problem = check(line.entry.source)
+        if problem is not None:
+            problems.append(f"{line.entry.name}: {problem}")
+        return problem is None
+
+    chosen = _select(table, request.names, crypttab, enrolled)
+    if not chosen:
+        found = "; ".join(problems) if problems else "it has no entries"
+        raise UsageError(
+            f"no entry of {crypttab} is a LUKS2 volume enrolled with sealer ({found})",
+            "enroll the volume first with 'sealer enroll DEVICE', or choose entries with "
+            "--name NAME",
+        )
+    # Entries chosen by --name: do as asked, but say when the keyscript can only fall back.
+    for line in chosen if request.names else ():
+        entry = line.entry
+        problem = check(entry.source) if entry is not None else None
+        if entry is not None and problem is not None:
+            warnings.append(
+                f"entry {entry.name!r}: {problem}; the keyscript unlocks only a volume "
+                "enrolled with 'sealer enroll', others get the passphrase prompt"
+            )
+    new_table, entries = _edit(table, chosen, crypttab_enable_line, crypttab)
+
+    root = request.root
+    keyscript = _read_source(source / "keyscript")
+    hook = _read_source(source / "hooks" / "sealer")
+    cap_script = _read_source(source / CAP_SCRIPT_SOURCE)
+    # Order matters: Debian's cryptsetup rejects a keyscript= that is not an executable
+    # file, so the keyscript and hook are in place before crypttab names them.
+    files = [
+        _file_change(host_path(root, KEYSCRIPT_PATH), keyscript, _SCRIPT_MODE),
+        _file_change(host_path(root, HOOK_PATH), hook, _SCRIPT_MODE),
+        _file_change(host_path(root, CAP_SCRIPT_PATH), cap_script, _SCRIPT_MODE),
+        _file_change(host_path(root, CONF_PATH), initramfs_conf(request.python), _CONF_MODE),
+        _crypttab_change(crypttab, data, stat, new_table, follow=root is None),
+    ]
+    commands, command_notes = _commands(request)
+    # Say which entries the automatic choice left out, so a missing one is explained.
+    notes = [] if request.names else [f"left out {problem}" for problem in problems]
+    notes += command_notes
+    if not host_path(root, CRYPTROOT_HOOK_PATH).exists():
+        warnings.append(
+            f"{host_path(root, CRYPTROOT_HOOK_PATH)} is missing: without cryptsetup-initramfs "
+            "the initramfs opens no encrypted volume (apt-get install cryptsetup-initramfs)"
+        )
+    warnings += [f"{tool} is not installed" for tool in _missing_tools(commands)]
+    return Plan(
+        action="enable",
+        crypttab=crypttab,
+        entries=entries,
+        files=tuple(f for f in files if f is not None),
+        commands=commands,
+        notes=tuple(notes),
+        warnings=tuple(warnings),
+    )
+
+
+def plan_disable(request: WireRequest) -> Plan:
+    """What ``sealer boot disable`` would change; nothing is written."""
+    crypttab = _crypttab_path(request)
+    table, data, stat = _read_crypttab(crypttab)
+
+    def ours(line: Line) -> bool:
+        return line.entry is not None and line.entry.uses_sealer
+
+    chosen = _select(table, request.names, crypttab, ours)
+    new_table, entries = _edit(table, chosen, crypttab_disable_line, crypttab)
+    root = request.root
+    # crypttab first: it must never name a keyscript that is already gone.
+    files: list[FileChange | None] = [
+        _crypttab_change(crypttab, data, stat, new_table, follow=root is None)
+    ]
+    notes: list[str] = []
+    still = [entry.name for _, entry in new_table.entries() if entry.uses_sealer]
+    if still:
+        notes.append(
+            f"the keyscript and hook stay installed: {KEYSCRIPT_OPTION} is still used by "
+            f"{', '.join(still)}"
+        )
+    else:
+        files += [
+            _file_change(host_path(root, path), None, None)
+            for path in (HOOK_PATH, CAP_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH)
+        ]
+    commands, command_notes = _commands(request)
+    warnings = [f"{tool} is not installed" for tool in _missing_tools(commands)]
+    return Plan(
+        action="disable",
+        crypttab=crypttab,
+        entries=entries,
+        files=tuple(f for f in files if f is not None),
+        commands=commands,
+        notes=tuple(notes + command_notes),
+        warnings=tuple(warnings),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying
+
+
+def apply(plan: Plan, say: Callable[[str], None]) -> None:
+    """Write the plan's files in order, then run its commands."""
+    missing = _missing_tools(plan.commands)
+    if missing:
+        # Checked before writing anything: a half-applied change is worse than none.
+        raise SealerError(
+            f"{missing[0]} is not installed, so the initramfs cannot be rebuilt",
+            "install initramfs-tools, or pass --no-update-initramfs and rebuild it yourself",
+        )
+    for change in plan.changed_files:
+        if change.change == "remove":
+            _remove(change.path)
+        else:
+            assert change.after is not None and change.mode is not None
+            target = Path(os.path.realpath(change.path)) if change.follow_symlink else change.path
+            _write_atomic(target, change.after, change.mode, change.owner)
+    for argv in plan.commands:
+        say(f"running {' '.join(argv)}")
+        result = run(argv)
+        if result.returncode != 0:
+            raise SealerError(
+                f"{' '.join(argv)} failed: {result.reason}",
+                "the files are already changed and the old initramfs is still in place; "
+                f"fix the cause and run '{' '.join(argv)}' (or undo with 'sealer boot disable')",
+            )
+
+
+def _os_error(action: str, path: Path, exc: OSError) -> SealerError:
+    hint = "run sealer as root" if isinstance(exc, PermissionError) else None
+    return SealerError(f"cannot {action} {path}: {exc.strerror or exc}", hint)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+    """Replace ``path`` so that a reader, or a crash, sees the old file or the new one."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)  # mkstemp makes 0600; set the mode explicitly
+            stat = os.fstat(handle.fileno())
+            if owner is not None and owner != (stat.st_uid, stat.st_gid):
+                os.fchown(handle.fileno(), *owner)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _os_error("write", path, exc) from exc
+    finally:
+        if tmp is not None:
+            # The temporary name starts with "." and ends in ".new": harmless if it stays.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _os_error("remove", path, exc) from exc
+
+
+def _git_mode(mode: int | None) -> str:
+    return f"100{(mode or 0):o}"
+
+
+def _diff_lines(data: bytes | None) -> list[str]:
+    if data is None:
+        return []
+    # Display only: replace undecodable bytes rather than print lone surrogates.
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    out = [line + "\n" for line in lines[:-1]]
+    if lines[-1]:
+        out.append(lines[-1])
+    return out

@@ -1,0 +1,143 @@
+"""Building blocks of the real-boot tests.
+
+Real boots: OVMF with Secure Boot on test keys, swtpm, a signed UKI, a LUKS2 root.
+
+The artefacts are built once per test run (keys, initramfs, root disk) and shared; each
+test gets its own copy of whatever a boot changes (TPM state, UEFI variables, the disk).
+Without QEMU, OVMF or a Debian kernel the tests skip with the reason; the README's test
+command installs them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bootimage import STUB, Kernel, build_esp, build_initramfs, build_uki, installed_kernel
+from qemu import QEMU, Answer, Boot, Machine
+from rootdisk import BUSYBOX, make_luks_root
+from secureboot import OVMF_CODE, OVMF_VARS_TEMPLATE, SecureBootKeys, make_keys, virt_fw_vars
+from swtpm import Swtpm
+
+ROOT_PASSPHRASE = "hunter2 correct horse"
+PROMPT = "Please unlock disk cryptroot"
+KEYSCRIPT = "/usr/lib/sealer/keyscript"
+TPM_UNLOCKED = "sealer: cryptroot: key released by the TPM"
+
+
+def missing_boot_parts() -> str | None:
+    """Why a real boot cannot run here, or None when everything is installed."""
+    for tool in (QEMU, "swtpm", "mkinitramfs", "objcopy", "sbsign", "mcopy", "mkfs.vfat"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    for path in (OVMF_CODE, OVMF_VARS_TEMPLATE, STUB, BUSYBOX):
+        if not path.exists():
+            return f"{path} is missing"
+    try:
+        virt_fw_vars()
+        installed_kernel()
+    except FileNotFoundError as error:
+        return f"{error} is missing"
+    return None
+
+
+@dataclass
+class BootKit:
+    """Everything a boot test needs, built once per run."""
+
+    work: Path
+    kernel: Kernel
+    owner: SecureBootKeys
+    other_owner: SecureBootKeys
+    initrd: Path
+    pristine_root: Path
+    root_uuid: str
+    _ukis: dict[tuple[str, str, str], Path] = field(default_factory=dict)
+
+    def cmdline(self, extra: str = "") -> str:
+        return (
+            "console=ttyS0 root=/dev/mapper/cryptroot rootfstype=ext4 panic=1 "
+            f"cryptopts=target=cryptroot,source=UUID={self.root_uuid},luks,keyscript={KEYSCRIPT}"
+            + (f" {extra}" if extra else "")
+        )
+
+    def esp(
+        self,
+        *,
+        keys: SecureBootKeys | None,
+        cmdline: str | None = None,
+        initrd: Path | None = None,
+    ) -> Path:
+        """An ESP image booting a UKI of these parts, signed by ``keys`` (None: unsigned)."""
+        cmdline = cmdline or self.cmdline()
+        initrd = initrd or self.initrd
+        signer = str(keys.directory) if keys else "unsigned"
+        cache_key = (signer, cmdline, str(initrd))
+        if cache_key not in self._ukis:
+            name = f"uki{len(self._ukis)}"
+            uki = build_uki(self.work / f"{name}.efi", self.kernel, initrd, cmdline, keys)
+            self._ukis[cache_key] = build_esp(self.work / f"{name}-esp.img", uki)
+        return self._ukis[cache_key]
+
+    def new_root(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        disk = directory / "root.img"
+        shutil.copyfile(self.pristine_root, disk)
+        return disk
+
+
+def make_boot_kit(work: Path) -> BootKit:
+    kernel = installed_kernel()
+    initrd = build_initramfs(work / "initrd.img", kernel, work, with_sealer=True, extra_hooks={})
+    uuid = make_luks_root(work / "root.img", ROOT_PASSPHRASE.encode(), work)
+    return BootKit(
+        work=work,
+        kernel=kernel,
+        owner=make_keys(work / "owner", "sealer test owner"),
+        other_owner=make_keys(work / "other-owner", "another owner"),
+        initrd=initrd,
+        pristine_root=work / "root.img",
+        root_uuid=uuid,
+    )
+
+
+def type_passphrase() -> list[Answer]:
+    return [Answer(PROMPT, ROOT_PASSPHRASE + "\n")]
+
+
+def enroll_on_host(machine: Machine, disk: Path, pcrs: dict[int, bytes], state_dir: Path) -> None:
+    """Enroll the disk against the machine's TPM state, expecting the given PCR 4 and 7."""
+    with Swtpm(machine.tpm_state) as tpm:
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "sealer", "--tcti", tpm.tcti, "enroll", "--quiet",
+                "--unlock-key-file", "-", "--state-dir", str(state_dir),
+                "--pcr", f"4=sha256:{pcrs[4].hex()}", "--pcr", f"7=sha256:{pcrs[7].hex()}",
+                str(disk),
+            ],
+            input=ROOT_PASSPHRASE.encode(), capture_output=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+
+
+@dataclass
+class Provisioned:
+    """One machine after its provisioning: first boot by passphrase, then enrolled."""
+
+    directory: Path
+    machine: Machine
+    disk: Path
+    first_boot: Boot
+
+    def copy(self, directory: Path, *, esp: Path, vars_template: Path | None = None,
+             keep_tpm: bool = True) -> Machine:  # fmt: skip
+        """The same disk (a copy) and TPM (unless keep_tpm is False) in another machine."""
+        directory.mkdir(parents=True, exist_ok=True)
+        if keep_tpm:
+            shutil.copytree(self.machine.tpm_state, directory / "tpm")
+        disk = directory / "root.img"
+        shutil.copyfile(self.disk, disk)
+        return Machine(directory, vars_template or self.machine.vars_template, [esp, disk])

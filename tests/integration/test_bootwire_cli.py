@@ -1,0 +1,210 @@
+"""``sealer boot enable|disable`` run as a user would, always under --root (never this host's
+/etc), with a fake hook source; the default choice of entries against real enrolled images."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PASSPHRASE, Result, SealerCli
+from luks_image import make_luks_image
+
+from sealer.boot.crypttab import KEYSCRIPT_OPTION
+
+pytestmark = pytest.mark.integration
+
+HOOK = b"#!/bin/sh\n# fake hook\nexit 0\n"
+CAP_SCRIPT = b"#!/bin/sh\n# fake init-bottom capping script\n"
+KEYSCRIPT = b"#!/bin/sh\nexec /lib/cryptsetup/askpass x\n"
+CRYPTTAB = (
+    "# /etc/crypttab\n"
+    "\n"
+    "cryptroot UUID=8a6d3d5e-0000-4000-8000-000000000001 none luks,discard\n"
+    "swap\t/dev/sda3\t/dev/urandom\tswap\n"
+)
+
+
+def boot(*args: str) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sealer", "boot", *args], capture_output=True, timeout=120
+    )
+    return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def one_line_error(result: Result, code: int, expected: str) -> None:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sealer: "), result.stderr
+    assert expected in lines[0], result.stderr
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    tools = tmp_path / "initramfs-hook" / "initramfs-tools"
+    (tools / "hooks").mkdir(parents=True)
+    (tools / "hooks" / "sealer").write_bytes(HOOK)
+    (tools / "keyscript").write_bytes(KEYSCRIPT)
+    (tools / "scripts" / "init-bottom").mkdir(parents=True)
+    (tools / "scripts" / "init-bottom" / "sealer").write_bytes(CAP_SCRIPT)
+    return tmp_path / "initramfs-hook"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "crypttab").write_text(CRYPTTAB)
+    (root / "etc" / "crypttab").chmod(0o640)
+    return root
+
+
+def test_dry_run_prints_the_diffs_and_changes_nothing(root: Path, source: Path) -> None:
+    before = tree(root)
+    crypttab = root / "etc" / "crypttab"
+    result = boot(
+        "enable", "--root", str(root), "--crypttab", str(crypttab), "--name", "cryptroot",
+        "--hook-source", str(source), "--dry-run",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert tree(root) == before
+    out = result.stdout
+    assert f"--- /dev/null\n+++ {root}/usr/lib/sealer/keyscript\n" in out
+    assert f"+++ {root}/etc/initramfs-tools/hooks/sealer\n" in out
+    assert f"+++ {root}/etc/sealer/initramfs.conf\n" in out
+    assert f"+SEALER_PYTHON={sys.executable}\n" in out
+    assert out.count("new file mode 100755\n") == 3
+    assert f"--- {crypttab}\n+++ {crypttab}\n" in out
+    old = "cryptroot UUID=8a6d3d5e-0000-4000-8000-000000000001 none luks,discard"
+    assert f"-{old}\n+{old},{KEYSCRIPT_OPTION}\n" in out
+    assert out.endswith("Dry run: nothing was changed.\n")
+    assert "update-initramfs is not run under --root" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dry_run_json_is_the_plan(root: Path, source: Path) -> None:
+    result = boot(
+        "enable", "--root", str(root), "--name", "cryptroot", "--hook-source", str(source),
+        "--dry-run", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["action"] == "enable" and doc["dry_run"] is True
+    assert doc["crypttab"] == str(root / "etc" / "crypttab")
+    assert doc["commands"] == []
+    assert [(f["path"], f["change"], f["mode"]) for f in doc["files"]] == [
+        (str(root / "usr/lib/sealer/keyscript"), "create", "0755"),
+        (str(root / "etc/initramfs-tools/hooks/sealer"), "create", "0755"),
+        (str(root / "etc/initramfs-tools/scripts/init-bottom/sealer"), "create", "0755"),
+        (str(root / "etc/sealer/initramfs.conf"), "create", "0644"),
+        (str(root / "etc/crypttab"), "update", "0640"),
+    ]
+    assert all(f["diff"] for f in doc["files"])
+    (entry,) = doc["entries"]
+    assert entry["name"] == "cryptroot" and entry["line"] == 3 and entry["changed"] is True
+    assert entry["after"].endswith(f"luks,discard,{KEYSCRIPT_OPTION}")
+    assert any("--root" in note for note in doc["notes"])
+
+
+def test_enable_then_again_then_disable_under_root(root: Path, source: Path) -> None:
+    original = tree(root)
+    args = ("--root", str(root), "--name", "cryptroot")
+    enabled = boot("enable", *args, "--hook-source", str(source))
+    assert enabled.returncode == 0, enabled.stderr
+    assert "cryptroot (line 3) now uses" in enabled.stdout
+    assert "passphrase prompt stays as the fallback" in enabled.stdout
+    files = tree(root)
+    assert files["usr/lib/sealer/keyscript"] == (KEYSCRIPT, 0o755)
+    assert files["etc/initramfs-tools/hooks/sealer"] == (HOOK, 0o755)
+    assert files["etc/initramfs-tools/scripts/init-bottom/sealer"] == (CAP_SCRIPT, 0o755)
+    assert files["etc/sealer/initramfs.conf"][1] == 0o644
+    conf = str(root / "etc/sealer/initramfs.conf")
+    shown = subprocess.run(
+        ["sh", "-c", '. "$1"; printf %s "$SEALER_PYTHON"', "sh", conf],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert shown.stdout == sys.executable
+    crypttab, mode = files["etc/crypttab"]
+    assert mode == 0o640
+    assert crypttab.decode() == CRYPTTAB.replace("discard\n", f"discard,{KEYSCRIPT_OPTION}\n")
+
+    again = boot("enable", *args, "--hook-source", str(source), "--json")
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert {f["change"] for f in doc["files"]} == {"unchanged"}
+    assert tree(root) == files
+
+    disabled = boot("disable", "--root", str(root))
+    assert disabled.returncode == 0, disabled.stderr
+    assert "no longer uses" in disabled.stdout
+    assert tree(root) == original
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--name", "nope"], "has no entry named 'nope': its entries are: cryptroot, swap"),
+        (["--name", "cryptroot", "--hook-source", "/nonexistent"], "--hook-source /nonexistent"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(
+    root: Path, source: Path, args: list[str], expected: str
+) -> None:
+    before = tree(root)
+    if "--hook-source" not in args:
+        args = [*args, "--hook-source", str(source)]
+    result = boot("enable", "--root", str(root), *args)
+    one_line_error(result, 2, expected)
+    assert tree(root) == before
+
+
+def test_another_keyscript_is_refused(root: Path, source: Path) -> None:
+    (root / "etc/crypttab").write_text(CRYPTTAB + "vault /dev/sdc1 none luks,keyscript=passdev\n")
+    before = tree(root)
+    result = boot("enable", "--root", str(root), "--name", "vault", "--hook-source", str(source),
+                  "--json")  # fmt: skip
+    one_line_error(result, 2, "'vault' (line 5) already uses keyscript=/lib/cryptsetup/scripts/")
+    assert json.loads(result.stdout)["exit_code"] == 2
+    assert tree(root) == before
+
+
+def test_default_choice_is_the_enrolled_volumes(
+    sealer: SealerCli, luks_image: Path, root: Path, source: Path, tmp_path: Path
+) -> None:
+    other = make_luks_image(tmp_path / "other.img", PASSPHRASE)
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(b"\0" * 4096)
+    crypttab = root / "etc" / "crypttab"
+    crypttab.write_text(
+        f"# test\nvolume {luks_image} none luks\nother {other} none\nplain {plain}\n"
+    )
+    args = ("enable", "--root", str(root), "--hook-source", str(source))
+
+    nothing = sealer("boot", *args)
+    one_line_error(nothing, 2, f"volume: {luks_image} has no sealer enrollment")
+    assert "sealer enroll" in nothing.stderr and "--name" in nothing.stderr
+
+    assert sealer.enroll(luks_image).returncode == 0
+    result = sealer("boot", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [(e["name"], e["changed"]) for e in doc["entries"]] == [("volume", True)]
+    assert crypttab.read_text() == (
+        f"# test\nvolume {luks_image} none luks,{KEYSCRIPT_OPTION}\n"
+        f"other {other} none\nplain {plain}\n"
+    )
+    notes = " ".join(doc["notes"])
+    assert f"left out other: {other} has no sealer enrollment" in notes
+    assert f"left out plain: {plain} is not a LUKS volume" in notes
