@@ -1,4 +1,4 @@
-.PHONY: setup demo test
+.PHONY: setup demo test bench-boot
 
 setup:
 	bash scripts/setup.sh
@@ -8,3 +8,7 @@ demo: setup
 
 test:
 	bash scripts/test.sh
+
+bench-boot:
+	bash scripts/setup.sh --boot-chain
+	.venv/bin/python bench/boot_unlock.py --json bench/boot_unlock.json

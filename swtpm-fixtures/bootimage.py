@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pefile
 from secureboot import SecureBootKeys, sign
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
@@ -105,12 +106,32 @@ def build_uki(
         ]  # fmt: skip
     unsigned = work / f"{output.stem}.unsigned.efi"
     subprocess.run([*argv, str(STUB), str(unsigned)], check=True, capture_output=True)
+    pin_pe_timestamp(unsigned, STUB)
     if keys is None:
         unsigned.replace(output)
         return output
     sign(unsigned, keys, output)
     unsigned.unlink()
     return output
+
+
+def pin_pe_timestamp(image: Path, like: Path) -> None:
+    """Give ``image`` the PE time stamp of ``like``, and a matching checksum.
+
+    objcopy writes the current time into the PE header, which the Authenticode hash covers:
+    two builds of the same UKI a second apart would measure differently into PCR 4.
+    """
+    with pefile.PE(str(like), fast_load=True) as reference:
+        stamp = reference.FILE_HEADER.TimeDateStamp
+    pe = pefile.PE(str(image), fast_load=True)
+    pe.FILE_HEADER.TimeDateStamp = stamp
+    pe.OPTIONAL_HEADER.CheckSum = 0
+    data = bytearray(pe.write())
+    pe.close()
+    pe = pefile.PE(data=bytes(data), fast_load=True)
+    pe.OPTIONAL_HEADER.CheckSum = pe.generate_checksum()
+    image.write_bytes(pe.write())
+    pe.close()
 
 
 def build_esp(output: Path, uki: Path) -> Path:

@@ -24,7 +24,9 @@ DEFAULT_CAP_PCR = 15
 # What the cap extends into the PCR. Fixed and public: its only job is to move the PCR away
 # from the value every approval requires, for the rest of this boot.
 CAP_EVENT = b"sealer: boot-time unlock finished"
-CAP_RECORD = Path("/run/sealer/cap-pcrs")
+# Where this boot's unlocks record the PCRs to cap (tmpfs: gone at the next boot). The
+# variable exists for tests on a running system, which must not write the host's /run.
+CAP_RECORD = Path(os.environ.get("SEALER_CAP_RECORD") or "/run/sealer/cap-pcrs")
 _POLL_SECONDS = 0.05
 
 
