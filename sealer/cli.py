@@ -35,6 +35,8 @@ Exit codes:
   10  no free keyslot or token slot in the LUKS2 header
   11  the state directory or policy key cannot be used
   12  refused: the volume would be left with no way to open it
+  13  a system file (crypttab, initramfs hook) cannot be changed, or the
+      initramfs rebuild failed
 """
 
 

@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     HEADER_FULL = 10  # no free keyslot or no room for the token in the LUKS2 header
     STATE = 11  # the state directory or the policy key cannot be used
     REFUSED = 12  # the operation would leave the volume without a way to open it
+    SYSTEM_FILES = 13  # a system file (crypttab, initramfs hook) or the initramfs rebuild failed
 
 
 class SealerError(Exception):
@@ -91,3 +92,9 @@ class TPMError(SealerError):
     """The TPM answered with an error that no more specific class describes."""
 
     exit_code = ExitCode.INTERNAL
+
+
+class SystemFilesError(SealerError):
+    """crypttab, the initramfs hook files or update-initramfs: the system's boot wiring."""
+
+    exit_code = ExitCode.SYSTEM_FILES

@@ -28,7 +28,7 @@ import sealer
 from sealer.boot.crypttab import KEYSCRIPT_OPTION, KEYSCRIPT_PATH, Crypttab, Line
 from sealer.boot.crypttab import disable_line as crypttab_disable_line
 from sealer.boot.crypttab import enable_line as crypttab_enable_line
-from sealer.errors import SealerError, UsageError
+from sealer.errors import SealerError, SystemFilesError, UsageError
 from sealer.luks import cryptsetup
 from sealer.proc import run
 from sealer.services.volume import enrollments
@@ -210,11 +210,13 @@ def _read(path: Path) -> tuple[bytes, os.stat_result] | None:
     except FileNotFoundError:
         return None
     except PermissionError as exc:
-        raise SealerError(f"cannot read {path}: permission denied", "run sealer as root") from exc
+        raise SystemFilesError(
+            f"cannot read {path}: permission denied", "run sealer as root"
+        ) from exc
     except IsADirectoryError as exc:
         raise UsageError(f"{path} is a directory, not a file") from exc
     except OSError as exc:
-        raise SealerError(f"cannot read {path}: {exc.strerror}") from exc
+        raise SystemFilesError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _read_source(path: Path) -> bytes:
@@ -321,7 +323,7 @@ def _crypttab_path(request: WireRequest) -> Path:
 def initramfs_conf(python: str) -> bytes:
     """/etc/sealer/initramfs.conf: tells the hook which interpreter has sealer installed."""
     if not python:
-        raise SealerError(
+        raise SystemFilesError(
             "cannot tell which Python runs sealer (sys.executable is empty)",
             "run sealer with the interpreter it is installed in, e.g. /path/to/venv/bin/python "
             "-m sealer",
@@ -455,7 +457,7 @@ def apply(plan: Plan, say: Callable[[str], None]) -> None:
     missing = _missing_tools(plan.commands)
     if missing:
         # Checked before writing anything: a half-applied change is worse than none.
-        raise SealerError(
+        raise SystemFilesError(
             f"{missing[0]} is not installed, so the initramfs cannot be rebuilt",
             "install initramfs-tools, or pass --no-update-initramfs and rebuild it yourself",
         )
@@ -470,7 +472,7 @@ def apply(plan: Plan, say: Callable[[str], None]) -> None:
         say(f"running {' '.join(argv)}")
         result = run(argv)
         if result.returncode != 0:
-            raise SealerError(
+            raise SystemFilesError(
                 f"{' '.join(argv)} failed: {result.reason}",
                 "the files are already changed and the old initramfs is still in place; "
                 f"fix the cause and run '{' '.join(argv)}' (or undo with 'sealer boot disable')",
@@ -479,7 +481,7 @@ def apply(plan: Plan, say: Callable[[str], None]) -> None:
 
 def _os_error(action: str, path: Path, exc: OSError) -> SealerError:
     hint = "run sealer as root" if isinstance(exc, PermissionError) else None
-    return SealerError(f"cannot {action} {path}: {exc.strerror or exc}", hint)
+    return SystemFilesError(f"cannot {action} {path}: {exc.strerror or exc}", hint)
 
 
 def _fsync_dir(directory: Path) -> None:

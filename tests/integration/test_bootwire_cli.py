@@ -208,3 +208,17 @@ def test_default_choice_is_the_enrolled_volumes(
     notes = " ".join(doc["notes"])
     assert f"left out other: {other} has no sealer enrollment" in notes
     assert f"left out plain: {plain} is not a LUKS volume" in notes
+
+
+def test_a_file_that_cannot_be_written_is_exit_13_and_crypttab_stays(
+    root: Path, source: Path
+) -> None:
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "sealer").write_text("a file where a folder must go\n")
+    crypttab_before = (root / "etc" / "crypttab").read_bytes()
+    result = boot(
+        "enable", "--root", str(root), "--name", "cryptroot", "--hook-source", str(source)
+    )
+    one_line_error(result, 13, "usr/lib/sealer")
+    # crypttab is written last: it never names a keyscript that is not in place.
+    assert (root / "etc" / "crypttab").read_bytes() == crypttab_before
