@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSPHRASE, SealerCli
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from luks_image import opens_with
 from swtpm import Swtpm
 
@@ -188,3 +190,30 @@ def test_enroll_without_a_terminal_or_key_file_is_a_usage_error(
     )  # fmt: skip
     assert result.returncode == 2
     assert b"no terminal to ask for the secret" in result.stderr
+
+
+def _scalar_with_short_coordinate(coordinate: str) -> int:
+    """A P-256 private scalar whose public x (or y) has a leading zero byte: 1 key in 128."""
+    for scalar in range(1, 100_000):
+        numbers = ec.derive_private_key(scalar, ec.SECP256R1()).public_key().public_numbers()
+        if getattr(numbers, coordinate) < 2**248:
+            return scalar
+    raise AssertionError("no such scalar below 100000")
+
+
+@pytest.mark.parametrize("coordinate", ["x", "y"])
+def test_a_policy_key_with_a_leading_zero_coordinate_still_unlocks(
+    sealer: SealerCli, luks_image: Path, coordinate: str
+) -> None:
+    key = ec.derive_private_key(_scalar_with_short_coordinate(coordinate), ec.SECP256R1())
+    sealer.state_dir.mkdir(mode=0o700)
+    (sealer.state_dir / "policy-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    assert sealer.enroll(luks_image).returncode == 0
+    result = sealer("unlock", "--test", str(luks_image))
+    assert result.returncode == 0, result.stderr
