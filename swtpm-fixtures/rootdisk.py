@@ -35,9 +35,16 @@ _FS_MIB = 16
 _LUKS_ROOM_MIB = 32  # reencrypt moves the data to make room for the LUKS2 header here
 
 
+# A systemd initramfs (dracut) moves /run into the new root and fails when there is no
+# directory to move it to; os-release makes the tree an "OS tree", which its switch-root
+# checks. initramfs-tools' run-init needs neither and minds neither.
+_OS_RELEASE = 'ID=debian\nPRETTY_NAME="sealer e2e root"\n'
+
+
 def make_root_tree(tree: Path) -> Path:
-    for sub in ("bin", "sbin", "proc", "sys", "dev", "tmp"):
+    for sub in ("bin", "sbin", "proc", "sys", "dev", "tmp", "run", "etc"):
         (tree / sub).mkdir(parents=True, exist_ok=True)
+    (tree / "etc" / "os-release").write_text(_OS_RELEASE)
     (tree / "bin" / "busybox").write_bytes(BUSYBOX.read_bytes())
     (tree / "bin" / "busybox").chmod(0o755)
     init = tree / "sbin" / "init"

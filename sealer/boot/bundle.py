@@ -38,7 +38,7 @@ from sealer.services.bootwire import find_hook_source
 
 BUNDLE_ROOT = PurePosixPath("/usr/lib/sealer/python")
 KEYSCRIPT = PurePosixPath("/usr/lib/sealer/keyscript")
-ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.cap")
+ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap")
 # libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
 TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
 SYSTEM_LIBRARY_DIR = PurePosixPath("/usr/lib/x86_64-linux-gnu")

@@ -1,8 +1,9 @@
 """Cap the PCRs recorded by this boot's unlocks: run once, after the last volume is open.
 
-``python -m sealer.boot.cap`` runs from initramfs-tools' init-bottom (and dracut's
-pre-pivot). It runs whatever happened before, so that after the initramfs no process, root
-included, can have the TPM release a key again until the next reboot.
+``python -m sealer.boot.cap`` runs from initramfs-tools' init-bottom (in a dracut
+initramfs: sealer-cap.service, ordered where dracut's pre-pivot hook runs). It runs whatever
+happened before, so that after the initramfs no process, root included, can have the TPM
+release a key again until the next reboot.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from sealer.boot.unlocker import cap, recorded_caps
+from sealer.boot.capping import cap, recorded_caps
 from sealer.errors import SealerError
 from sealer.pcrs import format_pcrs
 

@@ -13,12 +13,17 @@ from __future__ import annotations
 import os
 import sys
 
-from sealer.boot.unlocker import record_cap, unlock_for_boot
+from sealer.boot.unlocker import (
+    TPM_WAIT_SECONDS,
+    fallback_line,
+    record_cap_of,
+    released_line,
+    unlock_for_boot,
+)
 from sealer.errors import AuthError, SealerError
 from sealer.proc import ask
 
 ASKPASS = "/lib/cryptsetup/askpass"
-TPM_WAIT_SECONDS = 10.0
 
 
 def _say(line: str) -> None:
@@ -61,18 +66,16 @@ def main() -> int:
             tpm_timeout=TPM_WAIT_SECONDS,
         )
     except SealerError as error:
-        _say(f"sealer: {volume}: {error.message}; asking for the passphrase instead")
+        _say(fallback_line(volume, error))
         return int(error.exit_code)
     except Exception as error:  # a bug must never cost the user the passphrase prompt
-        _say(f"sealer: {volume}: internal error ({type(error).__name__}: {error}); "
-             "asking for the passphrase instead")  # fmt: skip
+        _say(fallback_line(volume, error))
         return 1
-    try:
-        record_cap(result.unsealed.enrollment.token.cap_pcr)
-    except OSError as error:
-        _say(f"sealer: {volume}: cannot record the PCR to cap ({error}); PCR 15 will be capped")
+    problem = record_cap_of(result, volume)
+    if problem is not None:
+        _say(problem)
     _write_all(sys.stdout.fileno(), result.unsealed.key)
-    _say(f"sealer: {volume}: key released by the TPM in {result.seconds:.2f} s")
+    _say(released_line(volume, result.seconds))
     return 0
 
 

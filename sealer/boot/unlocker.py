@@ -1,33 +1,27 @@
-"""What the initramfs does with the TPM: wait for it, release a volume's key, cap a PCR.
+"""What the initramfs does with the TPM: wait for it and release a volume's key.
 
-Capping is separate from releasing: the initramfs may unlock several volumes, one keyscript
-run each, and every one of them must still find the TPM willing. So each run records which
-PCR its enrollment caps in ``CAP_RECORD``, and one step after the last unlock (initramfs-tools'
-init-bottom, or dracut's pre-pivot) extends them all, whichever way the volumes were opened.
+Capping is separate (sealer.boot.capping): the initramfs may unlock several volumes (one
+keyscript run each, or one password agent answering each request), and every one of them
+must still find the TPM willing. So each unlock records which PCR its enrollment caps, and
+one step after the last unlock (initramfs-tools' init-bottom, or sealer-cap.service in a
+dracut initramfs) extends them all, whichever way the volumes were opened.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sealer.errors import TPMUnavailableError
-from sealer.services.unlock import PinReader, Unsealed, release_key
-from sealer.tpm.connection import connect
-from sealer.tpm.pcr import extend_all_banks
+from sealer.boot.capping import CAP_RECORD, record_cap
+from sealer.errors import SealerError, TPMUnavailableError
+from sealer.services.unlock import PinReader, Unsealed, enrolled_header, release_key
 
 TPM_DEVICE = Path("/dev/tpmrm0")
-DEFAULT_CAP_PCR = 15
-# What the cap extends into the PCR. Fixed and public: its only job is to move the PCR away
-# from the value every approval requires, for the rest of this boot.
-CAP_EVENT = b"sealer: boot-time unlock finished"
-# Where this boot's unlocks record the PCRs to cap (tmpfs: gone at the next boot). The
-# variable exists for tests on a running system, which must not write the host's /run.
-CAP_RECORD = Path(os.environ.get("SEALER_CAP_RECORD") or "/run/sealer/cap-pcrs")
 _POLL_SECONDS = 0.05
+# How long a boot waits for the TPM's device node before falling back to the passphrase.
+TPM_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,33 +60,35 @@ def seconds_since_process_start() -> float:
 def unlock_for_boot(
     device: str, *, tcti: str | None, read_pin: PinReader, tpm_timeout: float
 ) -> BootUnlock:
+    # The header first: a volume with no enrollment falls back at once, not after the wait.
+    header = enrolled_header(device)
     if tcti is None:
         wait_for_tpm(TPM_DEVICE, tpm_timeout)
-    unsealed = release_key(device, token_id=None, tcti=tcti, read_pin=read_pin)
+    unsealed = release_key(device, token_id=None, tcti=tcti, read_pin=read_pin, header=header)
     return BootUnlock(unsealed, seconds_since_process_start())
 
 
-def record_cap(pcr: int, record: Path = CAP_RECORD) -> None:
-    """Remember that ``pcr`` must be capped before the initramfs hands over to the system."""
-    record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(record, "a", encoding="ascii") as handle:
-        handle.write(f"{pcr}\n")
+def fallback_line(volume: str, error: BaseException) -> str:
+    """The one console line that says why the TPM did not unlock ``volume``.
+
+    The keyscript and the systemd password agent say it in the same words, so a user (and a
+    test) reads the same reason whichever initramfs the machine has.
+    """
+    if isinstance(error, SealerError):
+        reason = error.message
+    else:  # a bug: say what it was, but never cost the user the passphrase prompt
+        reason = f"internal error ({type(error).__name__}: {error})"
+    return f"sealer: {volume}: {reason}; asking for the passphrase instead"
 
 
-def recorded_caps(record: Path = CAP_RECORD) -> list[int]:
-    """The PCRs recorded by this boot's unlocks, or the default when none was recorded."""
+def released_line(volume: str, seconds: float) -> str:
+    return f"sealer: {volume}: key released by the TPM in {seconds:.2f} s"
+
+
+def record_cap_of(result: BootUnlock, volume: str, record: Path | None = None) -> str | None:
+    """Record the PCR this unlock's enrollment caps; a line to say if that failed, else None."""
     try:
-        lines = record.read_text(encoding="ascii").split()
-    except (OSError, UnicodeDecodeError):
-        lines = []
-    pcrs = {int(line) for line in lines if line.isdigit() and int(line) < 24}
-    return sorted(pcrs) or [DEFAULT_CAP_PCR]
-
-
-def cap(pcrs: Iterable[int], *, tcti: str | None) -> list[str]:
-    """Extend each PCR in every active bank; return the banks extended."""
-    with connect(tcti) as ctx:
-        banks: list[str] = []
-        for pcr in pcrs:
-            banks = [bank.name for bank in extend_all_banks(ctx, pcr, CAP_EVENT)]
-    return banks
+        record_cap(result.unsealed.enrollment.token.cap_pcr, record or CAP_RECORD)
+    except OSError as error:
+        return f"sealer: {volume}: cannot record the PCR to cap ({error}); PCR 15 will be capped"
+    return None

@@ -144,11 +144,23 @@ class Unsealed:
     match: Match
 
 
+def enrolled_header(device: str) -> LuksHeader:
+    """The LUKS2 header of ``device``, refused (TokenError) when it has no enrollment."""
+    header = cryptsetup.read_header(device)
+    require_enrollments(header)
+    return header
+
+
 def release_key(
-    device: str, *, token_id: int | None, tcti: str | None, read_pin: PinReader
+    device: str,
+    *,
+    token_id: int | None,
+    tcti: str | None,
+    read_pin: PinReader,
+    header: LuksHeader | None = None,
 ) -> Unsealed:
     """The first enrollment of ``device`` whose approval matches the boot state, unsealed."""
-    header = cryptsetup.read_header(device)
+    header = header or cryptsetup.read_header(device)
     errors: list[SealerError] = []
     for enrollment in require_enrollments(header, token_id):
         try:

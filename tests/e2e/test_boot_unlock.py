@@ -14,7 +14,7 @@ from bootkit import (
 )
 from qemu import Boot, Machine
 
-from sealer.boot.unlocker import CAP_EVENT
+from sealer.boot.capping import CAP_EVENT
 
 ROOT_UP = "SEALER-E2E: root file system is up"
 CAPPED_PCR15 = hashlib.sha256(bytes(32) + hashlib.sha256(CAP_EVENT).digest()).digest()

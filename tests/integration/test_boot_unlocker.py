@@ -17,7 +17,7 @@ from conftest import PASSPHRASE, SealerCli
 from luks_image import opens_with
 from swtpm import Swtpm
 
-from sealer.boot.unlocker import CAP_EVENT
+from sealer.boot.capping import CAP_EVENT
 
 
 def run_module(
