@@ -409,23 +409,45 @@ def serve(agent: Agent, *, once: bool) -> int:
         time.sleep(POLL_SECONDS)
 
 
+def stand_aside(ask_dir: Path, error: BaseException) -> int:
+    """After a failure of the agent itself: say so, let the console agent start, then stay.
+
+    Exiting while a request is pending would have the path unit start the agent again at
+    once, forever, holding the console agent (ordered after this service) back: the user
+    would never see the passphrase prompt. So the agent reports ready and waits, doing
+    nothing, until the console agent has answered every request.
+    """
+    print(fallback_line("sealer", error), file=sys.stderr, flush=True)
+    notify_ready()
+    while not directory_empty(ask_dir):
+        time.sleep(POLL_SECONDS)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sealer.boot.agent",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--once", action="store_true", help="one pass over the requests, then exit")
-    parser.add_argument("--ask-dir", type=Path, default=ASK_DIR, help=argparse.SUPPRESS)
-    parser.add_argument("--console", type=Path, default=CONSOLE, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    agent = Agent(
-        ask_dir=args.ask_dir,
-        console=args.console,
-        # Tests on the host point this at swtpm; in the initramfs it is unset (the device).
-        tcti=os.environ.get("SEALER_TCTI") or None,
-    )
-    return serve(agent, once=args.once)
+    ask_dir = ASK_DIR
+    try:
+        parser = argparse.ArgumentParser(
+            prog="python -m sealer.boot.agent",
+            description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.add_argument(
+            "--once", action="store_true", help="one pass over the requests, then exit"
+        )
+        parser.add_argument("--ask-dir", type=Path, default=ASK_DIR, help=argparse.SUPPRESS)
+        parser.add_argument("--console", type=Path, default=CONSOLE, help=argparse.SUPPRESS)
+        args = parser.parse_args(argv)
+        ask_dir = args.ask_dir
+        agent = Agent(
+            ask_dir=args.ask_dir,
+            console=args.console,
+            # Tests on the host point this at swtpm; in the initramfs it is unset (the device).
+            tcti=os.environ.get("SEALER_TCTI") or None,
+        )
+        return serve(agent, once=args.once)
+    except Exception as error:  # a bug must never cost the user the passphrase prompt
+        return stand_aside(ask_dir, error)
 
 
 if __name__ == "__main__":

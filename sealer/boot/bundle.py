@@ -3,9 +3,9 @@
 ``python -m sealer.boot.bundle --destdir DIR`` is run by the initramfs-tools hook (and the
 dracut module) with the interpreter that has sealer installed. It:
 
-- asks a child interpreter which modules the boot entry points import, so the bundle holds
-  exactly those standard-library modules and nothing of the rest (tests, tkinter, asyncio,
-  the email package's unused parts, ...);
+- asks a child interpreter which modules the boot entry points import, and the modules
+  those import lazily inside functions (one step deep), so the bundle holds those
+  standard-library modules and nothing of the rest (tests, tkinter, asyncio, ...);
 - copies third-party packages the unlocker imports (sealer, tpm2_pytss, cryptography, cffi's
   backend) whole, since they import some of their own modules lazily;
 - writes every pure module as sourceless bytecode into DIR, under BUNDLE_ROOT;
@@ -48,16 +48,40 @@ _SKIPPED_DIRS = {"__pycache__", "tests", "test"}
 _LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib")
 
 _DISCOVER = """
-import importlib, json, sys
+import dis, importlib, json, sys, types
+
+def imported_names(code):
+    names = {i.argval for i in dis.get_instructions(code)
+             if i.opname == "IMPORT_NAME" and not i.argval.startswith(".")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= imported_names(const)
+    return names
+
 for name in sys.argv[1:]:
     importlib.import_module(name)
+# One lazy step: the modules that the loaded code imports inside its functions (argparse
+# imports shutil only when it formats help, for instance), with their own eager imports.
+lazy = set()
+for name, module in list(sys.modules.items()):
+    loader = getattr(getattr(module, "__spec__", None), "loader", None)
+    try:
+        code = loader.get_code(name)
+    except Exception:
+        code = None
+    if code is not None:
+        lazy |= imported_names(code)
+for name in sorted(lazy - set(sys.modules) - INTERACTIVE_ONLY):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass  # another platform's module, or an optional dependency absent here too
 found = {}
 for name, module in sorted(sys.modules.items()):
     spec = getattr(module, "__spec__", None)
-    origin = getattr(spec, "origin", None) if spec is not None else None
-    found[name] = origin
+    found[name] = getattr(spec, "origin", None) if spec is not None else None
 print(json.dumps(found))
-"""
+""".replace("INTERACTIVE_ONLY", repr({"pydoc", "readline", "rlcompleter", "pdb", "tkinter"}))
 
 
 @dataclass
