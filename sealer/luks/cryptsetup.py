@@ -69,6 +69,19 @@ def add_keyslot(
         raise _fail(device, f"add keyslot {slot} to {device}", result)
 
 
+def prefer_keyslot(device: str, slot: int) -> None:
+    """Have cryptsetup try ``slot`` first whenever no keyslot is named.
+
+    Debian's cryptroot hands the keyscript's output to cryptsetup without a keyslot, and
+    cryptsetup tries the slots in order: without this, every TPM unlock at boot first runs
+    the passphrase slot's deliberately slow KDF (Argon2id: seconds and a gigabyte) in vain.
+    """
+    argv = [CRYPTSETUP, "config", "--batch-mode", "--key-slot", str(slot), "--priority", "prefer"]
+    result = run([*argv, device])
+    if result.returncode != 0:
+        raise _fail(device, f"set the priority of keyslot {slot} of {device}", result)
+
+
 def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
     """True when ``key`` opens ``slot`` (or any slot); nothing is activated."""
     argv = [CRYPTSETUP, "open", "--test-passphrase", "--key-file=-", "--disable-external-tokens"]

@@ -158,6 +158,10 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         # Without its token the new keyslot is useless; take it away again.
         cryptsetup.kill_keyslot(req.device, keyslot)
         raise
+    try:
+        cryptsetup.prefer_keyslot(req.device, keyslot)
+    except SealerError as error:  # only a boot-time cost: the enrollment works without it
+        warnings.append(f"keyslot {keyslot} is not tried first at boot: {error.message}")
 
     result = EnrollResult(
         device=req.device,

@@ -217,3 +217,22 @@ def test_a_policy_key_with_a_leading_zero_coordinate_still_unlocks(
     assert sealer.enroll(luks_image).returncode == 0
     result = sealer("unlock", "--test", str(luks_image))
     assert result.returncode == 0, result.stderr
+
+
+def test_the_tpm_keyslot_is_tried_first_and_the_recovery_slot_is_not(
+    sealer: SealerCli, luks_image: Path
+) -> None:
+    # At boot cryptroot names no keyslot: the TPM's must come before the passphrase's,
+    # whose slow KDF would otherwise run in vain on every TPM unlock.
+    enrolled = sealer.enroll(luks_image, "--recovery-key", "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
+    doc = json.loads(enrolled.stdout)
+    dump = subprocess.run(
+        ["cryptsetup", "luksDump", "--dump-json-metadata", str(luks_image)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    keyslots = json.loads(dump)["keyslots"]
+    priority = {int(slot): info.get("priority", 1) for slot, info in keyslots.items()}
+    assert priority[doc["keyslot"]] == 2  # prefer
+    assert priority[doc["recovery_keyslot"]] == 1  # normal
+    assert priority[0] == 1
