@@ -10,6 +10,7 @@ command installs them.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from pathlib import Path
 
 from bootimage import STUB, Kernel, build_esp, build_initramfs, build_uki, installed_kernel
 from qemu import QEMU, Answer, Boot, Machine
-from rootdisk import BUSYBOX, make_luks_root
+from rootdisk import BUSYBOX, ROOT_UP, make_luks_root
 from secureboot import OVMF_CODE, OVMF_VARS_TEMPLATE, SecureBootKeys, make_keys, virt_fw_vars
 from swtpm import Swtpm
+
+from sealer.boot.capping import CAP_EVENT
 
 ROOT_PASSPHRASE = "hunter2 correct horse"
 PROMPT = "Please unlock disk cryptroot"
@@ -141,3 +144,23 @@ class Provisioned:
         disk = directory / "root.img"
         shutil.copyfile(self.disk, disk)
         return Machine(directory, vars_template or self.machine.vars_template, [esp, disk])
+
+
+def capped_pcr15() -> bytes:
+    """PCR 15 after sealer's cap on a fresh boot: nothing may unseal after this."""
+    return hashlib.sha256(bytes(32) + hashlib.sha256(CAP_EVENT).digest()).digest()
+
+
+def assert_unlocked_by_tpm(boot: Boot, first_boot: Boot, prompt: str, volume: str) -> None:
+    """The root came up with nothing typed, on the first boot's chain, and PCR 15 capped."""
+    assert boot.powered_off, (
+        "the boot stopped at the passphrase prompt:\n" + boot.transcript[-3000:]
+    )
+    released = f"sealer: {volume}: key released by the TPM in"
+    assert released in boot.transcript, boot.transcript[-3000:]
+    assert ROOT_UP in boot.transcript
+    assert prompt not in boot.transcript  # not even briefly
+    pcrs = boot.pcrs()
+    assert pcrs[4] == first_boot.pcrs()[4]
+    assert pcrs[7] == first_boot.pcrs()[7]
+    assert pcrs[15] == capped_pcr15()

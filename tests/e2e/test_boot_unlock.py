@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from bootkit import (
@@ -10,14 +9,14 @@ from bootkit import (
     TPM_UNLOCKED,
     BootKit,
     Provisioned,
+    assert_unlocked_by_tpm,
+    capped_pcr15,
     type_passphrase,
 )
 from qemu import Boot, Machine
 
-from sealer.boot.capping import CAP_EVENT
-
 ROOT_UP = "SEALER-E2E: root file system is up"
-CAPPED_PCR15 = hashlib.sha256(bytes(32) + hashlib.sha256(CAP_EVENT).digest()).digest()
+CAPPED_PCR15 = capped_pcr15()
 
 
 def reason_lines(boot: Boot) -> list[str]:
@@ -44,17 +43,7 @@ def test_first_boot_asks_for_the_passphrase(provisioned: Provisioned) -> None:
 
 def test_enrolled_root_unlocks_with_no_passphrase(provisioned: Provisioned) -> None:
     boot = provisioned.machine.boot(stop_at=PROMPT)
-    assert boot.powered_off, (
-        "the boot stopped at the passphrase prompt:\n" + boot.transcript[-3000:]
-    )
-    assert TPM_UNLOCKED in boot.transcript
-    assert ROOT_UP in boot.transcript
-    assert PROMPT not in boot.transcript
-    pcrs = boot.pcrs()
-    # Same boot chain as the first boot, and the cap was applied after the unlock.
-    assert pcrs[4] == provisioned.first_boot.pcrs()[4]
-    assert pcrs[7] == provisioned.first_boot.pcrs()[7]
-    assert pcrs[15] == CAPPED_PCR15
+    assert_unlocked_by_tpm(boot, provisioned.first_boot, PROMPT, "cryptroot")
 
 
 def test_other_command_line_same_signer_falls_back(
