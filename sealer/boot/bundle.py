@@ -32,12 +32,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from sealer.boot.crypttab import KEYSCRIPT_PATH
 from sealer.errors import SealerError
 from sealer.proc import run
 from sealer.services.bootwire import find_hook_source
 
 BUNDLE_ROOT = PurePosixPath("/usr/lib/sealer/python")
-KEYSCRIPT = PurePosixPath("/usr/lib/sealer/keyscript")
+KEYSCRIPT = PurePosixPath(KEYSCRIPT_PATH)
 ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap")
 # libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
 TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
