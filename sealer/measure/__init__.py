@@ -1,0 +1,1 @@
+"""Measured boot: the TCG event log, PE hashing, PCR prediction."""
