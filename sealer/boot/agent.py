@@ -417,7 +417,7 @@ def stand_aside(ask_dir: Path, error: BaseException) -> int:
     would never see the passphrase prompt. So the agent reports ready and waits, doing
     nothing, until the console agent has answered every request.
     """
-    print(fallback_line("sealer", error), file=sys.stderr, flush=True)
+    print(fallback_line("password agent", error), file=sys.stderr, flush=True)
     notify_ready()
     while not directory_empty(ask_dir):
         time.sleep(POLL_SECONDS)

@@ -23,6 +23,7 @@ from sealer.boot.agent import (
     monotonic_us,
     parse_ask,
     serve,
+    stand_aside,
 )
 from sealer.boot.unlocker import BootUnlock
 from sealer.errors import PolicyMismatchError
@@ -340,3 +341,17 @@ def test_without_a_console_the_line_goes_to_stderr(
     agent.say("sealer: data: no TPM; asking for the passphrase instead")
     assert capsys.readouterr().err == "sealer: data: no TPM; asking for the passphrase instead\n"
     assert not (tmp_path / "no-console").exists()
+
+
+def test_a_failing_agent_stands_aside_until_the_console_agent_answered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Exiting non-zero with a request pending would have the path unit restart the agent
+    # forever while the console agent (ordered after it) waits: no prompt at all.
+    ask_dir = tmp_path / "ask-password"
+    ask_dir.mkdir()
+    assert stand_aside(ask_dir, RuntimeError("boom")) == 0
+    assert capsys.readouterr().err == (
+        "sealer: password agent: internal error (RuntimeError: boom); "
+        "asking for the passphrase instead\n"
+    )
