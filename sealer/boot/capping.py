@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from sealer.pcrs import BANKS, Bank
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_all_banks
 
@@ -47,3 +48,8 @@ def cap(pcrs: Iterable[int], *, tcti: str | None) -> list[str]:
         for pcr in pcrs:
             banks = [bank.name for bank in extend_all_banks(ctx, pcr, CAP_EVENT)]
     return banks
+
+
+def capped_value(pcr: int = DEFAULT_CAP_PCR, bank: Bank = BANKS["sha256"]) -> bytes:
+    """What ``pcr`` reads in ``bank`` after one cap on a freshly reset TPM."""
+    return bank.extend(bank.initial_value(pcr), bank.hash(CAP_EVENT))

@@ -10,7 +10,6 @@ command installs them.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from rootdisk import BUSYBOX, ROOT_UP, make_luks_root
 from secureboot import OVMF_CODE, OVMF_VARS_TEMPLATE, SecureBootKeys, make_keys, virt_fw_vars
 from swtpm import Swtpm
 
-from sealer.boot.capping import CAP_EVENT
+from sealer.boot.capping import capped_value
 
 ROOT_PASSPHRASE = "hunter2 correct horse"
 PROMPT = "Please unlock disk cryptroot"
@@ -146,11 +145,6 @@ class Provisioned:
         return Machine(directory, vars_template or self.machine.vars_template, [esp, disk])
 
 
-def capped_pcr15() -> bytes:
-    """PCR 15 after sealer's cap on a fresh boot: nothing may unseal after this."""
-    return hashlib.sha256(bytes(32) + hashlib.sha256(CAP_EVENT).digest()).digest()
-
-
 def assert_unlocked_by_tpm(boot: Boot, first_boot: Boot, prompt: str, volume: str) -> None:
     """The root came up with nothing typed, on the first boot's chain, and PCR 15 capped."""
     assert boot.powered_off, (
@@ -163,4 +157,4 @@ def assert_unlocked_by_tpm(boot: Boot, first_boot: Boot, prompt: str, volume: st
     pcrs = boot.pcrs()
     assert pcrs[4] == first_boot.pcrs()[4]
     assert pcrs[7] == first_boot.pcrs()[7]
-    assert pcrs[15] == capped_pcr15()
+    assert pcrs[15] == capped_value()

@@ -10,13 +10,13 @@ from bootkit import (
     BootKit,
     Provisioned,
     assert_unlocked_by_tpm,
-    capped_pcr15,
     type_passphrase,
 )
 from qemu import Boot, Machine
 
+from sealer.boot.capping import capped_value
+
 ROOT_UP = "SEALER-E2E: root file system is up"
-CAPPED_PCR15 = capped_pcr15()
 
 
 def reason_lines(boot: Boot) -> list[str]:
@@ -31,7 +31,7 @@ def assert_fell_back_to_passphrase(boot: Boot, reason: str) -> None:
     assert PROMPT in boot.transcript
     assert ROOT_UP in boot.transcript, boot.transcript[-3000:]
     # The unlocker caps PCR 15 on this path too: nothing later in this boot may unseal.
-    assert boot.pcrs()[15] == CAPPED_PCR15
+    assert boot.pcrs()[15] == capped_value()
 
 
 def test_first_boot_asks_for_the_passphrase(provisioned: Provisioned) -> None:

@@ -17,17 +17,17 @@ from bootkit import (
     BootKit,
     Provisioned,
     assert_unlocked_by_tpm,
-    capped_pcr15,
     enroll_on_host,
 )
 from dracut_image import build_dracut_initramfs, missing_dracut
 from qemu import Answer, Boot, Machine
 from rootdisk import ROOT_UP
 
+from sealer.boot.capping import capped_value
+
 # systemd-cryptsetup's prompt, shown by the console agent: "Please enter passphrase for disk
 # luks-<uuid>: (press TAB for no echo)".
 PROMPT = "Please enter passphrase for disk luks-"
-CAPPED_PCR15 = capped_pcr15()
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def test_first_boot_asks_at_the_systemd_prompt(
     assert PROMPT in first.transcript
     assert set(first.pcrs()) >= {4, 7, 15}
     # Opened by passphrase, capped all the same: nothing later in this boot may unseal.
-    assert first.pcrs()[15] == CAPPED_PCR15
+    assert first.pcrs()[15] == capped_value()
 
 
 def test_enrolled_root_unlocks_with_no_passphrase(
@@ -118,4 +118,4 @@ def test_another_tpm_falls_back_to_the_systemd_prompt(
     assert lines[0].endswith("; asking for the passphrase instead")
     assert PROMPT in boot.transcript
     assert ROOT_UP in boot.transcript, boot.transcript[-3000:]
-    assert boot.pcrs()[15] == CAPPED_PCR15
+    assert boot.pcrs()[15] == capped_value()
