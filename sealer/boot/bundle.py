@@ -120,8 +120,8 @@ def _under(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _package_root(name: str, origin: Path) -> Path:
-    """The directory (or single file) holding top-level module ``name``."""
+def _package_root(origin: Path) -> Path:
+    """The directory (or single file) holding the top-level module whose origin is given."""
     if origin.name.startswith("__init__."):
         return origin.parent
     return origin
@@ -159,7 +159,7 @@ def plan(modules: dict[str, str | None]) -> Bundle:
             _add_file(bundle, path, PurePosixPath(path.relative_to(home).as_posix()))
         elif top not in third_party:
             top_origin = modules.get(top)
-            third_party[top] = _package_root(top, Path(top_origin or origin).resolve())
+            third_party[top] = _package_root(Path(top_origin or origin).resolve())
     for root in third_party.values():
         for source in _walk_package(root):
             relative = source.relative_to(root.parent)

@@ -30,7 +30,7 @@ class BootUnlock:
     seconds: float  # from the start of this process to the key in hand
 
 
-def wait_for_tpm(device: Path = TPM_DEVICE, timeout: float = 10.0) -> float:
+def wait_for_tpm(device: Path = TPM_DEVICE, timeout: float = TPM_WAIT_SECONDS) -> float:
     """Wait until the TPM's device node exists; return the seconds waited.
 
     The kernel's TPM driver creates the node through devtmpfs as soon as it has probed the
