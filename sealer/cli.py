@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sealer import __version__
+from sealer.clikit import Options, emit_json, progress, run_command, state_dir_option
 from sealer.errors import SealerError
 from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list, parse_pcr_value
 
 if TYPE_CHECKING:
     from sealer.services.bootwire import Plan
 
-DEFAULT_STATE_DIR = Path("/var/lib/sealer")
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -37,57 +34,9 @@ Exit codes:
   12  refused: the volume would be left with no way to open it
   13  a system file (crypttab, initramfs hook) cannot be changed, or the
       initramfs rebuild failed
+  14  the event log or a boot image cannot be read, or cannot predict
+      a PCR the enrollment needs
 """
-
-
-class Options:
-    def __init__(self, tcti: str | None, debug: bool) -> None:
-        self.tcti = tcti
-        self.debug = debug
-
-
-def _fail(error: SealerError, as_json: bool) -> NoReturn:
-    if as_json:
-        doc = {"error": error.message, "hint": error.hint, "exit_code": int(error.exit_code)}
-        click.echo(json.dumps(doc, indent=2))
-    click.echo(f"sealer: {error.one_line()}", err=True)
-    sys.exit(int(error.exit_code))
-
-
-def _run(ctx: click.Context, as_json: bool, action: Callable[[], None]) -> None:
-    """Run a command body, turning every failure into one line and an exit code."""
-    options: Options = ctx.obj
-    try:
-        action()
-    except SealerError as error:
-        if options.debug:
-            traceback.print_exc()
-        _fail(error, as_json)
-    except KeyboardInterrupt:
-        click.echo("sealer: interrupted", err=True)
-        sys.exit(130)
-    except Exception as error:  # a bug: still one line unless asked for the traceback
-        if options.debug:
-            traceback.print_exc()
-        internal = SealerError(
-            f"internal error: {type(error).__name__}: {error}",
-            "rerun with --debug and report it; the volume was not changed by this failure"
-            if not options.debug
-            else None,
-        )
-        _fail(internal, as_json)
-
-
-def _progress(quiet: bool) -> Callable[[str], None]:
-    def say(message: str) -> None:
-        if not quiet:
-            click.echo(f"sealer: {message}...", err=True)
-
-    return say
-
-
-def _emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=True))
 
 
 @click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,6 +61,14 @@ def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
       sealer unlock --test /dev/nvme0n1p3       # does the TPM release the key now?
       sealer remove /dev/nvme0n1p3
       sealer boot enable --dry-run              # unlock enrolled volumes at boot
+
+    \b
+    Measured boot (after updates, and when the TPM refuses):
+      sealer eventlog --pcr 4,7                 # what the firmware measured, checked
+      sealer predict --uki new.efi              # the PCRs the next boot will have
+      sealer reseal --uki new.efi               # approve it ahead of the reboot
+      sealer explain                            # why this boot did not unlock
+      sealer prune                              # drop states this boot made stale
     """
     ctx.obj = Options(tcti=tcti, debug=debug)
 
@@ -160,12 +117,14 @@ def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
     is_flag=True,
     help="Also add a generated recovery key in its own keyslot and print it once.",
 )
+@state_dir_option("Where the machine's policy key is kept (0600; on the encrypted root).")
 @click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
-    help="Where the machine's policy key is kept (0600; on the encrypted root).",
+    "--eventlog",
+    "log_path",
+    metavar="FILE",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Check the binding against this TCG event log instead of this boot's (warns when "
+    "--pcrs leaves the kernel, initrd or command line unmeasured).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
@@ -182,6 +141,7 @@ def enroll(
     pin_file: str | None,
     recovery_key: bool,
     state_dir: Path,
+    log_path: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -221,12 +181,13 @@ def enroll(
             recovery_key=recovery_key,
             state_dir=state_dir,
             tcti=ctx.obj.tcti,
+            log_path=log_path,
         )
-        result = run_enroll(request, _progress(quiet or as_json))
+        result = run_enroll(request, progress(quiet or as_json))
         for warning in result.warnings:
             click.echo(f"sealer: warning: {warning}", err=True)
         if as_json:
-            _emit_json(
+            emit_json(
                 {
                     "device": result.device,
                     "uuid": result.uuid,
@@ -255,7 +216,7 @@ def enroll(
                 f"    {result.recovery_key}\n"
             )
 
-    _run(ctx, as_json, action)
+    run_command(ctx, as_json, action)
 
 
 @main.command()
@@ -295,7 +256,7 @@ def unlock(
             read_pin=reader(pin_file, f"TPM PIN for {device}"),
         )
         if as_json:
-            _emit_json(
+            emit_json(
                 {
                     "device": released.device,
                     "token": released.token_id,
@@ -313,7 +274,7 @@ def unlock(
         else:
             click.echo(f"Opened {device} with the TPM (keyslot {released.keyslot}).")
 
-    _run(ctx, as_json, action)
+    run_command(ctx, as_json, action)
 
 
 @main.command()
@@ -331,13 +292,13 @@ def status(ctx: click.Context, device: str | None, as_json: bool) -> None:
         devices = [device] if device else discover_luks2_devices()
         reports = [volume_status(d, ctx.obj.tcti) for d in devices]
         if as_json:
-            _emit_json(reports[0] if device else reports)
+            emit_json(reports[0] if device else reports)
         elif not reports:
             click.echo("No LUKS2 block devices found (give an image file as DEVICE).")
         else:
             click.echo("\n\n".join(render(r) for r in reports))
 
-    _run(ctx, as_json, action)
+    run_command(ctx, as_json, action)
 
 
 @main.command()
@@ -355,7 +316,7 @@ def remove(ctx: click.Context, device: str, token_id: int | None, as_json: bool)
     def action() -> None:
         removed = run_remove(device, token_id)
         if as_json:
-            _emit_json(
+            emit_json(
                 {
                     "device": removed.device,
                     "token": removed.token_id,
@@ -366,7 +327,7 @@ def remove(ctx: click.Context, device: str, token_id: int | None, as_json: bool)
             slots = ", ".join(str(s) for s in removed.keyslots) or "none left"
             click.echo(f"Removed token {removed.token_id} (keyslot {slots}) from {device}.")
 
-    _run(ctx, as_json, action)
+    run_command(ctx, as_json, action)
 
 
 @main.group()
@@ -448,7 +409,7 @@ def _report_plan(plan: Plan, dry_run: bool, as_json: bool) -> None:
     for warning in plan.warnings:
         click.echo(f"sealer: warning: {warning}", err=True)
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "action": plan.action,
                 "dry_run": dry_run,
@@ -558,10 +519,10 @@ def boot_enable(
         )
         plan = plan_enable(request)
         if not dry_run:
-            apply(plan, _progress(as_json))
+            apply(plan, progress(as_json))
         _report_plan(plan, dry_run, as_json)
 
-    _run(ctx, as_json, action)
+    run_command(ctx, as_json, action)
 
 
 @boot.command("disable")
@@ -592,7 +553,17 @@ def boot_disable(
         )
         plan = plan_disable(request)
         if not dry_run:
-            apply(plan, _progress(as_json))
+            apply(plan, progress(as_json))
         _report_plan(plan, dry_run, as_json)
 
-    _run(ctx, as_json, action)
+    run_command(ctx, as_json, action)
+
+
+def _register_measured_boot_commands() -> None:
+    from sealer.cli_measured import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_measured_boot_commands()

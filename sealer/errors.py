@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     STATE = 11  # the state directory or the policy key cannot be used
     REFUSED = 12  # the operation would leave the volume without a way to open it
     SYSTEM_FILES = 13  # a system file (crypttab, initramfs hook) or the initramfs rebuild failed
+    MEASUREMENT = 14  # the event log or a boot image is unusable, or cannot predict a PCR
 
 
 class SealerError(Exception):
@@ -98,3 +99,9 @@ class SystemFilesError(SealerError):
     """crypttab, the initramfs hook files or update-initramfs: the system's boot wiring."""
 
     exit_code = ExitCode.SYSTEM_FILES
+
+
+class MeasurementError(SealerError):
+    """The event log or a boot image cannot be read, or cannot predict a PCR."""
+
+    exit_code = ExitCode.MEASUREMENT

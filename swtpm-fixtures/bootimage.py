@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,20 @@ def build_initramfs(
     return output
 
 
+def assemble_uki(output: Path, sections: Mapping[str, Path]) -> Path:
+    """An unsigned UKI: systemd's stub with ``sections`` added (name -> file), the way
+    ukify and the Arch/Debian wiki recipes do it; its PE time stamp is the stub's."""
+    argv = ["objcopy"]
+    for name, path in sections.items():
+        argv += [
+            "--add-section", f"{name}={path}",
+            "--change-section-vma", f"{name}={_SECTION_VMAS[name]:#x}",
+        ]  # fmt: skip
+    subprocess.run([*argv, str(STUB), str(output)], check=True, capture_output=True)
+    pin_pe_timestamp(output, STUB)
+    return output
+
+
 def build_uki(
     output: Path, kernel: Kernel, initrd: Path, cmdline: str, keys: SecureBootKeys | None
 ) -> Path:
@@ -98,15 +113,7 @@ def build_uki(
         ".linux": kernel.image,
         ".initrd": initrd,
     }
-    argv = ["objcopy"]
-    for name, path in sections.items():
-        argv += [
-            "--add-section", f"{name}={path}",
-            "--change-section-vma", f"{name}={_SECTION_VMAS[name]:#x}",
-        ]  # fmt: skip
-    unsigned = work / f"{output.stem}.unsigned.efi"
-    subprocess.run([*argv, str(STUB), str(unsigned)], check=True, capture_output=True)
-    pin_pe_timestamp(unsigned, STUB)
+    unsigned = assemble_uki(work / f"{output.stem}.unsigned.efi", sections)
     if keys is None:
         unsigned.replace(output)
         return output

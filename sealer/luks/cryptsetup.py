@@ -114,9 +114,18 @@ def kill_keyslot(device: str, slot: int) -> None:
         raise _fail(device, f"remove keyslot {slot} from {device}", result)
 
 
-def import_token(device: str, token_id: int, token: Mapping[str, Any]) -> None:
+def import_token(
+    device: str, token_id: int, token: Mapping[str, Any], *, replace: bool = False
+) -> None:
+    """Write ``token`` as ``token_id``; with ``replace``, over the token already there.
+
+    A replacement is one metadata update of the header (both copies, with a new sequence
+    id), so an interrupted one leaves either the old token or the new one, never neither.
+    """
     text = json.dumps(token, separators=(",", ":"), sort_keys=True).encode()
     argv = [CRYPTSETUP, "token", "import", "--json-file", "-", "--token-id", str(token_id)]
+    if replace:
+        argv.append("--token-replace")
     result = run([*argv, device], stdin=text)
     if result.returncode != 0:
         raise _fail(device, f"write token {token_id} to {device}", result)

@@ -14,13 +14,25 @@ length is checked against the bytes that remain before anything is read or alloc
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from sealer.errors import SealerError
+from sealer.errors import MeasurementError
 from sealer.pcrs import BANKS, Bank
 
+# Where Linux exposes the firmware's log (securityfs, mounted by systemd or the initramfs).
+FIRMWARE_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
+# A log is a few kilobytes to a few hundred; refuse absurd files instead of reading them whole.
+MAX_LOG_BYTES = 16 * 1024 * 1024
+
 EV_NO_ACTION = 0x3
+EV_SEPARATOR = 0x4
+EV_EVENT_TAG = 0x6
+EV_IPL = 0xD
+EV_EFI_ACTION = 0x80000007
+EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
+EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
 SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\0"
 
@@ -49,7 +61,7 @@ LINUX_INITRD_TAG = 0x8F3B22EC
 LINUX_LOAD_OPTIONS_TAG = 0x8F3B22ED
 
 
-class EventLogError(SealerError):
+class EventLogError(MeasurementError):
     """The event log is truncated, corrupted, or not a crypto-agile TCG log."""
 
 
@@ -69,6 +81,13 @@ class Event:
     def description(self) -> str:
         return describe(self.type, self.data)
 
+    @property
+    def tag(self) -> int | None:
+        """The tag of an EV_EVENT_TAG event (the Linux EFI stub's PCR 9 events), else None."""
+        if self.type != EV_EVENT_TAG or len(self.data) < 8:
+            return None
+        return int(struct.unpack("<I", self.data[:4])[0])
+
 
 @dataclass(frozen=True)
 class EventLog:
@@ -80,16 +99,12 @@ class EventLog:
     def replay(self, bank: Bank) -> dict[int, bytes]:
         """Every PCR the log extends in ``bank``, replayed from its reset value."""
         if bank.name not in self.algorithms:
-            raise EventLogError(f"the event log has no {bank.name} digests")
-        values: dict[int, bytes] = {}
-        for event in self.events:
-            if event.type == EV_NO_ACTION:
-                continue  # recorded, never extended
-            start = bank.initial_value(event.pcr)
-            if event.pcr == 0 and self.startup_locality:
-                start = start[:-1] + bytes([self.startup_locality])
-            values[event.pcr] = bank.extend(values.get(event.pcr, start), event.digests[bank.name])
-        return values
+            raise EventLogError(
+                f"the event log has no {bank.name} digests",
+                f"it records {', '.join(self.algorithms) or 'no known bank'}; choose one of those",
+            )
+        extended = [(e.pcr, e.digests[bank.name]) for e in self.events if e.type != EV_NO_ACTION]
+        return replay_digests(extended, bank, self.startup_locality)
 
     def mismatches(self, bank: Bank, live: Mapping[int, bytes]) -> list[int]:
         """PCRs whose live value differs from the log's replay: the log cannot predict them."""
@@ -98,6 +113,35 @@ class EventLog:
             pcr for pcr, value in live.items()
             if replayed.get(pcr, bank.initial_value(pcr)) != value
         )  # fmt: skip
+
+
+def replay_digests(
+    extended: Iterable[tuple[int, bytes]], bank: Bank, startup_locality: int = 0
+) -> dict[int, bytes]:
+    """Extend each (PCR, digest) in order from the PCRs' reset values."""
+    values: dict[int, bytes] = {}
+    for pcr, digest in extended:
+        start = bank.initial_value(pcr)
+        if pcr == 0 and startup_locality:
+            # The firmware started the TPM from a higher locality: PCR 0 resets to it.
+            start = start[:-1] + bytes([startup_locality])
+        values[pcr] = bank.extend(values.get(pcr, start), digest)
+    return values
+
+
+def variable_data(event: Event) -> tuple[str, bytes] | None:
+    """(variable name, variable data) of an EFI variable event, or None if it is not one."""
+    if event.type not in _VARIABLE_EVENTS or len(event.data) < 32:
+        return None
+    reader = _Reader(event.data)
+    reader.take(16, "variable GUID")
+    name_chars = int(struct.unpack("<Q", reader.take(8, "name length"))[0])
+    data_size = int(struct.unpack("<Q", reader.take(8, "data length"))[0])
+    try:
+        name = _utf16(reader.take(2 * name_chars, "variable name"))
+        return name, reader.take(data_size, "variable data")
+    except EventLogError:
+        return None
 
 
 class _Reader:
@@ -127,6 +171,34 @@ class _Reader:
     @property
     def done(self) -> bool:
         return self.offset >= len(self.data)
+
+
+def read_event_log(path: Path | None = None) -> EventLog:
+    """Read and parse the event log at ``path`` (default: the firmware's log of this boot)."""
+    path = path or FIRMWARE_LOG
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_LOG_BYTES + 1)
+    except FileNotFoundError:
+        if path == FIRMWARE_LOG:
+            raise EventLogError(
+                f"this boot has no TPM event log ({path} does not exist)",
+                "mount securityfs (mount -t securityfs securityfs /sys/kernel/security), or "
+                "give a log file with --eventlog",
+            ) from None
+        raise EventLogError(f"cannot read the event log {path}: no such file") from None
+    except OSError as exc:
+        raise EventLogError(
+            f"cannot read the event log {path}: {exc.strerror}",
+            "the firmware's log is readable by root only: run as root" if exc.errno == 13
+            else None,
+        ) from exc
+    if len(data) > MAX_LOG_BYTES:
+        raise EventLogError(f"{path} is larger than {MAX_LOG_BYTES // 2**20} MiB: not an event log")
+    try:
+        return parse(data)
+    except EventLogError as exc:
+        raise EventLogError(f"{path}: {exc.message}", exc.hint) from None
 
 
 def _spec_id(data: bytes) -> tuple[dict[int, int], int]:
@@ -197,6 +269,20 @@ def _utf16(data: bytes) -> str:
     return data.decode("utf-16-le", "replace").rstrip("\0")
 
 
+def _file_path(device_path: bytes) -> str:
+    """The file path nodes (media type 4, subtype 4) of a UEFI device path, joined."""
+    parts = []
+    offset = 0
+    while offset + 4 <= len(device_path):
+        kind, subtype, length = struct.unpack("<BBH", device_path[offset : offset + 4])
+        if length < 4 or kind == 0x7F:  # malformed, or the end-of-path node
+            break
+        if kind == 4 and subtype == 4:
+            parts.append(_utf16(device_path[offset + 4 : offset + length]))
+        offset += length
+    return "".join(parts)
+
+
 def _guid(data: bytes) -> str:
     a, b, c = struct.unpack("<IHH", data[:8])
     rest = data[8:16].hex()
@@ -221,20 +307,21 @@ def _describe(kind: int, data: bytes) -> str:
         return f"{name} ({guid}), {data_size} bytes"
     if kind in _IMAGE_EVENTS and len(data) >= 32:
         length, _, path_size = struct.unpack("<QQQ", data[8:32])
-        return f"image of {length} bytes, device path of {path_size} bytes"
-    if kind == 0x6 and len(data) >= 8:  # EV_EVENT_TAG
+        path = _file_path(data[32 : 32 + path_size])
+        return f"image of {length} bytes" + (f" at {path}" if path else "")
+    if kind == EV_EVENT_TAG and len(data) >= 8:
         tag, size = struct.unpack("<II", data[:8])
         text = data[8 : 8 + size].rstrip(b"\0").decode("ascii", "replace")
         return f"tag 0x{tag:08x}: {text}"
     if kind in _UTF16_EVENTS:
         return _utf16(data)
-    if kind == 0xD:  # EV_IPL: systemd-stub's section names are UTF-16, others ASCII
+    if kind == EV_IPL:  # systemd-stub's section names are UTF-16, others ASCII
         if len(data) >= 2 and data[1:2] == b"\0":
             return _utf16(data)
         return data.rstrip(b"\0").decode("ascii", "replace")
     if kind in _ASCII_EVENTS:
         return data.rstrip(b"\0").decode("ascii", "replace")
-    if kind == 0x4:  # EV_SEPARATOR
+    if kind == EV_SEPARATOR:
         return "separator" if data in (b"\0" * 4, b"") else f"separator (error {data.hex()})"
     if kind == EV_NO_ACTION:
         return data[:16].rstrip(b"\0").decode("ascii", "replace")

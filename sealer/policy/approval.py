@@ -23,6 +23,12 @@ from sealer.pcrs import BANKS, PCR_COUNT, Bank, PcrValues
 from sealer.policy import digest
 
 APPROVAL_VERSION = 1
+# Event records keep a digest prefix per event: enough to tell events apart, small enough for
+# the LUKS2 header's JSON area with eight boot states.
+EVENT_PREFIX_HEX = 16
+
+# Which events made up one approved boot state: PCR -> digest prefixes, in log order.
+EventRecord = Mapping[int, tuple[str, ...]]
 _PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 
 
@@ -35,6 +41,12 @@ class Approval:
     signature: bytes  # DER-encoded ECDSA signature over approval_digest()
     created: str
     comment: str
+    # Not signed, and never used to decide anything: it only lets 'sealer explain' name the
+    # events that differ from an approved state. One record (or None) per branch.
+    events: tuple[EventRecord | None, ...] = ()
+    # Not signed either: the TPM's reset count when it was signed, which tells an approval
+    # made during this boot (an update waiting for its reboot) from older ones.
+    tpm_boot: int | None = None
 
     @property
     def approved_policy(self) -> bytes:
@@ -65,7 +77,21 @@ class Approval:
         ]
         return min(diffs, key=len)
 
+    def event_record(self, branch: int) -> EventRecord | None:
+        return self.events[branch] if branch < len(self.events) else None
+
     def to_json(self) -> dict[str, Any]:
+        doc = self._signed_json()
+        if self.tpm_boot is not None:
+            doc["tpm_boot"] = self.tpm_boot
+        if any(record is not None for record in self.events):
+            doc["events"] = [
+                None if r is None else {str(p): list(d) for p, d in sorted(r.items())}
+                for r in self.events
+            ]
+        return doc
+
+    def _signed_json(self) -> dict[str, Any]:
         return {
             "version": APPROVAL_VERSION,
             "pcr_bank": self.bank.name,
@@ -85,6 +111,8 @@ def sign_approval(
     branches: Sequence[PcrValues],
     comment: str,
     policy_ref: bytes = b"",
+    events: Sequence[EventRecord | None] = (),
+    tpm_boot: int | None = None,
 ) -> Approval:
     if not 1 <= len(branches) <= digest.MAX_OR_BRANCHES:
         raise ValueError(f"an approval holds 1 to {digest.MAX_OR_BRANCHES} boot states")
@@ -96,6 +124,8 @@ def sign_approval(
         signature=b"",
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         comment=comment,
+        events=tuple(events),
+        tpm_boot=tpm_boot,
     )
     signature = key.sign(unsigned.approval_digest, _PREHASHED)
     return Approval(**{**unsigned.__dict__, "signature": signature})
@@ -155,6 +185,33 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
             signature=signature,
             created=str(doc.get("created", "")),
             comment=str(doc.get("comment", "")),
+            events=_event_records(doc.get("events"), len(branches)),
+            tpm_boot=boot if type(boot := doc.get("tpm_boot")) is int else None,
         )
     except (ValueError, TypeError, OverflowError) as exc:  # binascii.Error is a ValueError
         raise fail(str(exc)) from exc
+
+
+def _event_records(raw: Any, branches: int) -> tuple[EventRecord | None, ...]:
+    """The unsigned event records, or none at all when they are malformed: they only explain,
+    so a damaged record must never stand between the user and an unlock."""
+    if not isinstance(raw, list) or len(raw) != branches:
+        return ()
+    records: list[EventRecord | None] = []
+    for item in raw:
+        if item is None:
+            records.append(None)
+            continue
+        if not isinstance(item, dict):
+            return ()
+        record: dict[int, tuple[str, ...]] = {}
+        for pcr, digests in item.items():
+            if not (isinstance(pcr, str) and pcr.isascii() and pcr.isdigit()):
+                return ()
+            if not isinstance(digests, list):
+                return ()
+            if not all(isinstance(d, str) for d in digests):
+                return ()
+            record[int(pcr)] = tuple(digests)
+        records.append(record)
+    return tuple(records)

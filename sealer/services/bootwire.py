@@ -39,9 +39,18 @@ HOOK_PATH = "/etc/initramfs-tools/hooks/sealer"
 CAP_SCRIPT_PATH = "/etc/initramfs-tools/scripts/init-bottom/sealer"
 CAP_SCRIPT_SOURCE = "scripts/init-bottom/sealer"
 CONF_PATH = "/etc/sealer/initramfs.conf"
+# After a kernel install or an initramfs rebuild, approve the next boot ('sealer reseal').
+KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zz-sealer"
+INITRAMFS_UPDATE_HOOK_PATH = "/etc/initramfs/post-update.d/sealer"
+UPDATE_HOOK_SOURCE = "update/reseal-hook"  # relative to initramfs-hook/, like the next
+# After a boot the TPM unlocked, drop the approvals it made stale ('sealer prune').
+PRUNE_UNIT = "sealer-prune.service"
+PRUNE_UNIT_PATH = f"/etc/systemd/system/{PRUNE_UNIT}"
+PRUNE_UNIT_SOURCE = f"systemd/{PRUNE_UNIT}"
 # Installed by cryptsetup-initramfs; without it no crypttab entry is opened in the initramfs.
 CRYPTROOT_HOOK_PATH = "/usr/share/initramfs-tools/hooks/cryptroot"
 UPDATE_INITRAMFS = ("update-initramfs", "-u")
+ENABLE_PRUNE = ("systemctl", "enable", PRUNE_UNIT)
 DEV_DISK = Path("/dev/disk")
 # crypttab(5) source specifications and the udev symlink directories that resolve them.
 _SOURCE_SPECS = {
@@ -184,12 +193,14 @@ def find_hook_source(given: Path | None) -> Path:
             candidate / "hooks" / "sealer",
             candidate / "keyscript",
             candidate / CAP_SCRIPT_SOURCE,
+            candidate.parent / UPDATE_HOOK_SOURCE,
+            candidate.parent / PRUNE_UNIT_SOURCE,
         )
         if all(path.is_file() for path in needed):
             return candidate
     wanted = (
-        "initramfs-tools/hooks/sealer, initramfs-tools/keyscript and initramfs-tools/"
-        + CAP_SCRIPT_SOURCE
+        "initramfs-tools/hooks/sealer, initramfs-tools/keyscript, initramfs-tools/"
+        f"{CAP_SCRIPT_SOURCE}, {UPDATE_HOOK_SOURCE} and {PRUNE_UNIT_SOURCE}"
     )
     if given is not None:
         raise UsageError(
@@ -339,6 +350,12 @@ def initramfs_conf(python: str) -> bytes:
     return text.encode()
 
 
+def prune_unit_text(template: bytes, python: str) -> bytes:
+    """The prune unit, running sealer with the interpreter it is installed in."""
+    interpreter = shlex.quote(os.path.abspath(python)) if python else "python3"
+    return template.replace(b"@SEALER_PYTHON@", interpreter.encode())
+
+
 def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_problem) -> Plan:
     """What ``sealer boot enable`` would change; nothing is written."""
     crypttab = _crypttab_path(request)
@@ -378,6 +395,8 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
     keyscript = _read_source(source / "keyscript")
     hook = _read_source(source / "hooks" / "sealer")
     cap_script = _read_source(source / CAP_SCRIPT_SOURCE)
+    update_hook = _read_source(source.parent / UPDATE_HOOK_SOURCE)
+    prune_unit = prune_unit_text(_read_source(source.parent / PRUNE_UNIT_SOURCE), request.python)
     # Order matters: Debian's cryptsetup rejects a keyscript= that is not an executable
     # file, so the keyscript and hook are in place before crypttab names them.
     files = [
@@ -385,9 +404,16 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
         _file_change(host_path(root, HOOK_PATH), hook, _SCRIPT_MODE),
         _file_change(host_path(root, CAP_SCRIPT_PATH), cap_script, _SCRIPT_MODE),
         _file_change(host_path(root, CONF_PATH), initramfs_conf(request.python), _CONF_MODE),
+        _file_change(host_path(root, KERNEL_HOOK_PATH), update_hook, _SCRIPT_MODE),
+        _file_change(host_path(root, INITRAMFS_UPDATE_HOOK_PATH), update_hook, _SCRIPT_MODE),
+        _file_change(host_path(root, PRUNE_UNIT_PATH), prune_unit, _CONF_MODE),
         _crypttab_change(crypttab, data, stat, new_table, follow=root is None),
     ]
     commands, command_notes = _commands(request)
+    if commands:
+        commands = (*commands, ENABLE_PRUNE)
+    else:
+        command_notes.append(f"enable pruning in that root: 'systemctl enable {PRUNE_UNIT}'")
     # Say which entries the automatic choice left out, so a missing one is explained.
     notes = [] if request.names else [f"left out {problem}" for problem in problems]
     notes += command_notes
@@ -433,8 +459,11 @@ def plan_disable(request: WireRequest) -> Plan:
     else:
         files += [
             _file_change(host_path(root, path), None, None)
-            for path in (HOOK_PATH, CAP_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH)
-        ]
+            for path in (
+                HOOK_PATH, CAP_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH, KERNEL_HOOK_PATH,
+                INITRAMFS_UPDATE_HOOK_PATH, PRUNE_UNIT_PATH,
+            )
+        ]  # fmt: skip
     commands, command_notes = _commands(request)
     warnings = [f"{tool} is not installed" for tool in _missing_tools(commands)]
     return Plan(

@@ -13,9 +13,13 @@ from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import PolicyKeyRef, SealerToken
+from sealer.measure.coverage import coverage_warnings
+from sealer.measure.eventlog import FIRMWARE_LOG, EventLog, EventLogError, read_event_log
+from sealer.measure.explain import event_record
+from sealer.measure.measurements import measurements_of, replay
 from sealer.pcrs import Bank, PcrValues, format_pcrs
 from sealer.policy import digest, keys
-from sealer.policy.approval import sign_approval
+from sealer.policy.approval import EventRecord, sign_approval
 from sealer.services.secrets import new_recovery_key, pin_auth_value
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
@@ -41,6 +45,8 @@ class EnrollRequest:
     recovery_key: bool
     state_dir: Path
     tcti: str | None
+    # The event log to check the binding against: None reads this boot's, if it has one.
+    log_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +99,41 @@ def _plan_slots(header: LuksHeader, want_recovery: bool) -> tuple[int, int, int 
     return token_id, free[0], free[1] if want_recovery else None
 
 
+def _boot_log(req: EnrollRequest) -> EventLog | None:
+    """The event log to check the binding with; None when this boot has none to read."""
+    if req.log_path is None and not FIRMWARE_LOG.exists():
+        return None  # no TPM event log (no TPM driver, or a software TPM): nothing to check
+    return read_event_log(req.log_path)
+
+
+def _log_findings(
+    log: EventLog, req: EnrollRequest, current: Mapping[int, bytes]
+) -> tuple[list[str], EventRecord | None]:
+    """Warnings about the binding, and the event record of the approved state."""
+    warnings = coverage_warnings(log, req.pcrs)
+    try:
+        measurements = measurements_of(log, req.bank)
+    except EventLogError as exc:
+        return [*warnings, f"the event log cannot explain this binding: {exc.message}"], None
+    replayed = replay(measurements, req.bank, log.startup_locality)
+    unaccounted = [
+        p for p in req.pcrs
+        if p not in req.expected and replayed.get(p, req.bank.initial_value(p)) != current[p]
+    ]  # fmt: skip
+    if unaccounted:
+        warnings.append(
+            f"the event log does not account for the value of PCR {format_pcrs(unaccounted)}, "
+            "so 'sealer reseal' cannot predict it after an update"
+        )
+    if req.expected:  # the approved values are not this boot's: its events do not describe them
+        return warnings, None
+    return warnings, event_record(measurements, req.pcrs)
+
+
 def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     check_request(req)
     header = cryptsetup.read_header(req.device)
+    log = _boot_log(req)  # before any change: a bad --eventlog must not leave half an enrollment
     token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
 
     machine_key = keys.load_or_create_machine_key(req.state_dir)
@@ -125,7 +163,13 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         )
     approved = {p: req.expected.get(p, current[p]) for p in req.pcrs}
     approved[req.cap_pcr] = initial_cap
-    approval = sign_approval(machine_key, key_name, req.bank, [approved], comment="enroll")
+    record = None
+    if log is not None:
+        findings, record = _log_findings(log, req, current)
+        warnings += findings
+    approval = sign_approval(
+        machine_key, key_name, req.bank, [approved], comment="enroll", events=[record]
+    )
 
     token = SealerToken(
         keyslot=keyslot,

@@ -9,6 +9,7 @@ import pyudev
 from sealer.errors import SealerError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
+from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.services.unlock import approvals_of, find_match, pcrs_to_read
 from sealer.services.volume import Enrollment, enrollments
@@ -148,3 +149,16 @@ def render(report: dict[str, Any]) -> str:
         verdict = "yes" if e["unlocks_now"] else "no"
         lines.append(f"    TPM would release the key in this boot state: {verdict}")
     return "\n".join(lines)
+
+
+def enrolled_devices() -> list[str]:
+    """The LUKS2 block devices udev knows that hold at least one sealer enrollment."""
+    found = []
+    for device in discover_luks2_devices():
+        try:
+            header = cryptsetup.read_header(device)
+        except SealerError:
+            continue  # unreadable now: the commands that need it will say so when named
+        if header.tokens_of_type(TOKEN_TYPE):
+            found.append(device)
+    return found

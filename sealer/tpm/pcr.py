@@ -73,3 +73,12 @@ def extend_all_banks(ctx: ESAPI, index: int, event: bytes) -> list[Bank]:
     )
     ctx.pcr_extend(ESYS_TR.PCR0 + index, values)
     return banks
+
+
+def reset_count(ctx: ESAPI) -> int:
+    """How many times the TPM has been reset (TPMS_CLOCK_INFO.resetCount).
+
+    A TPM reset happens with every platform reset, so the count names this boot: an
+    approval that records it was made during this boot exactly when the counts are equal.
+    """
+    return int(ctx.read_clock().clockInfo.resetCount)

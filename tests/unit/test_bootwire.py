@@ -34,6 +34,8 @@ from sealer.services.bootwire import (
 
 HOOK = b"#!/bin/sh\n# fake initramfs-tools hook\nexit 0\n"
 CAP_SCRIPT = b"#!/bin/sh\n# fake init-bottom capping script\n"
+UPDATE_HOOK = b"#!/bin/sh\n# fake update hook\n"
+PRUNE_UNIT = b"ExecStart=@SEALER_PYTHON@ -m sealer prune\n"
 KEYSCRIPT = b"#!/bin/sh\n# fake keyscript\nexec /lib/cryptsetup/askpass x\n"
 CRYPTTAB = (
     "# <target> <source> <key> <options>\n"
@@ -52,6 +54,10 @@ def fake_hook_source(where: Path) -> Path:
     (tools / "keyscript").write_bytes(KEYSCRIPT)
     (tools / "scripts" / "init-bottom").mkdir(parents=True)
     (tools / "scripts" / "init-bottom" / "sealer").write_bytes(CAP_SCRIPT)
+    (where / "update").mkdir()
+    (where / "update" / "reseal-hook").write_bytes(UPDATE_HOOK)
+    (where / "systemd").mkdir()
+    (where / "systemd" / "sealer-prune.service").write_bytes(PRUNE_UNIT)
     return where
 
 
@@ -124,8 +130,13 @@ def test_plan_enable_lists_every_file_in_order_and_writes_nothing(
         (root / "etc/initramfs-tools/hooks/sealer", "create", 0o755),
         (root / "etc/initramfs-tools/scripts/init-bottom/sealer", "create", 0o755),
         (root / "etc/sealer/initramfs.conf", "create", 0o644),
+        (root / "etc/kernel/postinst.d/zz-sealer", "create", 0o755),
+        (root / "etc/initramfs/post-update.d/sealer", "create", 0o755),
+        (root / "etc/systemd/system/sealer-prune.service", "create", 0o644),
         (root / "etc/crypttab", "update", 0o600),  # last: it names the keyscript
     ]
+    assert plan.files[4].after == UPDATE_HOOK and plan.files[5].after == UPDATE_HOOK
+    assert plan.files[6].after == b"ExecStart=/opt/py/bin/python -m sealer prune\n"
     assert plan.files[0].after == KEYSCRIPT and plan.files[1].after == HOOK
     assert plan.crypttab == root / "etc/crypttab"
     assert [(e.name, e.line, e.changed) for e in plan.entries] == [("cryptroot", 3, True)]
@@ -225,7 +236,10 @@ def test_update_initramfs_runs_only_without_root_and_when_asked(
     # No --root: only read the plan (never apply it here: it would write the real /usr/lib).
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
     host = enable_plan(WireRequest(names=("data",), crypttab=crypttab, hook_source=source))
-    assert host.commands == (("update-initramfs", "-u"),)
+    assert host.commands == (
+        ("update-initramfs", "-u"),
+        ("systemctl", "enable", "sealer-prune.service"),
+    )
     assert host.files[0].path == Path("/usr/lib/sealer/keyscript")
     skipped = enable_plan(
         WireRequest(
@@ -330,7 +344,7 @@ def test_enable_twice_changes_nothing_the_second_time(root: Path, source: Path) 
     apply(enable_plan(request(root, source, "cryptroot", "data")), silent)
     after_first = tree(root)
     again = enable_plan(request(root, source, "cryptroot", "data"))
-    assert [f.change for f in again.files] == ["unchanged"] * 5
+    assert [f.change for f in again.files] == ["unchanged"] * 8
     assert not again.changed_files
     assert not any(e.changed for e in again.entries)
     apply(again, silent)
@@ -342,7 +356,7 @@ def test_a_changed_source_or_mode_is_an_update(root: Path, source: Path) -> None
     (root / "usr/lib/sealer/keyscript").chmod(0o644)
     (source / "initramfs-tools" / "hooks" / "sealer").write_bytes(HOOK + b"# v2\n")
     plan = enable_plan(request(root, source, "cryptroot"))
-    assert [f.change for f in plan.files] == ["update", "update"] + ["unchanged"] * 3
+    assert [f.change for f in plan.files] == ["update", "update"] + ["unchanged"] * 6
     assert plan.files[0].diff().startswith("old mode 100644\nnew mode 100755\n")
     assert "+# v2\n" in plan.files[1].diff()
 
@@ -358,6 +372,9 @@ def test_disable_undoes_enable_exactly(root: Path, source: Path) -> None:
         (root / "etc/initramfs-tools/scripts/init-bottom/sealer", "remove"),
         (root / "etc/sealer/initramfs.conf", "remove"),
         (root / "usr/lib/sealer/keyscript", "remove"),
+        (root / "etc/kernel/postinst.d/zz-sealer", "remove"),
+        (root / "etc/initramfs/post-update.d/sealer", "remove"),
+        (root / "etc/systemd/system/sealer-prune.service", "remove"),
     ]
     apply(plan, silent)
     assert tree(root) == original

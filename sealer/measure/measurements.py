@@ -1,0 +1,40 @@
+"""One bank's view of an event log: the (PCR, digest) extends, in order, and their replay.
+
+Prediction edits this list (replacing the events new boot images change); explanation
+compares it with an approved state's record. Events that extend nothing (EV_NO_ACTION)
+are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sealer.measure import eventlog
+from sealer.measure.eventlog import EventLog
+from sealer.pcrs import Bank
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One extend of one PCR in one bank, from the log or predicted."""
+
+    pcr: int
+    digest: bytes
+    type_name: str
+    description: str
+    event: int | None  # its number in the current log; None for a new measurement
+
+
+
+def measurements_of(log: EventLog, bank: Bank) -> list[Measurement]:
+    log.replay(bank)  # refuses a bank the log does not record, with a clear message
+    return [
+        Measurement(e.pcr, e.digests[bank.name], e.type_name, e.description, e.number)
+        for e in log.events
+        if e.type != eventlog.EV_NO_ACTION
+    ]
+
+
+def replay(measurements: Sequence[Measurement], bank: Bank, locality: int) -> dict[int, bytes]:
+    return eventlog.replay_digests(((m.pcr, m.digest) for m in measurements), bank, locality)

@@ -1,0 +1,313 @@
+"""``sealer reseal`` and ``sealer prune``: keep the approvals in step with the boot images.
+
+Neither unseals anything nor needs a passphrase: the sealed object accepts any boot state
+the machine's policy key approves (PolicyAuthorize), so both only sign a new approval and
+write it into the token, in one header update.
+
+reseal approves this boot's state plus the predicted state of each new boot image. It
+refuses when this boot is not an approved state itself (unless told to trust it): the
+prediction starts from this boot's log, and a boot that was tampered with must not become
+the template of the next one.
+
+prune runs after a boot that the TPM would unlock: it keeps the approved state that matches
+this boot, and any state approved during this boot (an update waiting for its reboot), and
+drops the rest, so that an older boot image no longer unlocks. "During this boot" is decided
+by the TPM's reset count, which every approval records and every platform reset increments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sealer.errors import MeasurementError, PolicyMismatchError, StateError
+from sealer.luks import cryptsetup
+from sealer.measure.explain import event_record
+from sealer.measure.predict import NextBoot, Prediction, predict
+from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
+from sealer.policy import digest, keys
+from sealer.policy.approval import Approval, EventRecord, sign_approval
+from sealer.services.bootstate import BootState, read_boot_state
+from sealer.services.unlock import approvals_of
+from sealer.services.volume import Enrollment, require_enrollments
+from sealer.tpm.connection import connect
+from sealer.tpm.pcr import read_pcrs, reset_count
+from sealer.tpm.policykey import policy_key_name
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ApprovedState:
+    label: str  # "this boot", "next boot: UKI /boot/efi/...", "kept: approved <time>"
+    values: PcrValues
+    record: EventRecord | None
+
+
+@dataclass(frozen=True)
+class VolumeApproval:
+    device: str
+    token_id: int
+    bank: str
+    pcrs: tuple[int, ...]
+    states: tuple[ApprovedState, ...]
+    dropped: int  # approved states no longer approved
+    written: bool
+    predictions: tuple[Prediction, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "token": self.token_id,
+            "pcr_bank": self.bank,
+            "pcrs": list(self.pcrs),
+            "approved_states": [
+                {"label": s.label, "pcrs": {str(p): v.hex() for p, v in sorted(s.values.items())}}
+                for s in self.states
+            ],
+            "dropped_states": self.dropped,
+            "written": self.written,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class ResealRequest:
+    devices: Sequence[str]
+    boots: Sequence[NextBoot]  # empty: approve this boot's state only
+    log_path: Path | None
+    offline: bool
+    approve_current: bool  # trust this boot even though no approval matches it
+    state_dir: Path
+    tcti: str | None
+    dry_run: bool
+
+
+def _machine_key(
+    enrollment: Enrollment, state_dir: Path
+) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    key = keys.load_machine_key(state_dir)
+    if key is None:
+        raise StateError(
+            f"there is no policy key in {state_dir}",
+            "approvals are signed by the key 'sealer enroll' made on this machine; give its "
+            "state directory with --state-dir",
+        )
+    name = policy_key_name(keys.public_pem(key))
+    if name not in {k.name for k in enrollment.token.policy_keys}:
+        raise StateError(
+            f"the policy key in {state_dir} is not one that token {enrollment.token_id} trusts",
+            "this volume was enrolled with another state directory (or on another machine)",
+        )
+    return key, name
+
+
+def _bank_of(enrollment: Enrollment) -> Bank:
+    bank = BANKS.get(enrollment.token.pcr_bank)
+    assert bank is not None  # parse_token accepts known banks only
+    return bank
+
+
+def _with_cap(enrollment: Enrollment, values: PcrValues) -> dict[int, bytes]:
+    """``values`` plus the capping PCR at its reset value, which every approval requires."""
+    cap = enrollment.token.cap_pcr
+    return {**values, cap: _bank_of(enrollment).initial_value(cap)}
+
+
+def _matching(approvals: Sequence[Approval], values: PcrValues) -> tuple[int, int] | None:
+    for a_index, approval in enumerate(approvals):
+        branch = approval.matching_branch(values)
+        if branch is not None:
+            return a_index, branch
+    return None
+
+
+def _pending(
+    approvals: Sequence[Approval], tpm_boot: int | None, skip: PcrValues
+) -> list[ApprovedState]:
+    """States approved during this boot (``tpm_boot``): updates waiting for their reboot."""
+    kept = []
+    for approval in approvals:
+        if tpm_boot is None or approval.tpm_boot != tpm_boot:
+            continue
+        for index, branch in enumerate(approval.branches):
+            if dict(branch) != dict(skip):
+                kept.append(
+                    ApprovedState(f"kept: approved {approval.created}", branch,
+                                  approval.event_record(index))
+                )  # fmt: skip
+    return kept
+
+
+def _dedupe(states: Sequence[ApprovedState]) -> list[ApprovedState]:
+    seen: list[dict[int, bytes]] = []
+    unique = []
+    for state in states:
+        if dict(state.values) not in seen:
+            seen.append(dict(state.values))
+            unique.append(state)
+    return unique
+
+
+def _write(
+    enrollment: Enrollment,
+    device: str,
+    key: ec.EllipticCurvePrivateKey,
+    key_name: bytes,
+    states: Sequence[ApprovedState],
+    comment: str,
+    dry_run: bool,
+    tpm_boot: int | None,
+) -> None:
+    """Replace the approvals signed by ``key`` with one approval of ``states``."""
+    token = enrollment.token
+    others = [
+        doc for doc, approval in zip(token.approvals, approvals_of(enrollment), strict=True)
+        if approval.key_name != key_name
+    ]  # fmt: skip
+    approval = sign_approval(
+        key,
+        key_name,
+        _bank_of(enrollment),
+        [s.values for s in states],
+        comment=comment,
+        events=[s.record for s in states],
+        tpm_boot=tpm_boot,
+    )
+    new_token = replace(token, approvals=(*others, approval.to_json()))
+    if not dry_run:
+        cryptsetup.import_token(device, enrollment.token_id, new_token.to_json(), replace=True)
+
+
+def _predicted_state(
+    enrollment: Enrollment, state: BootState, boot: NextBoot
+) -> tuple[ApprovedState, Prediction]:
+    pcrs = enrollment.token.pcrs
+    live = {p: v for p, v in (state.live or {}).items() if p in pcrs}
+    prediction = predict(state.log, state.bank, boot, live)
+    blocked = {p: why for p, why in prediction.unpredictable.items() if p in pcrs}
+    if blocked:
+        pcr, why = sorted(blocked.items())[0]
+        raise MeasurementError(
+            f"cannot predict PCR {pcr} for the {boot.describe()}: {why}",
+            "nothing was changed; after booting it, unlock with the passphrase and run "
+            "'sealer reseal' to approve the new state",
+        )
+    values = _with_cap(enrollment, {p: prediction.value(p) for p in pcrs})
+    record = event_record(prediction.measurements, pcrs)
+    return ApprovedState(f"next boot: {boot.describe()}", values, record), prediction
+
+
+def _reseal_one(
+    device: str, enrollment: Enrollment, req: ResealRequest, progress: Progress
+) -> VolumeApproval:
+    token = enrollment.token
+    key, key_name = _machine_key(enrollment, req.state_dir)
+    approvals = approvals_of(enrollment)
+    state = read_boot_state(
+        _bank_of(enrollment), token.pcrs, log_path=req.log_path, tcti=req.tcti,
+        offline=req.offline,
+    )  # fmt: skip
+    current_values = _with_cap(enrollment, state.values(token.pcrs))
+    warnings = []
+    if not state.verified:
+        warnings.append("the event log was not checked against a TPM (--offline)")
+    if _matching(approvals, current_values) is None:
+        if not req.approve_current:
+            differing = min((a.differing_pcrs(current_values) for a in approvals), key=len)
+            raise PolicyMismatchError(
+                f"this boot is not an approved state (PCR {format_pcrs(differing)} differ), so "
+                "it cannot be the base of a prediction",
+                "run 'sealer explain' to see why; if you trust this boot, rerun with "
+                "--approve-current",
+            )
+        warnings.append("this boot's state was approved on your word (--approve-current)")
+    states = [
+        ApprovedState("this boot", current_values, event_record(state.measurements, token.pcrs))
+    ]
+    predictions = []
+    for boot in req.boots:
+        progress(f"predicting the PCRs of the {boot.describe()}")
+        predicted, prediction = _predicted_state(enrollment, state, boot)
+        states.append(predicted)
+        predictions.append(prediction)
+    states += _pending(approvals, state.tpm_boot, current_values)
+    states = _dedupe(states)[: digest.MAX_OR_BRANCHES]
+    progress(f"signing an approval of {len(states)} boot state(s) for token {enrollment.token_id}")
+    mine = [a for a in approvals if a.key_name == key_name]
+    _write(enrollment, device, key, key_name, states, "reseal", req.dry_run, state.tpm_boot)
+    return VolumeApproval(
+        device=device,
+        token_id=enrollment.token_id,
+        bank=token.pcr_bank,
+        pcrs=token.pcrs,
+        states=tuple(states),
+        dropped=max(0, sum(len(a.branches) for a in mine) - len(states)),
+        written=not req.dry_run,
+        predictions=tuple(predictions),
+        warnings=tuple(warnings),
+    )
+
+
+def reseal(req: ResealRequest, progress: Progress) -> list[VolumeApproval]:
+    results = []
+    for device in req.devices:
+        header = cryptsetup.read_header(device)
+        for enrollment in require_enrollments(header):
+            results.append(_reseal_one(device, enrollment, req, progress))
+    return results
+
+
+def _prune_one(
+    device: str, enrollment: Enrollment, state_dir: Path, tcti: str | None, dry_run: bool
+) -> VolumeApproval:
+    token = enrollment.token
+    key, key_name = _machine_key(enrollment, state_dir)
+    approvals = [a for a in approvals_of(enrollment) if a.key_name == key_name]
+    with connect(tcti) as ctx:
+        live = read_pcrs(ctx, _bank_of(enrollment), list(token.pcrs))
+        tpm_boot = reset_count(ctx)
+    current = _with_cap(enrollment, live)
+    match = _matching(approvals, current)
+    if match is None:
+        raise PolicyMismatchError(
+            "this boot is not an approved state, so nothing tells which states are stale; "
+            "nothing was pruned",
+            "run 'sealer explain' to see why this boot differs",
+        )
+    a_index, b_index = match
+    keep = [
+        ApprovedState("this boot", approvals[a_index].branches[b_index],
+                      approvals[a_index].event_record(b_index)),
+        *_pending(approvals, tpm_boot, current),
+    ]  # fmt: skip
+    keep = _dedupe(keep)[: digest.MAX_OR_BRANCHES]
+    before = sum(len(a.branches) for a in approvals)
+    changed = before != len(keep)
+    if changed:
+        _write(enrollment, device, key, key_name, keep, "prune", dry_run, tpm_boot)
+    return VolumeApproval(
+        device=device,
+        token_id=enrollment.token_id,
+        bank=token.pcr_bank,
+        pcrs=token.pcrs,
+        states=tuple(keep),
+        dropped=before - len(keep),
+        written=changed and not dry_run,
+    )
+
+
+def prune(
+    devices: Sequence[str], state_dir: Path, tcti: str | None, dry_run: bool
+) -> list[VolumeApproval]:
+    results = []
+    for device in devices:
+        header = cryptsetup.read_header(device)
+        for enrollment in require_enrollments(header):
+            results.append(_prune_one(device, enrollment, state_dir, tcti, dry_run))
+    return results
