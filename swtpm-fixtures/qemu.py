@@ -9,6 +9,7 @@ whole console transcript when the machine powers off or the time runs out.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rootdisk import EVENT_LOG_BEGIN, EVENT_LOG_END
 from secureboot import OVMF_CODE
 
 QEMU = "qemu-system-x86_64"
@@ -48,6 +50,13 @@ class Boot:
         ):
             found[int(match.group(1))] = bytes.fromhex(match.group(2))
         return found
+
+    def event_log(self) -> bytes:
+        """The firmware's TCG event log, as the guest's root printed it in base64."""
+        text = self.transcript.replace("\r", "")
+        begin = text.index(EVENT_LOG_BEGIN + "\n") + len(EVENT_LOG_BEGIN) + 1
+        end = text.index(EVENT_LOG_END, begin)
+        return base64.b64decode("".join(text[begin:end].split()))
 
     def seconds_until(self, text: str) -> float | None:
         return self._marks.get(text)

@@ -16,6 +16,8 @@ from pathlib import Path
 BUSYBOX = Path("/bin/busybox")  # busybox-static's binary: no libraries needed in the root
 REPORT_PCRS = (0, 2, 4, 7, 9, 11, 14, 15)
 ROOT_UP = "SEALER-E2E: root file system is up"
+EVENT_LOG_BEGIN = "SEALER-E2E: event log begin"
+EVENT_LOG_END = "SEALER-E2E: event log end"
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 # Runs as PID 1 on the unlocked root: report the TPM's PCRs, then power off.
@@ -26,6 +28,10 @@ for n in {" ".join(str(p) for p in REPORT_PCRS)}; do
     v=$(/bin/busybox cat /sys/class/tpm/tpm0/pcr-sha256/$n 2>/dev/null || echo missing)
     echo "SEALER-E2E: pcr sha256 $n $v"
 done
+# The firmware's event log, for the tests that predict and explain PCRs (about 7 KiB).
+echo "{EVENT_LOG_BEGIN}"
+/bin/busybox base64 /sys/kernel/security/tpm0/binary_bios_measurements
+echo "{EVENT_LOG_END}"
 echo "{ROOT_UP}"
 /bin/busybox sync
 /bin/busybox poweroff -f

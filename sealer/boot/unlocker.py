@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sealer.boot.capping import CAP_RECORD, record_cap
-from sealer.errors import SealerError, TPMUnavailableError
+from sealer.errors import PolicyMismatchError, SealerError, TPMUnavailableError
 from sealer.services.unlock import PinReader, Unsealed, enrolled_header, release_key
 
 TPM_DEVICE = Path("/dev/tpmrm0")
@@ -74,7 +74,9 @@ def fallback_line(volume: str, error: BaseException) -> str:
     The keyscript and the systemd password agent say it in the same words, so a user (and a
     test) reads the same reason whichever initramfs the machine has.
     """
-    if isinstance(error, SealerError):
+    if isinstance(error, PolicyMismatchError):
+        reason = f"{error.message} (once booted, 'sealer explain' says which events changed)"
+    elif isinstance(error, SealerError):
         reason = error.message
     else:  # a bug: say what it was, but never cost the user the passphrase prompt
         reason = f"internal error ({type(error).__name__}: {error})"

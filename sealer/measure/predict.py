@@ -153,7 +153,7 @@ class _Editor:
         self.measurements = kept[:at] + new + kept[at:]
 
 
-def _signer_reason(log: EventLog, image: bytes, what: str) -> str | None:
+def _signer_reason(log: EventLog, image: bytes, what: str, source: str) -> str | None:
     """Why PCR 7 would change with ``image``, or None if the same certificate verifies it."""
     authorities = [
         data
@@ -161,7 +161,7 @@ def _signer_reason(log: EventLog, image: bytes, what: str) -> str | None:
         if e.pcr == 7 and e.type == eventlog.EV_EFI_VARIABLE_AUTHORITY
         and (data := eventlog.variable_data(e)) is not None
     ]
-    signers = pe.signer_certificates(image)
+    signers = pe.signer_certificates(image, source=source)
     if not signers:
         return f"the new {what} is not signed: Secure Boot will refuse to start it"
     if not authorities:
@@ -193,12 +193,12 @@ def predict(
     application = _last_application(editor.measurements)
     if boot.uki is not None:
         image = read_image(boot.uki)
-        _predict_uki(log, bank, editor, application, image, unpredictable)
+        _predict_uki(log, bank, editor, application, image, unpredictable, str(boot.uki))
         what = "UKI"
     else:
         assert boot.kernel is not None
         image = read_image(boot.kernel)
-        editor.set_digest(application, pe.authenticode_digest(image, bank))
+        editor.set_digest(application, pe.authenticode_digest(image, bank, source=str(boot.kernel)))
         if boot.initrd is not None:
             tagged = _tagged(log, eventlog.LINUX_INITRD_TAG)
             if tagged:
@@ -206,7 +206,7 @@ def predict(
             else:
                 unpredictable[9] = "this boot's kernel measured no initrd, the next one may"
         what = "kernel"
-    reason = _signer_reason(log, image, what)
+    reason = _signer_reason(log, image, what, str(boot.uki or boot.kernel))
     if reason:
         unpredictable[7] = reason
     predicted = replay(editor.measurements, bank, log.startup_locality)
@@ -227,16 +227,18 @@ def _predict_uki(
     application: int,
     image: bytes,
     unpredictable: dict[int, str],
+    source: str,
 ) -> None:
-    editor.set_digest(application, pe.authenticode_digest(image, bank))
-    sections = {s.name: s.data for s in pe.sections(image)}
+    editor.set_digest(application, pe.authenticode_digest(image, bank, source=source))
+    # Found the way systemd-stub finds them (prefix match, the last one wins).
+    sections = {name: s.data for name, s in pe.stub_sections(image, source=source).items()}
     # PCR 11: systemd-stub's section events, all EV_IPL, replaced as one run.
     stub_run = [
         i for i, m in enumerate(editor.measurements) if m.pcr == 11 and m.type_name == "EV_IPL"
     ]
     new_run = [
         Measurement(11, digest, "EV_IPL", description, None)
-        for description, digest in pe.uki_pcr11_events(image, bank)
+        for description, digest in pe.uki_pcr11_events(image, bank, source=source)
     ]
     editor.replace_run(stub_run, new_run)
     # PCR 9: what the Linux EFI stub measures of what systemd-stub hands it.

@@ -80,7 +80,7 @@ def mismatch_error(approvals: Sequence[Approval], current: PcrValues) -> PolicyM
     verb = "differs" if len(closest) == 1 else "differ"
     return PolicyMismatchError(
         f"{noun} {format_pcrs(closest)} {verb} from every approved boot state",
-        "the TPM will not release the key; run 'sealer status' for details, "
+        "the TPM will not release the key; 'sealer explain' shows which events changed, "
         "or unlock with the passphrase or recovery key",
     )
 

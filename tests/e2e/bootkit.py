@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,25 @@ class BootKit:
             + (f" {extra}" if extra else "")
         )
 
+    def uki(
+        self,
+        *,
+        keys: SecureBootKeys | None,
+        cmdline: str | None = None,
+        initrd: Path | None = None,
+    ) -> Path:
+        """A UKI of these parts, signed by ``keys`` (None: unsigned); built once per run."""
+        cmdline = cmdline or self.cmdline()
+        initrd = initrd or self.initrd
+        signer = str(keys.directory) if keys else "unsigned"
+        cache_key = (signer, cmdline, str(initrd))
+        if cache_key not in self._ukis:
+            name = f"uki{len(self._ukis)}"
+            self._ukis[cache_key] = build_uki(
+                self.work / f"{name}.efi", self.kernel, initrd, cmdline, keys
+            )
+        return self._ukis[cache_key]
+
     def esp(
         self,
         *,
@@ -73,16 +93,12 @@ class BootKit:
         cmdline: str | None = None,
         initrd: Path | None = None,
     ) -> Path:
-        """An ESP image booting a UKI of these parts, signed by ``keys`` (None: unsigned)."""
-        cmdline = cmdline or self.cmdline()
-        initrd = initrd or self.initrd
-        signer = str(keys.directory) if keys else "unsigned"
-        cache_key = (signer, cmdline, str(initrd))
-        if cache_key not in self._ukis:
-            name = f"uki{len(self._ukis)}"
-            uki = build_uki(self.work / f"{name}.efi", self.kernel, initrd, cmdline, keys)
-            self._ukis[cache_key] = build_esp(self.work / f"{name}-esp.img", uki)
-        return self._ukis[cache_key]
+        """An ESP image booting the UKI of these parts (see ``uki``)."""
+        uki = self.uki(keys=keys, cmdline=cmdline, initrd=initrd)
+        esp = uki.with_name(f"{uki.stem}-esp.img")
+        if not esp.exists():
+            build_esp(esp, uki)
+        return esp
 
     def new_root(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -110,15 +126,22 @@ def type_passphrase() -> list[Answer]:
     return [Answer(PROMPT, ROOT_PASSPHRASE + "\n")]
 
 
-def enroll_on_host(machine: Machine, disk: Path, pcrs: dict[int, bytes], state_dir: Path) -> None:
-    """Enroll the disk against the machine's TPM state, expecting the given PCR 4 and 7."""
+def enroll_on_host(
+    machine: Machine,
+    disk: Path,
+    pcrs: dict[int, bytes],
+    state_dir: Path,
+    bind: Sequence[int] = (4, 7),
+) -> None:
+    """Enroll the disk against the machine's TPM state, expecting ``pcrs``' values of the
+    PCRs in ``bind`` (the host's swtpm has none of the guest's PCR values)."""
+    expected = [arg for p in bind for arg in ("--pcr", f"{p}=sha256:{pcrs[p].hex()}")]
     with Swtpm(machine.tpm_state) as tpm:
         result = subprocess.run(
             [
                 sys.executable, "-m", "sealer", "--tcti", tpm.tcti, "enroll", "--quiet",
                 "--unlock-key-file", "-", "--state-dir", str(state_dir),
-                "--pcr", f"4=sha256:{pcrs[4].hex()}", "--pcr", f"7=sha256:{pcrs[7].hex()}",
-                str(disk),
+                "--pcrs", ",".join(str(p) for p in bind), *expected, str(disk),
             ],
             input=ROOT_PASSPHRASE.encode(), capture_output=True, timeout=120,
         )  # fmt: skip
