@@ -75,7 +75,7 @@ def fallback_line(volume: str, error: BaseException) -> str:
     test) reads the same reason whichever initramfs the machine has.
     """
     if isinstance(error, PolicyMismatchError):
-        reason = f"{error.message} (once booted, 'sealer explain' says which events changed)"
+        reason = f"{error.message} (see 'sealer explain')"
     elif isinstance(error, SealerError):
         reason = error.message
     else:  # a bug: say what it was, but never cost the user the passphrase prompt

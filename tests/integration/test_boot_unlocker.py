@@ -69,7 +69,7 @@ def test_keyscript_refusal_prints_one_reason_and_no_key(
     assert result.returncode == 5
     assert result.stdout == b""
     assert result.stderr.decode().splitlines() == [
-        "sealer: cryptroot: PCR 7 differs from every approved boot state; "
+        "sealer: cryptroot: PCR 7 differs from every approved boot state (see 'sealer explain'); "
         "asking for the passphrase instead"
     ]
     assert opens_with(luks_image, PASSPHRASE)

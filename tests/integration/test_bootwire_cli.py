@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -59,6 +60,11 @@ def source(tmp_path: Path) -> Path:
     (tools / "keyscript").write_bytes(KEYSCRIPT)
     (tools / "scripts" / "init-bottom").mkdir(parents=True)
     (tools / "scripts" / "init-bottom" / "sealer").write_bytes(CAP_SCRIPT)
+    # The update hook and prune unit are the checkout's own: their content is tested here.
+    checkout = Path(__file__).resolve().parents[2] / "initramfs-hook"
+    for part in ("update/reseal-hook", "systemd/sealer-prune.service"):
+        (tools.parent / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkout / part, tools.parent / part)
     return tmp_path / "initramfs-hook"
 
 
@@ -85,7 +91,7 @@ def test_dry_run_prints_the_diffs_and_changes_nothing(root: Path, source: Path) 
     assert f"+++ {root}/etc/initramfs-tools/hooks/sealer\n" in out
     assert f"+++ {root}/etc/sealer/initramfs.conf\n" in out
     assert f"+SEALER_PYTHON={sys.executable}\n" in out
-    assert out.count("new file mode 100755\n") == 3
+    assert out.count("new file mode 100755\n") == 5  # keyscript, 2 initramfs + 2 update hooks
     assert f"--- {crypttab}\n+++ {crypttab}\n" in out
     old = "cryptroot UUID=8a6d3d5e-0000-4000-8000-000000000001 none luks,discard"
     assert f"-{old}\n+{old},{KEYSCRIPT_OPTION}\n" in out
@@ -109,6 +115,9 @@ def test_dry_run_json_is_the_plan(root: Path, source: Path) -> None:
         (str(root / "etc/initramfs-tools/hooks/sealer"), "create", "0755"),
         (str(root / "etc/initramfs-tools/scripts/init-bottom/sealer"), "create", "0755"),
         (str(root / "etc/sealer/initramfs.conf"), "create", "0644"),
+        (str(root / "etc/kernel/postinst.d/zz-sealer"), "create", "0755"),
+        (str(root / "etc/initramfs/post-update.d/sealer"), "create", "0755"),
+        (str(root / "etc/systemd/system/sealer-prune.service"), "create", "0644"),
         (str(root / "etc/crypttab"), "update", "0640"),
     ]
     assert all(f["diff"] for f in doc["files"])
@@ -130,6 +139,14 @@ def test_enable_then_again_then_disable_under_root(root: Path, source: Path) -> 
     assert files["etc/initramfs-tools/hooks/sealer"] == (HOOK, 0o755)
     assert files["etc/initramfs-tools/scripts/init-bottom/sealer"] == (CAP_SCRIPT, 0o755)
     assert files["etc/sealer/initramfs.conf"][1] == 0o644
+    hook = (source / "update/reseal-hook").read_bytes()
+    assert files["etc/kernel/postinst.d/zz-sealer"] == (hook, 0o755)
+    assert files["etc/initramfs/post-update.d/sealer"] == (hook, 0o755)
+    unit, unit_mode = files["etc/systemd/system/sealer-prune.service"]
+    assert f"ExecStart={sys.executable} -m sealer prune\n".encode() in unit and unit_mode == 0o644
+    assert "enable pruning in that root: 'systemctl enable sealer-prune.service'" in (
+        enabled.stdout + enabled.stderr
+    )
     conf = str(root / "etc/sealer/initramfs.conf")
     shown = subprocess.run(
         ["sh", "-c", '. "$1"; printf %s "$SEALER_PYTHON"', "sh", conf],

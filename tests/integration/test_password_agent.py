@@ -94,8 +94,8 @@ def test_agent_refusal_leaves_the_request_with_one_reason(
     assert result.returncode == 0, result.stderr
     assert request_for.answer() is None
     assert console(tmp_path) == [
-        f"sealer: {luks_image}: PCR 7 differs from every approved boot state; "
-        "asking for the passphrase instead"
+        f"sealer: {luks_image}: PCR 7 differs from every approved boot state "
+        "(see 'sealer explain'); asking for the passphrase instead"
     ]
     assert opens_with(luks_image, PASSPHRASE)
 

@@ -254,8 +254,8 @@ def test_a_refusal_says_why_once_and_leaves_the_request(
     assert asker.ask_path.exists()
     assert unlock.devices == [DEVICE]
     assert console_lines(agent) == [
-        f"sealer: {DEVICE}: PCR 7 differs from every approved boot state (once booted, "
-        "'sealer explain' says which events changed); asking for the passphrase instead"
+        f"sealer: {DEVICE}: PCR 7 differs from every approved boot state (see 'sealer explain'); "
+        "asking for the passphrase instead"
     ]
     assert not (tmp_path / "run" / "cap-pcrs").exists()
 
