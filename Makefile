@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench-boot
+.PHONY: setup demo test bench-boot bench-measure
 
 setup:
 	bash scripts/setup.sh
@@ -12,3 +12,7 @@ test:
 bench-boot:
 	bash scripts/setup.sh --boot-chain
 	.venv/bin/python bench/boot_unlock.py --json bench/boot_unlock.json
+
+bench-measure:
+	bash scripts/setup.sh --boot-chain
+	.venv/bin/python bench/measured_boot.py --json bench/measured_boot.json
