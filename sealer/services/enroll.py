@@ -99,11 +99,20 @@ def _plan_slots(header: LuksHeader, want_recovery: bool) -> tuple[int, int, int 
     return token_id, free[0], free[1] if want_recovery else None
 
 
-def _boot_log(req: EnrollRequest) -> EventLog | None:
-    """The event log to check the binding with; None when this boot has none to read."""
-    if req.log_path is None and not FIRMWARE_LOG.exists():
-        return None  # no TPM event log (no TPM driver, or a software TPM): nothing to check
-    return read_event_log(req.log_path)
+def _boot_log(req: EnrollRequest) -> tuple[EventLog | None, list[str]]:
+    """The event log to check the binding with (None when there is none), and warnings.
+
+    A log the user named must be readable; this boot's own log only helps, so when it cannot
+    be read the enrollment goes on with a warning.
+    """
+    if req.log_path is not None:
+        return read_event_log(req.log_path), []
+    if not FIRMWARE_LOG.exists():
+        return None, []  # no TPM event log (no TPM driver, or a software TPM): nothing to check
+    try:
+        return read_event_log(None), []
+    except EventLogError as exc:
+        return None, [f"the binding was not checked against this boot's event log: {exc.message}"]
 
 
 def _log_findings(
@@ -133,7 +142,7 @@ def _log_findings(
 def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     check_request(req)
     header = cryptsetup.read_header(req.device)
-    log = _boot_log(req)  # before any change: a bad --eventlog must not leave half an enrollment
+    log, log_warnings = _boot_log(req)  # before any change: a bad --eventlog changes nothing
     token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
 
     machine_key = keys.load_or_create_machine_key(req.state_dir)
@@ -142,7 +151,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     pin_salt = os.urandom(PIN_SALT_BYTES) if req.pin is not None else None
     auth_value = pin_auth_value(req.pin, pin_salt) if req.pin and pin_salt else b""
     secret = os.urandom(SECRET_BYTES)
-    warnings: list[str] = []
+    warnings = list(log_warnings)
 
     progress("sealing a new secret in the TPM")
     with connect(req.tcti) as ctx:

@@ -17,7 +17,7 @@ by the TPM's reset count, which every approval records and every platform reset 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -254,13 +254,14 @@ def _reseal_one(
     )
 
 
+def _enrollments(devices: Sequence[str]) -> Iterator[tuple[str, Enrollment]]:
+    for device in devices:
+        for enrollment in require_enrollments(cryptsetup.read_header(device)):
+            yield device, enrollment
+
+
 def reseal(req: ResealRequest, progress: Progress) -> list[VolumeApproval]:
-    results = []
-    for device in req.devices:
-        header = cryptsetup.read_header(device)
-        for enrollment in require_enrollments(header):
-            results.append(_reseal_one(device, enrollment, req, progress))
-    return results
+    return [_reseal_one(d, e, req, progress) for d, e in _enrollments(req.devices)]
 
 
 def _prune_one(
@@ -305,9 +306,4 @@ def _prune_one(
 def prune(
     devices: Sequence[str], state_dir: Path, tcti: str | None, dry_run: bool
 ) -> list[VolumeApproval]:
-    results = []
-    for device in devices:
-        header = cryptsetup.read_header(device)
-        for enrollment in require_enrollments(header):
-            results.append(_prune_one(device, enrollment, state_dir, tcti, dry_run))
-    return results
+    return [_prune_one(d, e, state_dir, tcti, dry_run) for d, e in _enrollments(devices)]

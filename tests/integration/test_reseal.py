@@ -252,3 +252,39 @@ def test_a_log_that_does_not_match_the_tpm_is_reported_per_pcr(
     pcrs = json.loads(result.stdout)["pcrs"]
     assert {p for p, v in pcrs.items() if not v["matches"]} == {"5", "9"}
     assert pcrs["4"]["matches"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (["eventlog", "--eventlog", "{missing}", "--offline"], 14, "no such file"),
+        (["eventlog", "--eventlog", "{truncated}", "--offline"], 14, "truncated or corrupted"),
+        (["eventlog", "--eventlog", "{log}", "--pcr", "99", "--offline"], 2, "not a PCR index"),
+        (["predict", "--eventlog", "{log}", "--offline"], 2, "no boot image given"),
+        (["predict", "--eventlog", "{log}", "--offline", "--uki", "{missing}"], 14,
+         "cannot read the boot image"),
+        (["predict", "--eventlog", "{log}", "--offline", "--uki", "{log}"], 14,
+         "not a PE/COFF image"),
+        (["predict", "--eventlog", "{log}", "--offline", "--initrd", "{log}"], 2,
+         "--initrd goes with --kernel"),
+        (["reseal", "--eventlog", "{log}", "--offline", "--state-dir", "{missing}", "{image}"], 11,
+         "there is no policy key"),
+        (["explain", "--eventlog", "{log}", "--offline", "{log}"], 3, ""),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_an_exit_code(
+    machine: Machine, enrolled: SealerCli, luks_image: Path, tmp_path: Path,
+    args: list[str], code: int, expected: str,
+) -> None:  # fmt: skip
+    truncated = tmp_path / "truncated.log"
+    truncated.write_bytes(eventlogs.UKI_BOOT_LOG.read_bytes()[:5000])
+    names = {
+        "missing": str(tmp_path / "missing"), "truncated": str(truncated),
+        "log": str(eventlogs.UKI_BOOT_LOG), "image": str(luks_image),
+    }  # fmt: skip
+    before = luks_image.read_bytes()
+    result = enrolled(*[a.format(**names) for a in args])
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sealer: ") and expected in lines[0], lines
+    assert luks_image.read_bytes() == before
