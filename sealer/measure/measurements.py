@@ -29,11 +29,28 @@ class Measurement:
 
 def measurements_of(log: EventLog, bank: Bank) -> list[Measurement]:
     log.replay(bank)  # refuses a bank the log does not record, with a clear message
-    return [
-        Measurement(e.pcr, e.digests[bank.name], e.type_name, e.description, e.number)
-        for e in log.events
-        if e.type != eventlog.EV_NO_ACTION
-    ]
+    found = []
+    previous: eventlog.Event | None = None
+    for e in log.events:
+        if e.type == eventlog.EV_NO_ACTION:
+            continue
+        description = e.description
+        # systemd-stub logs a section's name event and its contents event with the same data
+        # (the name); say which one a person is looking at.
+        if _stub_contents(e, previous):
+            description += " contents"
+        found.append(Measurement(e.pcr, e.digests[bank.name], e.type_name, description, e.number))
+        previous = e
+    return found
+
+
+def _stub_contents(event: eventlog.Event, previous: eventlog.Event | None) -> bool:
+    return (
+        event.pcr == 11
+        and event.type == eventlog.EV_IPL
+        and previous is not None
+        and (previous.pcr, previous.type, previous.data) == (11, eventlog.EV_IPL, event.data)
+    )
 
 
 def replay(measurements: Sequence[Measurement], bank: Bank, locality: int) -> dict[int, bytes]:

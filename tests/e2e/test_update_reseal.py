@@ -24,6 +24,16 @@ from bootkit import PROMPT, TPM_UNLOCKED, BootKit, enroll_on_host, type_passphra
 from qemu import Boot, Machine
 from rootdisk import ROOT_UP
 
+from sealer.measure.eventlog import LINUX_INITRD_TAG, LINUX_LOAD_OPTIONS_TAG, parse
+from sealer.measure.pe import (
+    authenticode_digest,
+    linux_load_options_digest,
+    stub_sections,
+    uki_pcr11_events,
+)
+from sealer.pcrs import BANKS
+
+SHA256 = BANKS["sha256"]
 BIND = (4, 7, 9, 11)  # the UKI, Secure Boot, the kernel's initrd and command line, the sections
 
 
@@ -120,6 +130,26 @@ def test_every_bound_pcr_is_what_predict_said(updated: Updated) -> None:
     # And the update really changed what it should: the UKI, its sections, the kernel's view.
     first = updated.first.pcrs()
     assert [p for p in BIND if reported[p] != first[p]] == [4, 9, 11]
+
+
+def test_the_firmware_and_the_stubs_measured_what_sealer_computes(updated: Updated) -> None:
+    """Event by event, in the log of the updated boot: PCR 4's boot application is the UKI's
+    Authenticode hash (firmware), PCR 11 its sections (systemd-stub), PCR 9 its initrd and
+    command line (the Linux EFI stub)."""
+    log = parse(updated.second.event_log())
+    uki = updated.v2_uki.read_bytes()
+    by_pcr = {p: [e for e in log.events if e.pcr == p] for p in (4, 9, 11)}
+    [application] = [e for e in by_pcr[4] if e.type_name == "EV_EFI_BOOT_SERVICES_APPLICATION"]
+    assert application.digests["sha256"] == authenticode_digest(uki, SHA256)
+    assert [e.digests["sha256"] for e in by_pcr[11]] == [
+        d for _, d in uki_pcr11_events(uki, SHA256)
+    ]
+    sections = stub_sections(uki)
+    tagged = {e.tag: e.digests["sha256"] for e in by_pcr[9]}
+    assert tagged[LINUX_INITRD_TAG] == SHA256.hash(sections[".initrd"].data)
+    assert tagged[LINUX_LOAD_OPTIONS_TAG] == linux_load_options_digest(
+        sections[".cmdline"].data, SHA256
+    )
 
 
 def test_an_unapproved_uki_falls_back_and_explain_names_the_boot_application(
