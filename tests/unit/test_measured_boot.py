@@ -7,6 +7,7 @@ Plain data: the log is the captured one; the boot images are real PE files on th
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from sealer.measure.coverage import coverage, coverage_warnings
 from sealer.measure.eventlog import EventLog, parse
 from sealer.measure.explain import event_record, explain, prefix
 from sealer.measure.measurements import measurements_of, replay
-from sealer.measure.pe import authenticode_digest
+from sealer.measure.pe import authenticode_digest, linux_load_options_digest
 from sealer.measure.predict import NextBoot, predict
 from sealer.pcrs import BANKS
 from sealer.policy.approval import parse_approval, sign_approval
@@ -101,6 +102,28 @@ def test_an_unreadable_image_is_one_clear_error(tmp_path: Path) -> None:
     junk.write_bytes(b"MZ" + b"\0" * 10)
     with pytest.raises(MeasurementError):
         predict(LOG, SHA256, NextBoot(uki=junk))
+
+
+def test_a_captured_update_boot_measured_what_sealer_computes() -> None:
+    """Another captured boot, of a UKI whose digests were recorded at capture (the image itself,
+    35 MB, is not kept): the firmware, systemd-stub and Linux measured exactly those."""
+    captured = LOG_PATH.with_name("ovmf-secureboot-uki-v2.bin")
+    meta = json.loads(captured.with_suffix(".json").read_text())
+    log = parse(captured.read_bytes())
+    replayed = log.replay(SHA256)
+    for pcr in ("0", "2", "4", "7", "9", "11"):
+        assert replayed[int(pcr)].hex() == meta["sha256"][pcr], pcr
+    uki = meta["uki"]
+    events = measurements_of(log, SHA256)
+    [application] = [m for m in events if m.type_name == "EV_EFI_BOOT_SERVICES_APPLICATION"]
+    assert application.digest.hex() == uki["authenticode_sha256"]
+    assert application.description == f"image of {uki['size']} bytes at \\EFI\\BOOT\\BOOTX64.EFI"
+    assert [m.digest.hex() for m in events if m.pcr == 11] == uki["pcr11_sha256"]
+    tagged = {e.tag: e.digests["sha256"] for e in log.events if e.pcr == 9}
+    assert tagged[eventlog.LINUX_INITRD_TAG].hex() == uki["sections_sha256"][".initrd"]
+    assert tagged[eventlog.LINUX_LOAD_OPTIONS_TAG] == linux_load_options_digest(
+        uki["cmdline"].encode(), SHA256
+    )
 
 
 # ---------------------------------------------------------------------------------------------
