@@ -214,7 +214,7 @@ def predict(
         bank=bank,
         current=current,
         predicted=predicted,
-        changes=tuple(editor.changes),
+        changes=tuple(sorted(editor.changes, key=lambda c: (c.event is None, c.event or 0))),
         measurements=tuple(editor.measurements),
         unpredictable=unpredictable,
     )
