@@ -161,11 +161,11 @@ def _signer_reason(log: EventLog, image: bytes, what: str, source: str) -> str |
         if e.pcr == 7 and e.type == eventlog.EV_EFI_VARIABLE_AUTHORITY
         and (data := eventlog.variable_data(e)) is not None
     ]
+    if not authorities:
+        return None  # Secure Boot off: PCR 7 does not depend on the image's signer
     signers = pe.signer_certificates(image, source=source)
     if not signers:
         return f"the new {what} is not signed: Secure Boot will refuse to start it"
-    if not authorities:
-        return None  # Secure Boot off: PCR 7 does not depend on the image's signer
     _, signature_data = authorities[-1]
     verified_by = signature_data[16:]  # EFI_SIGNATURE_DATA: owner GUID, then the certificate
     if verified_by in signers:

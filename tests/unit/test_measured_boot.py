@@ -74,6 +74,12 @@ def test_a_kernel_and_initrd_replace_exactly_their_events(kernel: Path, tmp_path
     assert "not signed" in prediction.unpredictable[7]
 
 
+def test_without_secure_boot_the_signer_does_not_matter(kernel: Path) -> None:
+    authority = {e.number for e in LOG.events if e.type == eventlog.EV_EFI_VARIABLE_AUTHORITY}
+    prediction = predict(without(LOG, authority), SHA256, NextBoot(kernel=kernel))
+    assert 7 not in prediction.unpredictable
+
+
 def test_a_pcr_the_log_does_not_account_for_is_unpredictable(kernel: Path) -> None:
     live = {4: b"\x01" * 32, 11: LOG.replay(SHA256)[11]}
     prediction = predict(LOG, SHA256, NextBoot(kernel=kernel), live)
