@@ -126,6 +126,14 @@ def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
     help="Check the binding against this TCG event log instead of this boot's (warns when "
     "--pcrs leaves the kernel, initrd or command line unmeasured).",
 )
+@click.option(
+    "--trust-vendor-key",
+    "vendor_key",
+    metavar="PUB.pem",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also accept approvals signed by this vendor key ('sealer policy sign'); the vendor "
+    "becomes the revocation authority ('sealer revoke --statement').",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @click.pass_context
@@ -142,6 +150,7 @@ def enroll(
     recovery_key: bool,
     state_dir: Path,
     log_path: Path | None,
+    vendor_key: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -155,6 +164,7 @@ def enroll(
     from sealer.services.enroll import EnrollRequest
     from sealer.services.enroll import enroll as run_enroll
     from sealer.services.secrets import read_secret
+    from sealer.services.vendor import read_public_key
 
     def action() -> None:
         if unlock_key_file == "-" and pin_file == "-":
@@ -182,6 +192,7 @@ def enroll(
             state_dir=state_dir,
             tcti=ctx.obj.tcti,
             log_path=log_path,
+            vendor_key_pem=read_public_key(vendor_key) if vendor_key else None,
         )
         result = run_enroll(request, progress(quiet or as_json))
         for warning in result.warnings:
@@ -559,11 +570,11 @@ def boot_disable(
     run_command(ctx, as_json, action)
 
 
-def _register_measured_boot_commands() -> None:
-    from sealer.cli_measured import COMMANDS
+def _register_commands() -> None:
+    from sealer import cli_measured, cli_policy
 
-    for command in COMMANDS:
+    for command in (*cli_measured.COMMANDS, *cli_policy.COMMANDS):
         main.add_command(command)
 
 
-_register_measured_boot_commands()
+_register_commands()

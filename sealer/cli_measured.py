@@ -90,7 +90,8 @@ def _change_line(c: Change) -> str:
     return f"  PCR {c.pcr:<2} {where:<10} {c.type_name:<34} {what}  {c.description}"
 
 
-def _devices(devices: Sequence[str]) -> list[str]:
+def enrolled_devices_or(devices: Sequence[str]) -> list[str]:
+    """``devices``, or every enrolled LUKS2 device udev knows when none is named."""
     if devices:
         return list(devices)
     from sealer.services.status import enrolled_devices
@@ -365,7 +366,7 @@ def reseal(
 
     def action() -> None:
         request = ResealRequest(
-            devices=_devices(devices),
+            devices=enrolled_devices_or(devices),
             boots=_next_boots(ukis, kernel, initrd),
             log_path=log_path,
             offline=offline,
@@ -406,7 +407,7 @@ def prune(
     from sealer.services.reseal import prune as run_prune
 
     def action() -> None:
-        results = run_prune(_devices(devices), state_dir, ctx.obj.tcti, dry_run)
+        results = run_prune(enrolled_devices_or(devices), state_dir, ctx.obj.tcti, dry_run)
         if as_json:
             emit_json([r.to_json() for r in results])
         else:
@@ -471,7 +472,7 @@ def explain(
     def action() -> None:
         results = [
             e
-            for device in _devices(devices)
+            for device in enrolled_devices_or(devices)
             for e in explain_volume(device, log_path=log_path, tcti=ctx.obj.tcti, offline=offline)
         ]
         if as_json:

@@ -28,6 +28,15 @@ class PolicyKeyRef:
 
 
 @dataclass(frozen=True)
+class RevocationRef:
+    """The TPM NV bit field every approval of this enrollment checks (sealer.policy.revocation)."""
+
+    nv_index: int
+    nv_name: bytes
+    authority: str  # "machine" or "vendor": whose signed statements may revoke
+
+
+@dataclass(frozen=True)
 class SealerToken:
     keyslot: int
     srk_handle: int
@@ -42,6 +51,7 @@ class SealerToken:
     approvals: tuple[Mapping[str, Any], ...]  # signed approvals, parsed by sealer.policy
     created: str
     extra: Mapping[str, Any] = field(default_factory=dict)
+    revocation: RevocationRef | None = None  # None: enrolled before revocation existed
 
     @property
     def has_pin(self) -> bool:
@@ -67,7 +77,19 @@ class SealerToken:
             ],
             "approvals": [dict(a) for a in self.approvals],
             "created": self.created,
+            **self._revocation_json(),
         }
+
+    def _revocation_json(self) -> dict[str, Any]:
+        if self.revocation is None:
+            return {}
+        r = self.revocation
+        return {
+            "revocation": {
+                "nv_index": f"0x{r.nv_index:08x}", "nv_name": r.nv_name.hex(),
+                "authority": r.authority,
+            }
+        }  # fmt: skip
 
 
 def _b64(data: bytes) -> str:
@@ -154,6 +176,7 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
     known = {
         "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
         "sealed_public", "sealed_private", "pin_salt", "policy_keys", "approvals", "created",
+        "revocation",
     }  # fmt: skip
     return SealerToken(
         keyslot=int(keyslots[0]),
@@ -169,4 +192,21 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
         approvals=tuple(approvals),
         created=str(doc.get("created", "")),
         extra={k: v for k, v in doc.items() if k not in known},
+        revocation=_revocation(r, doc.get("revocation")),
     )
+
+
+def _revocation(r: _Reader, raw: Any) -> RevocationRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise r.fail("revocation is not an object")
+    sub = _Reader(raw, r.where)
+    try:
+        index = int(sub.get("nv_index", str), 16)
+    except ValueError as exc:
+        raise r.fail("revocation.nv_index is not a hex handle") from exc
+    authority = sub.get("authority", str)
+    if authority not in ("machine", "vendor"):
+        raise r.fail(f"revocation.authority is {authority!r}")
+    return RevocationRef(nv_index=index, nv_name=sub.hexbytes("nv_name"), authority=authority)

@@ -9,7 +9,7 @@ check it in software first only to give a clear message instead of a TPM error c
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from sealer.errors import PolicyMismatchError, TokenError
 from sealer.pcrs import BANKS, PCR_COUNT, Bank, PcrValues
-from sealer.policy import digest
+from sealer.policy import digest, revocation
 
 APPROVAL_VERSION = 1
 # Event records keep a digest prefix per event: enough to tell events apart, small enough for
@@ -47,10 +47,17 @@ class Approval:
     # Not signed either: the TPM's reset count when it was signed, which tells an approval
     # made during this boot (an update waiting for its reboot) from older ones.
     tpm_boot: int | None = None
+    # Signed (part of the approved policy): the release this approval is for, checked against
+    # the revocation field named ``nv_name`` (PolicyNV); None in approvals made before it.
+    release: int | None = None
+    nv_name: bytes = b""
 
     @property
     def approved_policy(self) -> bytes:
-        return digest.approved_policy(self.bank, self.branches)
+        pcrs = digest.approved_policy(self.bank, self.branches)
+        if self.release is None:
+            return pcrs
+        return revocation.policy_release(pcrs, self.nv_name, self.release)
 
     @property
     def approval_digest(self) -> bytes:
@@ -92,7 +99,11 @@ class Approval:
         return doc
 
     def _signed_json(self) -> dict[str, Any]:
+        release = {} if self.release is None else {
+            "release": self.release, "nv_name": self.nv_name.hex()
+        }  # fmt: skip
         return {
+            **release,
             "version": APPROVAL_VERSION,
             "pcr_bank": self.bank.name,
             "branches": [{str(p): v.hex() for p, v in sorted(b.items())} for b in self.branches],
@@ -113,6 +124,7 @@ def sign_approval(
     policy_ref: bytes = b"",
     events: Sequence[EventRecord | None] = (),
     tpm_boot: int | None = None,
+    release: tuple[int, bytes] | None = None,  # (release number, revocation field's NV name)
 ) -> Approval:
     if not 1 <= len(branches) <= digest.MAX_OR_BRANCHES:
         raise ValueError(f"an approval holds 1 to {digest.MAX_OR_BRANCHES} boot states")
@@ -126,6 +138,8 @@ def sign_approval(
         comment=comment,
         events=tuple(events),
         tpm_boot=tpm_boot,
+        release=None if release is None else revocation.check_release(release[0]),
+        nv_name=b"" if release is None else release[1],
     )
     signature = key.sign(unsigned.approval_digest, _PREHASHED)
     return Approval(**{**unsigned.__dict__, "signature": signature})
@@ -187,9 +201,22 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
             comment=str(doc.get("comment", "")),
             events=_event_records(doc.get("events"), len(branches)),
             tpm_boot=boot if type(boot := doc.get("tpm_boot")) is int else None,
+            **_release_of(doc, fail),
         )
     except (ValueError, TypeError, OverflowError) as exc:  # binascii.Error is a ValueError
         raise fail(str(exc)) from exc
+
+
+def _release_of(doc: Mapping[str, Any], fail: Callable[[str], TokenError]) -> dict[str, Any]:
+    if "release" not in doc:
+        return {}
+    release = doc["release"]
+    if type(release) is not int or not 0 <= release < revocation.RELEASES:
+        raise fail(f"its release must be 0 to {revocation.RELEASES - 1}, not {release!r}")
+    nv_name = bytes.fromhex(str(doc.get("nv_name", "")))
+    if len(nv_name) != 34:
+        raise fail("its revocation field's name is not a SHA-256 TPM name")
+    return {"release": release, "nv_name": nv_name}
 
 
 def _event_records(raw: Any, branches: int) -> tuple[EventRecord | None, ...]:

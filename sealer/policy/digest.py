@@ -18,10 +18,16 @@ DIGEST_SIZE = 32
 ZERO = b"\x00" * DIGEST_SIZE
 MAX_OR_BRANCHES = 8  # TPML_DIGEST holds at most eight digests
 
+CC_NV_SET_BITS = 0x00000135
+CC_POLICY_NV = 0x00000149
+CC_POLICY_CP_HASH = 0x0000016E
 CC_POLICY_AUTHORIZE = 0x0000016A
 CC_POLICY_AUTH_VALUE = 0x0000016B
+CC_POLICY_COMMAND_CODE = 0x0000016C
 CC_POLICY_OR = 0x00000171
 CC_POLICY_PCR = 0x0000017F
+CC_POLICY_NV_WRITTEN = 0x0000018F
+EO_BITCLEAR = 0x000B  # PolicyNV: every bit set in operandB is clear in the NV data
 
 
 def _h(*parts: bytes) -> bytes:
@@ -79,6 +85,31 @@ def sealed_object_policy(key_names: Sequence[bytes], policy_ref: bytes, with_pin
     authorized = [policy_authorize(ZERO, name, policy_ref) for name in key_names]
     digest = authorized[0] if len(authorized) == 1 else policy_or(authorized)
     return policy_auth_value(digest) if with_pin else digest
+
+
+def policy_nv(
+    previous: bytes, nv_name: bytes, operand: bytes, offset: int, operation: int
+) -> bytes:
+    args = _h(operand, struct.pack(">HH", offset, operation))
+    return _h(previous, _cc(CC_POLICY_NV), args, nv_name)
+
+
+def policy_cp_hash(previous: bytes, cp_hash: bytes) -> bytes:
+    return _h(previous, _cc(CC_POLICY_CP_HASH), cp_hash)
+
+
+def policy_command_code(previous: bytes, code: int) -> bytes:
+    return _h(previous, _cc(CC_POLICY_COMMAND_CODE), _cc(code))
+
+
+def policy_nv_written(previous: bytes, written: bool) -> bytes:
+    return _h(previous, _cc(CC_POLICY_NV_WRITTEN), bytes([written]))
+
+
+def nv_set_bits_cp_hash(nv_name: bytes, bits: int) -> bytes:
+    """cpHash of NV_SetBits on an index that authorizes itself: H(CC || auth name || index
+    name || bits), the command's handles by name, then its one parameter (UINT64)."""
+    return _h(_cc(CC_NV_SET_BITS), nv_name, nv_name, struct.pack(">Q", bits))
 
 
 def approval_digest(approved: bytes, policy_ref: bytes) -> bytes:

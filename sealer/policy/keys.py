@@ -12,9 +12,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sealer.errors import StateError
+from sealer.errors import StateError, UsageError
 
 MACHINE_KEY_FILE = "policy-key.pem"
+_KEY_HINT = "make one with 'sealer policy keygen' (ECC P-256, PEM, as openssl writes it)"
 
 
 def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
@@ -23,6 +24,24 @@ def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode("ascii")
     )
+
+
+def normalized_public_pem(text: str, what: str) -> str:
+    """``text`` (a PEM public key, or a private key whose public half is wanted) as the
+    SubjectPublicKeyInfo PEM sealer stores; only ECC P-256 keys are accepted."""
+    data = text.encode()
+    try:
+        key: object = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{what} is not a PEM public key", _KEY_HINT) from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise UsageError(f"{what} is not an ECC P-256 key", _KEY_HINT)
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
 
 
 def _state_hint(state_dir: Path) -> str:

@@ -17,6 +17,7 @@ from sealer.measure.eventlog import EventLog, read_event_log
 from sealer.measure.measurements import Measurement, measurements_of, replay
 from sealer.pcrs import Bank
 from sealer.tpm.connection import connect
+from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs, reset_count
 
 
@@ -28,6 +29,7 @@ class BootState:
     replayed: Mapping[int, bytes]  # the log replayed, every PCR it extends
     live: Mapping[int, bytes] | None  # the TPM's values of the PCRs read; None offline
     tpm_boot: int | None = None  # the TPM's reset count: which boot this is; None offline
+    revoked_bits: int | None = None  # the revocation field, when asked for and online
 
     @property
     def verified(self) -> bool:
@@ -57,16 +59,20 @@ def read_boot_state(
     log_path: Path | None,
     tcti: str | None,
     offline: bool,
+    revocation_index: int | None = None,
 ) -> BootState:
-    """The event log (``log_path`` or this boot's) and, unless offline, ``pcrs`` read live."""
+    """The event log (``log_path`` or this boot's) and, unless offline, ``pcrs`` read live
+    (and the revocation field at ``revocation_index``)."""
     log = read_event_log(log_path)
     measurements = measurements_of(log, bank)
     live = None
-    tpm_boot = None
+    tpm_boot = bits = None
     if not offline:
         with connect(tcti) as ctx:
             live = read_pcrs(ctx, bank, sorted(set(pcrs)))
             tpm_boot = reset_count(ctx)
+            if revocation_index is not None:
+                bits = read_revoked_bits(ctx, revocation_index)
     return BootState(
         log=log,
         bank=bank,
@@ -74,4 +80,5 @@ def read_boot_state(
         replayed=replay(measurements, bank, log.startup_locality),
         live=live,
         tpm_boot=tpm_boot,
+        revoked_bits=bits,
     )

@@ -12,16 +12,18 @@ from pathlib import Path
 from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
-from sealer.luks.token import PolicyKeyRef, SealerToken
+from sealer.luks.token import PolicyKeyRef, RevocationRef, SealerToken
 from sealer.measure.coverage import coverage_warnings
 from sealer.measure.eventlog import FIRMWARE_LOG, EventLog, EventLogError, read_event_log
 from sealer.measure.explain import event_record
 from sealer.measure.measurements import measurements_of, replay
 from sealer.pcrs import Bank, PcrValues, format_pcrs
-from sealer.policy import digest, keys
+from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import EventRecord, sign_approval
+from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
 from sealer.services.secrets import new_recovery_key, pin_auth_value
 from sealer.tpm.connection import connect
+from sealer.tpm.nv import ensure_revocation_index, read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.policykey import policy_key_name
 from sealer.tpm.seal import seal
@@ -47,6 +49,8 @@ class EnrollRequest:
     tcti: str | None
     # The event log to check the binding against: None reads this boot's, if it has one.
     log_path: Path | None = None
+    # A vendor's policy key (PEM): its approvals are accepted too, and it alone may revoke.
+    vendor_key_pem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,16 +156,30 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     auth_value = pin_auth_value(req.pin, pin_salt) if req.pin and pin_salt else b""
     secret = os.urandom(SECRET_BYTES)
     warnings = list(log_warnings)
+    trusted = [PolicyKeyRef(role="machine", public_pem=key_pem, name=key_name)]
+    if req.vendor_key_pem is not None:
+        vendor_pem = keys.normalized_public_pem(req.vendor_key_pem, "the vendor key")
+        trusted.append(
+            PolicyKeyRef(role="vendor", public_pem=vendor_pem, name=policy_key_name(vendor_pem))
+        )
+    # The vendor, when there is one, is the revocation authority: its statements then serve
+    # every machine of the fleet (the field's name is the same everywhere).
+    authority = trusted[-1]
+    field = RevocationIndex(REVOCATION_INDEX, authority.name)
 
     progress("sealing a new secret in the TPM")
     with connect(req.tcti) as ctx:
         srk = ensure_srk(ctx, SRK_HANDLE)
+        nv_name = ensure_revocation_index(ctx, field)
+        level = revocation.level_of(read_revoked_bits(ctx, field.index) or 0)
         current = read_pcrs(ctx, req.bank, [*req.pcrs, req.cap_pcr])
         blob = seal(
             ctx,
             srk,
             secret,
-            digest.sealed_object_policy([key_name], b"", with_pin=pin_salt is not None),
+            digest.sealed_object_policy(
+                [k.name for k in trusted], b"", with_pin=pin_salt is not None
+            ),
             auth_value,
         )
     initial_cap = req.bank.initial_value(req.cap_pcr)
@@ -177,8 +195,9 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         findings, record = _log_findings(log, req, current)
         warnings += findings
     approval = sign_approval(
-        machine_key, key_name, req.bank, [approved], comment="enroll", events=[record]
-    )
+        machine_key, key_name, req.bank, [approved], comment="enroll", events=[record],
+        release=(level, nv_name),
+    )  # fmt: skip
 
     token = SealerToken(
         keyslot=keyslot,
@@ -190,9 +209,10 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         sealed_public=blob.public,
         sealed_private=blob.private,
         pin_salt=pin_salt,
-        policy_keys=(PolicyKeyRef(role="machine", public_pem=key_pem, name=key_name),),
+        policy_keys=tuple(trusted),
         approvals=(approval.to_json(),),
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        revocation=RevocationRef(field.index, nv_name, authority.role),
     )
     # luksAddKey checks the passphrase itself: a wrong one fails here, before the header
     # changes. Checking it separately first would cost a second run of its (slow) KDF.

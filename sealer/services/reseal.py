@@ -29,12 +29,13 @@ from sealer.luks import cryptsetup
 from sealer.measure.explain import event_record
 from sealer.measure.predict import NextBoot, Prediction, predict
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
-from sealer.policy import digest, keys
+from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import Approval, EventRecord, sign_approval
 from sealer.services.bootstate import BootState, read_boot_state
-from sealer.services.unlock import approvals_of
+from sealer.services.unlock import approvals_of, not_revoked
 from sealer.services.volume import Enrollment, require_enrollments
 from sealer.tpm.connection import connect
+from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs, reset_count
 from sealer.tpm.policykey import policy_key_name
 
@@ -154,6 +155,27 @@ def _dedupe(states: Sequence[ApprovedState]) -> list[ApprovedState]:
     return unique
 
 
+def _holds(enrollment: Enrollment, bits: int | None, approval: Approval) -> bool:
+    """False for an approval the revocation field revokes; unknown bits revoke nothing."""
+    if bits is None or enrollment.token.revocation is None:
+        return True
+    return not_revoked(enrollment, bits)(approval)
+
+
+def _release(
+    enrollment: Enrollment, mine: Sequence[Approval], bits: int | None
+) -> tuple[int, bytes] | None:
+    """The release a new machine approval is for: the lowest one not revoked, so that any
+    later revocation also retires it. Offline (no bits), the newest release already used."""
+    field = enrollment.token.revocation
+    if field is None:
+        return None  # enrolled before revocation existed: its approvals cannot check it
+    if bits is not None:
+        return revocation.level_of(bits), field.nv_name
+    used = [a.release for a in mine if a.release is not None]
+    return (max(used) if used else 0), field.nv_name
+
+
 def _write(
     enrollment: Enrollment,
     device: str,
@@ -163,6 +185,7 @@ def _write(
     comment: str,
     dry_run: bool,
     tpm_boot: int | None,
+    release: tuple[int, bytes] | None,
 ) -> None:
     """Replace the approvals signed by ``key`` with one approval of ``states``."""
     token = enrollment.token
@@ -178,6 +201,7 @@ def _write(
         comment=comment,
         events=[s.record for s in states],
         tpm_boot=tpm_boot,
+        release=release,
     )
     new_token = replace(token, approvals=(*others, approval.to_json()))
     if not dry_run:
@@ -209,15 +233,19 @@ def _reseal_one(
     token = enrollment.token
     key, key_name = _machine_key(enrollment, req.state_dir)
     approvals = approvals_of(enrollment)
+    field = token.revocation
     state = read_boot_state(
         _bank_of(enrollment), token.pcrs, log_path=req.log_path, tcti=req.tcti,
-        offline=req.offline,
+        offline=req.offline, revocation_index=field.nv_index if field else None,
     )  # fmt: skip
     current_values = _with_cap(enrollment, state.values(token.pcrs))
     warnings = []
     if not state.verified:
         warnings.append("the event log was not checked against a TPM (--offline)")
-    if _matching(approvals, current_values) is None:
+    # A revoked approval does not make this boot approved: re-signing it would undo the
+    # revocation. Offline the field cannot be read; the TPM still checks it at unlock.
+    holding = [a for a in approvals if _holds(enrollment, state.revoked_bits, a)]
+    if _matching(holding, current_values) is None:
         if not req.approve_current:
             differing = min((a.differing_pcrs(current_values) for a in approvals), key=len)
             raise PolicyMismatchError(
@@ -240,7 +268,10 @@ def _reseal_one(
     states = _dedupe(states)[: digest.MAX_OR_BRANCHES]
     progress(f"signing an approval of {len(states)} boot state(s) for token {enrollment.token_id}")
     mine = [a for a in approvals if a.key_name == key_name]
-    _write(enrollment, device, key, key_name, states, "reseal", req.dry_run, state.tpm_boot)
+    release = _release(enrollment, mine, state.revoked_bits)
+    _write(
+        enrollment, device, key, key_name, states, "reseal", req.dry_run, state.tpm_boot, release
+    )
     return VolumeApproval(
         device=device,
         token_id=enrollment.token_id,
@@ -269,10 +300,14 @@ def _prune_one(
 ) -> VolumeApproval:
     token = enrollment.token
     key, key_name = _machine_key(enrollment, state_dir)
-    approvals = [a for a in approvals_of(enrollment) if a.key_name == key_name]
     with connect(tcti) as ctx:
         live = read_pcrs(ctx, _bank_of(enrollment), list(token.pcrs))
         tpm_boot = reset_count(ctx)
+        bits = read_revoked_bits(ctx, token.revocation.nv_index) if token.revocation else None
+    approvals = [
+        a for a in approvals_of(enrollment)
+        if a.key_name == key_name and _holds(enrollment, bits, a)
+    ]  # fmt: skip
     current = _with_cap(enrollment, live)
     match = _matching(approvals, current)
     if match is None:
@@ -291,7 +326,8 @@ def _prune_one(
     before = sum(len(a.branches) for a in approvals)
     changed = before != len(keep)
     if changed:
-        _write(enrollment, device, key, key_name, keep, "prune", dry_run, tpm_boot)
+        release = _release(enrollment, approvals, bits)
+        _write(enrollment, device, key, key_name, keep, "prune", dry_run, tpm_boot, release)
     return VolumeApproval(
         device=device,
         token_id=enrollment.token_id,

@@ -6,15 +6,16 @@ import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sealer.errors import PolicyMismatchError, SealerError, TokenError
+from sealer.errors import PolicyMismatchError, SealerError, TokenError, TPMMismatchError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
-from sealer.policy import digest
+from sealer.policy import digest, revocation
 from sealer.policy.approval import Approval, parse_approval, verify_approval
 from sealer.services.secrets import pin_auth_value
 from sealer.services.volume import Enrollment, default_mapping_name, require_enrollments
 from sealer.tpm.connection import connect
+from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.seal import AuthorizedPolicy, SealedBlob, unseal
 from sealer.tpm.srk import require_srk
@@ -64,8 +65,14 @@ def pcrs_to_read(
     return bank, sorted({p for a in approvals for p in a.pcrs} | {*token.pcrs, token.cap_pcr})
 
 
-def find_match(approvals: Sequence[Approval], current: PcrValues) -> Match | None:
+def find_match(
+    approvals: Sequence[Approval],
+    current: PcrValues,
+    holds: Callable[[Approval], bool] = lambda approval: True,
+) -> Match | None:
     for index, approval in enumerate(approvals):
+        if not holds(approval):
+            continue
         branch = approval.matching_branch(current)
         if branch is not None:
             return Match(index, approval, branch)
@@ -85,7 +92,7 @@ def mismatch_error(approvals: Sequence[Approval], current: PcrValues) -> PolicyM
     )
 
 
-def _authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy:
+def authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy:
     approval = match.approval
     token = enrollment.token
     pem = next(k.public_pem for k in token.policy_keys if k.name == approval.key_name)
@@ -109,7 +116,42 @@ def _authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy
             else []
         ),
         with_pin=token.has_pin,
+        release_check=_release_check(enrollment, approval),
     )
+
+
+def _release_check(enrollment: Enrollment, approval: Approval) -> tuple[int, bytes] | None:
+    if approval.release is None:
+        return None
+    field = enrollment.token.revocation
+    if field is None or field.nv_name != approval.nv_name:
+        raise TokenError(
+            f"an approval of token {enrollment.token_id} checks a revocation field the "
+            "enrollment does not have"
+        )
+    return field.nv_index, revocation.release_operand(approval.release)
+
+
+def revoked_error(approval: Approval, bits: int) -> PolicyMismatchError:
+    level = revocation.level_of(bits)
+    return PolicyMismatchError(
+        f"this boot image was revoked: its approval is for release {approval.release}, and "
+        f"releases below {level} are revoked",
+        "boot a newer release, or unlock with the passphrase or recovery key",
+    )
+
+
+def not_revoked(enrollment: Enrollment, bits: int | None) -> Callable[[Approval], bool]:
+    """Whether an approval still holds, given the revocation field's bits (None: unreadable)."""
+    if enrollment.token.revocation is None:
+        return lambda approval: True
+    if bits is None:
+        raise TPMMismatchError(
+            f"the revocation field (TPM NV index 0x{enrollment.token.revocation.nv_index:08x}) "
+            "is missing: the TPM was cleared, or this is another TPM",
+            "unlock with the passphrase or recovery key, then enroll again",
+        )
+    return lambda a: a.release is None or not revocation.is_revoked(bits, a.release)
 
 
 def release(
@@ -122,15 +164,21 @@ def release(
     with connect(tcti) as ctx:
         srk = require_srk(ctx, token.srk_handle, token.srk_name)
         current = read_pcrs(ctx, bank, wanted)
-        match = find_match(approvals, current)
+        bits = None
+        if token.revocation is not None:
+            bits = read_revoked_bits(ctx, token.revocation.nv_index)
+        match = find_match(approvals, current, not_revoked(enrollment, bits))
         if match is None:
+            revoked_match = find_match(approvals, current)
+            if revoked_match is not None and bits is not None:
+                raise revoked_error(revoked_match.approval, bits)
             raise mismatch_error(approvals, current)
         # The PIN is asked for only now: a boot state the TPM would refuse anyway must not
         # cost the user a PIN attempt.
         auth_value = b""
         if token.pin_salt is not None:
             auth_value = pin_auth_value(read_pin(), token.pin_salt)
-        policy = _authorized_policy(enrollment, match)
+        policy = authorized_policy(enrollment, match)
         blob = SealedBlob(public=token.sealed_public, private=token.sealed_private)
         secret = unseal(ctx, srk, blob, policy, auth_value)
     return base64.b64encode(secret), match

@@ -77,6 +77,11 @@ def translate(exc: TSS2_Exception) -> SealerError:
             "the TPM refused to release the key: the boot state matches no approval",
             "run 'sealer status' to see which PCRs differ",
         )
+    if error == TPM2_RC.POLICY:  # PolicyNV: the revocation field says no
+        return PolicyMismatchError(
+            "the TPM refused to release the key: this boot image's release was revoked",
+            "boot a newer release, or unlock with the passphrase or recovery key",
+        )
     if error in (TPM2_RC.INTEGRITY, TPM2_RC.HANDLE):
         return TPMMismatchError(
             "this TPM cannot load the sealed key: the volume was enrolled with another TPM",

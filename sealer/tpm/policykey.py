@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_ECC, TPMA_OBJECT
-from tpm2_pytss.types import TPM2B_PUBLIC
+from tpm2_pytss.types import TPM2B_PUBLIC, TPMS_SIGNATURE_ECC, TPMT_SIGNATURE, TPMU_SIGNATURE
 
 # Bytes of a coordinate on each curve the TPM knows.
 _COORDINATE_SIZE = {
@@ -48,3 +48,17 @@ def loaded_policy_key(ctx: ESAPI, pem: str) -> Iterator[ESYS_TR]:
         yield handle
     finally:
         ctx.flush_context(handle)
+
+
+def ecdsa_signature(rs: tuple[int, int]) -> TPMT_SIGNATURE:
+    r, s = rs
+    return TPMT_SIGNATURE(
+        sigAlg=TPM2_ALG.ECDSA,
+        signature=TPMU_SIGNATURE(
+            ecdsa=TPMS_SIGNATURE_ECC(
+                hash=TPM2_ALG.SHA256,
+                signatureR=r.to_bytes(32, "big"),
+                signatureS=s.to_bytes(32, "big"),
+            )
+        ),
+    )

@@ -20,20 +20,18 @@ from tpm2_pytss.types import (
     TPML_DIGEST,
     TPMS_KEYEDHASH_PARMS,
     TPMS_SENSITIVE_CREATE,
-    TPMS_SIGNATURE_ECC,
     TPMT_KEYEDHASH_SCHEME,
     TPMT_PUBLIC,
-    TPMT_SIGNATURE,
     TPMT_SYM_DEF,
     TPMU_PUBLIC_PARMS,
-    TPMU_SIGNATURE,
     TPMU_SYM_KEY_BITS,
     TPMU_SYM_MODE,
 )
 
 from sealer.pcrs import Bank, PcrValues
+from sealer.tpm.nv import apply_release_check
 from sealer.tpm.pcr import selection
-from sealer.tpm.policykey import loaded_policy_key, policy_key_name
+from sealer.tpm.policykey import ecdsa_signature, loaded_policy_key, policy_key_name
 from sealer.tpm.srk import Srk
 
 _AES128_CFB = TPMT_SYM_DEF(
@@ -65,6 +63,8 @@ class AuthorizedPolicy:
     signature_rs: tuple[int, int]
     authorized_digests: Sequence[bytes]  # PolicyAuthorize digest per trusted key (OR'ed if >1)
     with_pin: bool
+    # The approval's release check: (revocation field's NV index, PolicyNV operand), or None.
+    release_check: tuple[int, bytes] | None = None
 
 
 @contextmanager
@@ -119,28 +119,20 @@ def _apply_pcr_branches(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy) 
         ctx.policy_or(session, TPML_DIGEST(list(policy.branch_digests)))
 
 
+def _apply_release_check(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy) -> None:
+    if policy.release_check is not None:
+        apply_release_check(ctx, session, *policy.release_check)
+
+
 def _apply_policy(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy, ticket: object) -> None:
     _apply_pcr_branches(ctx, session, policy)
+    _apply_release_check(ctx, session, policy)
     key_name = policy_key_name(policy.key_pem)
     ctx.policy_authorize(session, policy.approved_policy, key_name, ticket, policy.policy_ref)
     if len(policy.authorized_digests) > 1:
         ctx.policy_or(session, TPML_DIGEST(list(policy.authorized_digests)))
     if policy.with_pin:
         ctx.policy_auth_value(session)
-
-
-def _signature(rs: tuple[int, int]) -> TPMT_SIGNATURE:
-    r, s = rs
-    return TPMT_SIGNATURE(
-        sigAlg=TPM2_ALG.ECDSA,
-        signature=TPMU_SIGNATURE(
-            ecdsa=TPMS_SIGNATURE_ECC(
-                hash=TPM2_ALG.SHA256,
-                signatureR=r.to_bytes(32, "big"),
-                signatureS=s.to_bytes(32, "big"),
-            )
-        ),
-    )
 
 
 def unseal(
@@ -150,7 +142,8 @@ def unseal(
     public, _ = TPM2B_PUBLIC.unmarshal(blob.public)
     private, _ = TPM2B_PRIVATE.unmarshal(blob.private)
     with loaded_policy_key(ctx, policy.key_pem) as key:
-        ticket = ctx.verify_signature(key, policy.approval_digest, _signature(policy.signature_rs))
+        signature = ecdsa_signature(policy.signature_rs)
+        ticket = ctx.verify_signature(key, policy.approval_digest, signature)
     sealed = ctx.load(srk.handle, private, public)
     try:
         with _salted_session(ctx, srk, TPM2_SE.POLICY, TPMA_SESSION.ENCRYPT) as session:
@@ -177,6 +170,7 @@ def trial_policy_digest(ctx: ESAPI, policy: AuthorizedPolicy) -> bytes:
     )
     try:
         _apply_pcr_branches(ctx, session, policy)
+        _apply_release_check(ctx, session, policy)
         return bytes(ctx.policy_get_digest(session))
     finally:
         ctx.flush_context(session)

@@ -1,53 +1,46 @@
 """Re-sealing for an update, pruning and explaining, against swtpm and a real LUKS2 header.
 
-The TPM "boots" the way the e2e QEMU guest did: every digest of the event log captured from
-that boot (OVMF with Secure Boot, a signed UKI) is extended into a fresh swtpm, so its PCRs
-and the log agree as on the real machine. A reboot restarts swtpm on the same state (PCRs
-reset, the storage root key kept) and extends another boot's measurements.
-
-The measurements of a boot of a new UKI are built here by hand, not by sealer's predictor:
-PCR 4's boot application event gets the UKI's Authenticode digest, and PCR 11 gets
-systemd-stub's events: each section's name event as the captured boot logged it, and the
-hash of the file put into each section. If the prediction were wrong, the TPM would refuse.
+The machine is simulated on swtpm from a captured boot (swtpm-fixtures/simboot.py); the new
+UKI's boot is built by hand there, not by sealer's predictor: if the prediction were wrong,
+the TPM would refuse.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import eventlogs
 import pytest
-from bootimage import STUB, assemble_uki
+from bootimage import STUB
 from conftest import SealerCli
-from swtpm import Swtpm
+from simboot import (
+    APPLICATION_EVENT,
+    SHA256,
+    SimulatedMachine,
+    boot_of,
+    captured_boot,
+    make_uki,
+)
 
 from sealer.measure.pe import authenticode_digest
-from sealer.pcrs import BANKS
 
 pytestmark = pytest.mark.integration
-SHA256 = BANKS["sha256"]
-APPLICATION_EVENT = 24  # PCR 4's EV_EFI_BOOT_SERVICES_APPLICATION in the captured log
-STUB_NAME_EVENTS = {".linux": 25, ".osrel": 27, ".cmdline": 29, ".initrd": 31}
 EXIT_POLICY = 5
 EXIT_MEASUREMENT = 14
 
 
-class Machine:
-    """One TPM across boots, and the sealer command that talks to it."""
+class Machine(SimulatedMachine):
+    """The simulated machine, and the sealer command that talks to its TPM."""
 
     def __init__(self, directory: Path) -> None:
-        self.tpm = Swtpm(directory / "tpm")
-        self.tpm.start()
-        self.sealer = SealerCli(tcti=self.tpm.tcti, state_dir=directory / "state")
+        super().__init__(directory)
+        self.sealer = SealerCli(tcti=self.tcti, state_dir=directory / "state")
 
     def boot(self, extended: list[tuple[int, bytes]]) -> None:
-        self.tpm.stop()
-        self.tpm.start()  # on another port
-        self.sealer.tcti = self.tpm.tcti
-        eventlogs.extend_into(self.tpm.tcti, extended, SHA256)
+        super().boot(extended)
+        self.sealer.tcti = self.tcti
 
 
 @pytest.fixture
@@ -56,45 +49,7 @@ def machine(tmp_path: Path) -> Iterator[Machine]:
         pytest.fail(f"{STUB} is missing: run the README's test command, which installs it")
     machine = Machine(tmp_path)
     yield machine
-    machine.tpm.stop()
-
-
-def captured_boot() -> list[tuple[int, bytes]]:
-    return eventlogs.extends(eventlogs.read(), SHA256)
-
-
-def make_uki(directory: Path, *, initrd: bytes, cmdline: bytes) -> tuple[Path, dict[str, bytes]]:
-    directory.mkdir(parents=True, exist_ok=True)
-    contents = {
-        ".osrel": b'ID=debian\nPRETTY_NAME="sealer integration"\n',
-        ".cmdline": cmdline,
-        ".linux": b"a kernel would be here " * 512,
-        ".initrd": initrd,
-    }
-    files = {}
-    for name, data in contents.items():
-        files[name] = directory / name.lstrip(".")
-        files[name].write_bytes(data)
-    return assemble_uki(directory / "uki.efi", files), contents
-
-
-def boot_of(uki: Path, contents: dict[str, bytes]) -> list[tuple[int, bytes]]:
-    """What the captured boot would have measured into PCRs 4 and 11 with ``uki`` instead."""
-    log = eventlogs.read()
-    by_number = {e.number: e for e in log.events}
-    stub_pcr11 = []
-    for name in (".linux", ".osrel", ".cmdline", ".initrd"):  # systemd-stub's fixed order
-        stub_pcr11.append((11, by_number[STUB_NAME_EVENTS[name]].digests["sha256"]))
-        stub_pcr11.append((11, hashlib.sha256(contents[name]).digest()))
-    extended = []
-    for event in log.events:
-        if event.type == 0x3 or event.pcr == 11:
-            continue
-        digest = event.digests["sha256"]
-        if event.number == APPLICATION_EVENT:
-            digest = authenticode_digest(uki.read_bytes(), SHA256)
-        extended.append((event.pcr, digest))
-    return extended + stub_pcr11
+    machine.stop()
 
 
 @pytest.fixture

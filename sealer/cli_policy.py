@@ -1,0 +1,223 @@
+"""Vendor approvals and revocation: ``sealer policy ...`` and ``sealer revoke``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sealer.clikit import emit_json, run_command, state_dir_option
+from sealer.errors import UsageError
+from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list
+
+_FILE = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.group()
+def policy() -> None:
+    """Vendor-signed approvals: one signature per release serves the whole fleet.
+
+    \b
+    On the build machine (no TPM needed):
+      sealer policy keygen --out vendor.pem          # once: vendor.pem + vendor.pub.pem
+      sealer policy sign --key vendor.pem --uki release-7.efi --release 7 \\
+          --eventlog reference.log --out release-7.approval
+      sealer policy revoke --key vendor.pem --below 7 --out below-7.revocation
+    On each machine:
+      sealer enroll --trust-vendor-key vendor.pub.pem DEVICE   # at provisioning
+      sealer policy install release-7.approval                 # with the update
+      sealer revoke --statement below-7.revocation             # when 6 must never boot
+    """
+
+
+@policy.command("keygen")
+@click.option("--out", "out", type=_FILE, required=True, help="The private key file to create.")
+@click.pass_context
+def keygen(ctx: click.Context, out: Path) -> None:
+    """Make a vendor policy key: ECC P-256, PKCS#8 PEM (openssl reads it), mode 0600.
+
+    The public half goes next to it as NAME.pub.pem: that is what machines enroll to trust.
+    Keep the private key offline (or in an HSM): whoever holds it can approve boot images
+    and revoke releases on every machine that trusts it.
+    """
+    from sealer.services.vendor import keygen as run_keygen
+
+    def action() -> None:
+        public = run_keygen(out)
+        click.echo(f"Wrote {out} (private, 0600) and {public} (public).")
+
+    run_command(ctx, False, action)
+
+
+@policy.command("sign")
+@click.option("--key", "key", type=_FILE, required=True, help="The vendor's private key.")
+@click.option("--uki", type=_FILE, help="The release's signed UKI.")
+@click.option("--kernel", type=_FILE, help="Or: the release's kernel (EFI stub)...")
+@click.option("--initrd", type=_FILE, help="...and its initrd.")
+@click.option(
+    "--eventlog", "log_path", type=_FILE, required=True,
+    help="A TCG event log captured on the target hardware model (its firmware-owned PCRs).",
+)  # fmt: skip
+@click.option("--release", type=click.IntRange(0, 63), required=True,
+              help="The release number, 0-63; 'sealer revoke --below N' retires those below N.")
+@click.option("--pcrs", "pcrs_text", default="4,7", show_default=True,
+              help="The PCRs the fleet enrolls (must match their enrollment).")
+@click.option("--pcr-bank", default="sha256", show_default=True)
+@click.option("--cap-pcr", default=15, show_default=True, type=click.IntRange(0, 23))
+@click.option("--comment", default="", help="Shown by 'sealer policy show' and 'sealer status'.")
+@click.option("--out", "out", type=_FILE, required=True, help="The approval file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the approval as JSON.")
+@click.pass_context
+def sign(
+    ctx: click.Context, key: Path, uki: Path | None, kernel: Path | None, initrd: Path | None,
+    log_path: Path, release: int, pcrs_text: str, pcr_bank: str, cap_pcr: int, comment: str,
+    out: Path, as_json: bool,
+) -> None:  # fmt: skip
+    """Sign an approval of the PCRs a release's boot image gives on the target hardware.
+
+    Predicts the PCRs from the reference event log with the release's image in place of the
+    logged one (see 'sealer predict'), and signs them with the vendor key as release N.
+    Machines that trust the key accept it at their next boot once it is installed
+    ('sealer policy install'): no re-sealing on the machine.
+    """
+    from sealer.measure.predict import NextBoot
+    from sealer.services.vendor import sign_release, write_json
+
+    def action() -> None:
+        if (uki is None) == (kernel is None):
+            raise UsageError("give --uki, or --kernel with --initrd")
+        boot = NextBoot(uki=uki, kernel=kernel, initrd=initrd)
+        pcrs = parse_pcr_list(pcrs_text)
+        note = comment or f"release {release}: {(uki or kernel).name}"  # type: ignore[union-attr]
+        signed = sign_release(
+            key, boot, log_path, bank_named(pcr_bank), pcrs, cap_pcr, release, note
+        )
+        write_json(out, signed.to_json())
+        if as_json:
+            emit_json(signed.to_json())
+        else:
+            click.echo(f"Wrote {out}: release {release}, PCR {format_pcrs(signed.approval.pcrs)}.")
+
+    run_command(ctx, as_json, action)
+
+
+def _approval_summary(path: Path) -> dict[str, Any]:
+    from sealer.services.vendor import read_approval_file
+
+    found = read_approval_file(path)
+    a = found.approval
+    return {
+        "file": str(path), "release": a.release, "comment": a.comment, "created": a.created,
+        "pcr_bank": a.bank.name, "key_name": a.key_name.hex(), "signature": "valid",
+        "boot_states": [{str(p): v.hex() for p, v in sorted(b.items())} for b in a.branches],
+    }  # fmt: skip
+
+
+@policy.command("show")
+@click.argument("file", type=_FILE)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Print what an approval file approves, after checking its signature."""
+
+    def action() -> None:
+        summary = _approval_summary(file)
+        if as_json:
+            emit_json(summary)
+            return
+        click.echo(f"{file}: release {summary['release']} ({summary['comment']})")
+        click.echo(f"  signed {summary['created']} by key {summary['key_name'][:20]}...: valid")
+        for state in summary["boot_states"]:
+            for pcr, value in state.items():
+                click.echo(f"  {summary['pcr_bank']} PCR {pcr:>2} = {value}")
+
+    run_command(ctx, as_json, action)
+
+
+@policy.command("install")
+@click.argument("file", type=_FILE)
+@click.argument("devices", nargs=-1, metavar="[DEVICE]...")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def install(ctx: click.Context, file: Path, devices: tuple[str, ...], as_json: bool) -> None:
+    """Add a vendor approval to the tokens of the volumes that trust its key.
+
+    No TPM and no passphrase: the token only carries the approval; the TPM checks the
+    vendor's signature at unlock. The token keeps the newest four releases.
+    """
+    from sealer.cli_measured import enrolled_devices_or
+    from sealer.services.vendor import install as run_install
+
+    def action() -> None:
+        done = run_install(file, enrolled_devices_or(devices))
+        if as_json:
+            emit_json([d.__dict__ for d in done])
+            return
+        for d in done:
+            click.echo(
+                f"{d.device}, token {d.token_id}: release {d.release} approved "
+                f"({d.vendor_approvals} vendor release(s) kept)."
+            )
+
+    run_command(ctx, as_json, action)
+
+
+@policy.command("revoke")
+@click.option("--key", "key", type=_FILE, required=True, help="The vendor's private key.")
+@click.option("--below", type=click.IntRange(1, 64), required=True,
+              help="Revoke every release numbered below N.")
+@click.option("--out", "out", type=_FILE, required=True, help="The statement file to write.")
+@click.pass_context
+def policy_revoke(ctx: click.Context, key: Path, below: int, out: Path) -> None:
+    """Sign a statement that revokes every release below N, for 'sealer revoke --statement'.
+
+    It allows setting exactly those revocation bits (PolicyCpHash), nothing else.
+    """
+    from sealer.services.vendor import sign_revocation, write_json
+
+    def action() -> None:
+        write_json(out, sign_revocation(key, below).to_json())
+        click.echo(f"Wrote {out}: revokes releases below {below}.")
+
+    run_command(ctx, False, action)
+
+
+@click.command("revoke")
+@click.argument("devices", nargs=-1, metavar="[DEVICE]...")
+@click.option("--below", type=click.IntRange(1, 64), help="Revoke every release below N.")
+@click.option("--statement", type=_FILE, help="The vendor's signed revocation statement.")
+@state_dir_option("Where the machine's policy key is (when the machine is its own authority).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def revoke(
+    ctx: click.Context, devices: tuple[str, ...], below: int | None, statement: Path | None,
+    state_dir: Path, as_json: bool,
+) -> None:  # fmt: skip
+    """Revoke old releases in the TPM: their approvals stop unlocking, for good.
+
+    Sets bits in the TPM's revocation field (monotonic: bits are never cleared). Volumes
+    enrolled with --trust-vendor-key need the vendor's statement (--statement); others are
+    revoked with this machine's own key (--below N). A revoked boot image falls back to the
+    passphrase, saying "this boot image was revoked".
+    """
+    from sealer.cli_measured import enrolled_devices_or
+    from sealer.services.vendor import revoke as run_revoke
+
+    def action() -> None:
+        if below is None and statement is None:
+            raise UsageError("say what to revoke", "give --below N, or --statement FILE")
+        done = run_revoke(enrolled_devices_or(devices), below, statement, state_dir, ctx.obj.tcti)
+        if as_json:
+            emit_json([d.__dict__ for d in done])
+            return
+        for d in done:
+            click.echo(
+                f"Revocation field 0x{d.nv_index:08x} ({', '.join(d.devices)}): releases below "
+                f"{d.level_after} are revoked (before: below {d.level_before})."
+            )
+
+    run_command(ctx, as_json, action)
+
+
+COMMANDS = (policy, revoke)

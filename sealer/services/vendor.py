@@ -1,0 +1,400 @@
+"""Vendor-signed approvals and revocation: the release workflow of a fleet.
+
+On the build machine (no TPM): ``keygen`` once; for each release, ``sign_release`` predicts
+the PCRs the release's UKI gives on the target hardware (from a reference event log of that
+model) and signs an approval for them, as release number N; ``sign_revocation`` signs a
+statement that revokes every release below N.
+
+On each machine: ``install`` copies a release's approval into the volume's token (no TPM, no
+machine key: the vendor's signature is what the TPM checks), where the boot-time unlocker
+finds it with no network; ``revoke`` sets the revocation bits in the TPM, under the vendor's
+statement or, when the machine is its own authority, under its own key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from sealer.errors import (
+    MeasurementError,
+    PolicyMismatchError,
+    RefusedError,
+    StateError,
+    TokenError,
+    UsageError,
+)
+from sealer.luks import cryptsetup
+from sealer.luks.token import PolicyKeyRef
+from sealer.measure.eventlog import read_event_log
+from sealer.measure.explain import event_record
+from sealer.measure.predict import NextBoot, predict
+from sealer.pcrs import Bank, format_pcrs
+from sealer.policy import digest, keys, revocation
+from sealer.policy.approval import Approval, parse_approval, sign_approval, verify_approval
+from sealer.policy.revocation import REVOCATION_INDEX, REVOKE_REF, RevocationIndex
+from sealer.services.volume import Enrollment, require_enrollments
+from sealer.tpm.connection import connect
+from sealer.tpm.nv import read_revoked_bits, set_revoked_bits
+from sealer.tpm.policykey import policy_key_name
+
+APPROVAL_FILE_TYPE = "sealer-approval"
+REVOCATION_FILE_TYPE = "sealer-revocation"
+FILE_VERSION = 1
+KEEP_VENDOR_APPROVALS = 4  # the newest releases a token keeps (the header has room for more)
+_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+def keygen(private_path: Path) -> Path:
+    """Write a new ECC P-256 key (PKCS#8 PEM, mode 0600) and its public half; never overwrite."""
+    public_path = private_path.with_name(private_path.stem + ".pub.pem")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+    for path, data, mode in (
+        (private_path, private, 0o600),
+        (public_path, keys.public_pem(key).encode(), 0o644),
+    ):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            raise UsageError(f"{path} exists already", "choose another --out") from None
+        except OSError as exc:
+            raise UsageError(f"cannot create {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    return public_path
+
+
+def load_private_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, str]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the key {path}: {exc.strerror}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path} is not an unencrypted PEM private key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise UsageError(f"{path} is not an ECC P-256 key")
+    return key, keys.public_pem(key)
+
+
+def read_public_key(path: Path) -> str:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the key {path}: {exc}") from exc
+    return keys.normalized_public_pem(text, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Approval files
+
+
+@dataclass(frozen=True)
+class ApprovalFile:
+    approval: Approval
+    vendor_pem: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": APPROVAL_FILE_TYPE, "version": FILE_VERSION,
+            "vendor_key": self.vendor_pem, "approval": self.approval.to_json(),
+        }  # fmt: skip
+
+
+def _read_json(path: Path, kind: str) -> Mapping[str, Any]:
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenError(f"{path} is not a sealer {kind} file (not JSON)") from exc
+    if not isinstance(doc, dict) or doc.get("type") != f"sealer-{kind}":
+        raise TokenError(f"{path} is not a sealer {kind} file")
+    if doc.get("version") != FILE_VERSION or type(doc.get("version")) is not int:
+        raise TokenError(f"{path} has unknown version {doc.get('version')!r}")
+    return doc
+
+
+def read_approval_file(path: Path) -> ApprovalFile:
+    doc = _read_json(path, "approval")
+    if not isinstance(doc.get("approval"), dict) or not isinstance(doc.get("vendor_key"), str):
+        raise TokenError(f"{path} is corrupted (no approval or no vendor key)")
+    approval = parse_approval(doc["approval"], str(path))
+    pem = keys.normalized_public_pem(doc["vendor_key"], f"the vendor key in {path}")
+    if approval.key_name != policy_key_name(pem):
+        raise TokenError(f"{path} is corrupted (its approval names another key than it carries)")
+    verify_approval(approval, pem)
+    if approval.release is None:
+        raise TokenError(f"{path} approves no release number")
+    return ApprovalFile(approval, pem)
+
+
+def sign_release(
+    key_path: Path,
+    boot: NextBoot,
+    reference_log: Path,
+    bank: Bank,
+    pcrs: Sequence[int],
+    cap_pcr: int,
+    release: int,
+    comment: str,
+) -> ApprovalFile:
+    """An approval, signed with the vendor key, of the PCRs ``boot`` gives on the reference
+    hardware (its event log), for release number ``release``."""
+    key, pem = load_private_key(key_path)
+    revocation.check_release(release)
+    log = read_event_log(reference_log)
+    prediction = predict(log, bank, boot)
+    blocked = {p: why for p, why in prediction.unpredictable.items() if p in pcrs}
+    if blocked:
+        pcr, why = sorted(blocked.items())[0]
+        raise MeasurementError(f"cannot predict PCR {pcr} for the {boot.describe()}: {why}")
+    values = {p: prediction.value(p) for p in pcrs}
+    values[cap_pcr] = bank.initial_value(cap_pcr)
+    name = policy_key_name(pem)
+    field = RevocationIndex(REVOCATION_INDEX, name)
+    approval = sign_approval(
+        key, name, bank, [values], comment=comment,
+        events=[event_record(prediction.measurements, pcrs)], release=(release, field.name),
+    )  # fmt: skip
+    return ApprovalFile(approval, pem)
+
+
+def write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Installing approvals on a machine
+
+
+@dataclass(frozen=True)
+class Installed:
+    device: str
+    token_id: int
+    release: int
+    vendor_approvals: int  # how many the token keeps after this one
+
+
+def _vendor_key(enrollment: Enrollment, name: bytes) -> PolicyKeyRef | None:
+    return next((k for k in enrollment.token.policy_keys if k.name == name), None)
+
+
+def _check_fits(enrollment: Enrollment, approval: Approval, where: str) -> None:
+    token = enrollment.token
+    wanted = sorted({*token.pcrs, token.cap_pcr})
+    if approval.bank.name != token.pcr_bank or list(approval.pcrs) != wanted:
+        raise RefusedError(
+            f"{where} approves {approval.bank.name} PCR {format_pcrs(approval.pcrs)}, token "
+            f"{enrollment.token_id} binds {token.pcr_bank} PCR {format_pcrs(wanted)}",
+            "sign the release for the PCRs the fleet enrolls (sealer policy sign --pcrs)",
+        )
+    if token.revocation is None or token.revocation.nv_name != approval.nv_name:
+        raise RefusedError(
+            f"{where} checks another revocation field than token {enrollment.token_id}",
+            "the volume was enrolled without this vendor key as its revocation authority",
+        )
+
+
+def install(path: Path, devices: Sequence[str]) -> list[Installed]:
+    """Add the release's approval to every enrollment that trusts its vendor key."""
+    found = read_approval_file(path)
+    approval = found.approval
+    assert approval.release is not None  # read_approval_file refuses others
+    done = []
+    for device in devices:
+        header = cryptsetup.read_header(device)
+        for enrollment in require_enrollments(header):
+            trusted = _vendor_key(enrollment, approval.key_name)
+            if trusted is None or trusted.role != "vendor":
+                continue
+            verify_approval(approval, trusted.public_pem)
+            _check_fits(enrollment, approval, str(path))
+            token = enrollment.token
+            kept = [
+                doc for doc in token.approvals
+                if not (doc.get("key_name") == approval.key_name.hex()
+                        and doc.get("release") == approval.release)
+            ]  # fmt: skip
+            vendor = [d for d in kept if d.get("key_name") == approval.key_name.hex()]
+            vendor.sort(key=lambda d: int(d.get("release", 0)))
+            dropped = vendor[: max(0, len(vendor) + 1 - KEEP_VENDOR_APPROVALS)]
+            approvals = [d for d in kept if d not in dropped] + [approval.to_json()]
+            new_token = replace(token, approvals=tuple(approvals))
+            cryptsetup.import_token(device, enrollment.token_id, new_token.to_json(), replace=True)
+            count = len(vendor) - len(dropped) + 1
+            done.append(Installed(device, enrollment.token_id, approval.release, count))
+    if not done:
+        raise RefusedError(
+            f"no enrollment on {', '.join(devices)} trusts the key that signed {path}",
+            "enroll with 'sealer enroll --trust-vendor-key VENDOR.pub.pem'",
+        )
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# Revocation
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A signed permission to set ``bits`` in the revocation field named ``nv_name``."""
+
+    nv_index: int
+    nv_name: bytes
+    bits: int
+    signer_pem: str
+    signature: bytes  # DER ECDSA over H(PolicyCpHash(NV_SetBits(bits)) || REVOKE_REF)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": REVOCATION_FILE_TYPE, "version": FILE_VERSION,
+            "nv_index": f"0x{self.nv_index:08x}", "nv_name": self.nv_name.hex(),
+            "bits": f"0x{self.bits:016x}", "below": revocation.level_of(self.bits),
+            "key": self.signer_pem, "signature": base64.b64encode(self.signature).decode(),
+        }  # fmt: skip
+
+
+def _sign_statement(key: ec.EllipticCurvePrivateKey, pem: str, below: int) -> Statement:
+    field = RevocationIndex(REVOCATION_INDEX, policy_key_name(pem))
+    bits = revocation.bits_below(below)
+    policy = revocation.revocation_statement_policy(field.name, bits)
+    signature = key.sign(digest.approval_digest(policy, REVOKE_REF), _PREHASHED)
+    return Statement(field.index, field.name, bits, pem, signature)
+
+
+def sign_revocation(key_path: Path, below: int) -> Statement:
+    key, pem = load_private_key(key_path)
+    return _sign_statement(key, pem, below)
+
+
+def read_statement(path: Path) -> Statement:
+    doc = _read_json(path, "revocation")
+    try:
+        return Statement(
+            nv_index=int(str(doc["nv_index"]), 16),
+            nv_name=bytes.fromhex(str(doc["nv_name"])),
+            bits=int(str(doc["bits"]), 16),
+            signer_pem=keys.normalized_public_pem(str(doc["key"]), f"the key in {path}"),
+            signature=base64.b64decode(str(doc["signature"]), validate=True),
+        )
+    except (KeyError, ValueError) as exc:
+        raise TokenError(f"{path} is corrupted ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class Revoked:
+    nv_index: int
+    level_before: int
+    level_after: int
+    devices: tuple[str, ...]
+
+
+def revoke(
+    devices: Sequence[str],
+    below: int | None,
+    statement_path: Path | None,
+    state_dir: Path,
+    tcti: str | None,
+) -> list[Revoked]:
+    """Set the revocation bits of every field the volumes' enrollments check."""
+    fields: dict[int, tuple[Enrollment, list[str]]] = {}
+    for device in devices:
+        for enrollment in require_enrollments(cryptsetup.read_header(device)):
+            field = enrollment.token.revocation
+            if field is None:
+                raise RefusedError(
+                    f"token {enrollment.token_id} of {device} was enrolled before revocation "
+                    "existed: it has no revocation field",
+                    "enroll it again to make its approvals revocable",
+                )
+            fields.setdefault(field.nv_index, (enrollment, []))[1].append(device)
+    statement = read_statement(statement_path) if statement_path else None
+    results = []
+    for index, (enrollment, on) in fields.items():
+        field = enrollment.token.revocation
+        assert field is not None
+        chosen = _statement_for(enrollment, statement, below, state_dir)
+        if chosen.nv_name != field.nv_name or chosen.nv_index != index:
+            raise RefusedError(
+                "the revocation statement is for another revocation field than the one "
+                f"{', '.join(on)} check",
+                "use a statement signed by the key the volume was enrolled to trust",
+            )
+        authority = RevocationIndex(index, policy_key_name(chosen.signer_pem))
+        if authority.name != field.nv_name:
+            raise RefusedError("the statement's signer is not the field's revocation authority")
+        _verify_statement(chosen)
+        rs = utils.decode_dss_signature(chosen.signature)
+        with connect(tcti) as ctx:
+            before = read_revoked_bits(ctx, index)
+            if before is None:
+                raise StateError(f"TPM NV index 0x{index:08x} (the revocation field) is missing")
+            set_revoked_bits(ctx, authority, chosen.bits, chosen.signer_pem, rs)
+            after = read_revoked_bits(ctx, index) or 0
+        results.append(
+            Revoked(index, revocation.level_of(before), revocation.level_of(after), tuple(on))
+        )
+    return results
+
+
+def _verify_statement(statement: Statement) -> None:
+    public = serialization.load_pem_public_key(statement.signer_pem.encode())
+    assert isinstance(public, ec.EllipticCurvePublicKey)  # normalized_public_pem checked it
+    policy = revocation.revocation_statement_policy(statement.nv_name, statement.bits)
+    try:
+        public.verify(statement.signature, digest.approval_digest(policy, REVOKE_REF), _PREHASHED)
+    except InvalidSignature:
+        raise PolicyMismatchError(
+            "the revocation statement's signature does not match its content (tampered or "
+            "corrupted)",
+            "get the statement again from the vendor",
+        ) from None
+
+
+def _statement_for(
+    enrollment: Enrollment, statement: Statement | None, below: int | None, state_dir: Path
+) -> Statement:
+    field = enrollment.token.revocation
+    assert field is not None
+    if field.authority == "machine":
+        if below is None:
+            raise UsageError("say what to revoke", "give --below N")
+        key = keys.load_machine_key(state_dir)
+        if key is None:
+            raise StateError(f"there is no policy key in {state_dir}", "give --state-dir")
+        return _sign_statement(key, keys.public_pem(key), below)
+    if statement is None:
+        raise UsageError(
+            "this volume's revocation authority is its vendor: revoking needs the vendor's "
+            "signed statement",
+            "get one from the vendor ('sealer policy revoke --key VENDOR.pem --below N') and "
+            "pass it with --statement FILE",
+        )
+    if below is not None and revocation.bits_below(below) & ~statement.bits:
+        raise UsageError(
+            f"the statement revokes releases below {revocation.level_of(statement.bits)}, "
+            f"not below {below}"
+        )
+    return statement
