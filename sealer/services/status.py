@@ -11,9 +11,11 @@ from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
-from sealer.services.unlock import approvals_of, find_match, pcrs_to_read
+from sealer.policy import revocation
+from sealer.services.unlock import approvals_of, find_match, not_revoked, pcrs_to_read
 from sealer.services.volume import Enrollment, enrollments
 from sealer.tpm.connection import connect
+from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.srk import read_srk
 
@@ -37,16 +39,29 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
         bank, wanted = pcrs_to_read(enrollment, approvals)
     except SealerError as exc:
         return {"tpm_error": exc.one_line()}
+    bits = None
     try:
         with connect(tcti) as ctx:
             srk = read_srk(ctx, token.srk_handle)
             current = read_pcrs(ctx, bank, wanted)
+            if token.revocation is not None:
+                bits = read_revoked_bits(ctx, token.revocation.nv_index)
     except SealerError as exc:
         return {"tpm_error": exc.one_line()}
+    if token.revocation is not None:
+        view["revocation"] = {
+            "nv_index": f"0x{token.revocation.nv_index:08x}",
+            "authority": token.revocation.authority,
+            "revoked_below": None if bits is None else revocation.level_of(bits),
+        }
     view["srk_present"] = srk is not None
     view["srk_matches"] = srk is not None and srk.name == token.srk_name
     view["current_pcrs"] = {str(p): v.hex() for p, v in sorted(current.items())}
-    match = find_match(approvals, current)
+    try:
+        match = find_match(approvals, current, not_revoked(enrollment, bits))
+    except SealerError as exc:  # the revocation field is gone: nothing unlocks
+        view["tpm_error"] = exc.one_line()
+        match = None
     view["unlocks_now"] = match is not None and view["srk_matches"]
     view["approvals"] = [
         {
@@ -56,6 +71,9 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
             "boot_states": len(a.branches),
             "pcrs": list(a.pcrs),
             "matches": a.matching_branch(current) is not None,
+            "release": a.release,
+            "revoked": bits is not None and a.release is not None
+            and revocation.is_revoked(bits, a.release),
             "differing_pcrs": a.differing_pcrs(current),
         }
         for i, a in enumerate(approvals)
@@ -142,9 +160,17 @@ def render(report: dict[str, Any]) -> str:
                 if a["matches"]
                 else f"PCR {format_pcrs(a['differing_pcrs'])} differ(s)"
             )
+            if a.get("revoked"):
+                state = f"revoked (release {a['release']})"
             lines.append(
                 f"    approval {a['index']} ({a['comment']}, {a['created']}, "
                 f"{a['boot_states']} boot state(s)): {state}"
+            )
+        if "revocation" in e:
+            r = e["revocation"]
+            lines.append(
+                f"    revocation: TPM NV 0x{r['nv_index'][2:]}, authority {r['authority']}, "
+                f"releases below {r['revoked_below']} revoked"
             )
         verdict = "yes" if e["unlocks_now"] else "no"
         lines.append(f"    TPM would release the key in this boot state: {verdict}")

@@ -132,6 +132,7 @@ def enroll_on_host(
     pcrs: dict[int, bytes],
     state_dir: Path,
     bind: Sequence[int] = (4, 7),
+    extra: Sequence[str] = (),
 ) -> None:
     """Enroll the disk against the machine's TPM state, expecting ``pcrs``' values of the
     PCRs in ``bind`` (the host's swtpm has none of the guest's PCR values)."""
@@ -141,7 +142,7 @@ def enroll_on_host(
             [
                 sys.executable, "-m", "sealer", "--tcti", tpm.tcti, "enroll", "--quiet",
                 "--unlock-key-file", "-", "--state-dir", str(state_dir),
-                "--pcrs", ",".join(str(p) for p in bind), *expected, str(disk),
+                "--pcrs", ",".join(str(p) for p in bind), *expected, *extra, str(disk),
             ],
             input=ROOT_PASSPHRASE.encode(), capture_output=True, timeout=120,
         )  # fmt: skip

@@ -179,9 +179,21 @@ def test_revoked_releases_stop_unlocking_and_say_so(
         "reseal", "--eventlog", LOG, "--state-dir", str(fleet.sealer.state_dir), str(luks_image)
     )
     assert code == EXIT_POLICY and "this boot is not an approved state" in err
-    # Release 3 still unlocks.
+    # Release 3 still unlocks, and status says which approvals are revoked.
     fleet.boot(boot_of(v3, v3_contents))
     assert fleet.unlocks(luks_image) == (0, "")
+    code, out, err = fleet.run("status", "--json", str(luks_image))
+    assert code == 0, err
+    [enrollment] = json.loads(out)["enrollments"]
+    assert enrollment["revocation"] == {
+        "nv_index": "0x01335ea1", "authority": "vendor", "revoked_below": 3
+    }  # fmt: skip
+    assert [(a["release"], a["revoked"]) for a in enrollment["approvals"]] == [
+        (0, True), (2, True), (3, False)
+    ]
+    assert enrollment["unlocks_now"] is True
+    text = fleet.run("status", str(luks_image))[1]
+    assert "revoked (release 2)" in text and "releases below 3 revoked" in text
 
 
 def test_a_machine_without_a_vendor_revokes_with_its_own_key(
