@@ -5,6 +5,7 @@ What the index is and why it is made this way: sealer.policy.revocation.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,13 +27,23 @@ from sealer.tpm.policykey import ecdsa_signature, loaded_policy_key, policy_key_
 _FIELD_BYTES = 8
 
 
+# ESYS handles of NV indices per context: resolving one costs an NV_ReadPublic, and an unlock
+# needs the field twice (read it, then PolicyNV). The cache dies with the context.
+_HANDLES: weakref.WeakKeyDictionary[ESAPI, dict[int, ESYS_TR]] = weakref.WeakKeyDictionary()
+
+
 def _handle(ctx: ESAPI, index: int) -> ESYS_TR | None:
+    known = _HANDLES.setdefault(ctx, {})
+    if index in known:
+        return known[index]
     try:
-        return ctx.tr_from_tpmpublic(index)
+        handle = ctx.tr_from_tpmpublic(index)
     except TSS2_Exception as exc:
         if exc.error == TPM2_RC.HANDLE:
             return None
         raise
+    known[index] = handle
+    return handle
 
 
 @contextmanager
