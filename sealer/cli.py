@@ -69,6 +69,12 @@ def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
       sealer reseal --uki new.efi               # approve it ahead of the reboot
       sealer explain                            # why this boot did not unlock
       sealer prune                              # drop states this boot made stale
+
+    \b
+    Fleets (see 'sealer policy --help'):
+      sealer enroll --trust-vendor-key vendor.pub.pem DEVICE
+      sealer policy install release-7.approval  # vendor-signed: no re-sealing
+      sealer revoke --statement below-7.revocation
     """
     ctx.obj = Options(tcti=tcti, debug=debug)
 

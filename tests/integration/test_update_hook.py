@@ -56,6 +56,18 @@ def test_a_uki_machine_approves_the_uki_of_that_version(tmp_path: Path) -> None:
     assert (code, calls) == (0, f"-m sealer reseal --quiet --uki {uki}\n")
 
 
+def test_a_vendor_approval_next_to_the_uki_is_installed_first(tmp_path: Path) -> None:
+    uki = tmp_path / "acme-7.efi"
+    uki.write_bytes(b"x")
+    (tmp_path / "acme-7.approval").write_text("{}")
+    conf = f"SEALER_BOOT=uki\nSEALER_UKI={tmp_path}/acme-%v.efi\n"
+    code, calls, _ = run_hook(tmp_path, "7", conf=conf)
+    assert (code, calls.splitlines()) == (0, [
+        f"-m sealer policy install {tmp_path}/acme-7.approval",
+        f"-m sealer reseal --quiet --uki {uki}",
+    ])  # fmt: skip
+
+
 @pytest.mark.parametrize("exit_code", [5, 14])
 def test_a_failed_reseal_warns_loudly_and_never_fails_the_install(
     tmp_path: Path, exit_code: int
