@@ -182,6 +182,8 @@ def enroll(
             if value_bank != bank:
                 raise SealerError(f"--pcr {text}: bank {value_bank.name} is not --pcr-bank")
             expected[index] = value
+        # Files are checked before any prompt: a bad one must not cost a typed passphrase.
+        vendor_pem = read_public_key(vendor_key) if vendor_key else None
         unlock_key = read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
         new_pin = None
         if pin or pin_file:
@@ -198,7 +200,7 @@ def enroll(
             state_dir=state_dir,
             tcti=ctx.obj.tcti,
             log_path=log_path,
-            vendor_key_pem=read_public_key(vendor_key) if vendor_key else None,
+            vendor_key_pem=vendor_pem,
         )
         result = run_enroll(request, progress(quiet or as_json))
         for warning in result.warnings:

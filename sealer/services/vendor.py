@@ -97,9 +97,11 @@ def load_private_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, str]:
 
 def read_public_key(path: Path) -> str:
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the key {path}: {exc}") from exc
+        text = path.read_bytes().decode("ascii")
+    except OSError as exc:
+        raise UsageError(f"cannot read the key {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a PEM public key (not text)") from None
     return keys.normalized_public_pem(text, str(path))
 
 

@@ -47,11 +47,12 @@ def _handle(ctx: ESAPI, index: int) -> ESYS_TR | None:
 
 
 @contextmanager
-def _policy_session(ctx: ESAPI) -> Iterator[ESYS_TR]:
+def unsalted_session(ctx: ESAPI, kind: TPM2_SE = TPM2_SE.POLICY) -> Iterator[ESYS_TR]:
+    """A policy (or trial) session that carries no secret, so needs no salt or encryption."""
     session = ctx.start_auth_session(
         tpm_key=ESYS_TR.NONE,
         bind=ESYS_TR.NONE,
-        session_type=TPM2_SE.POLICY,
+        session_type=kind,
         symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
         auth_hash=TPM2_ALG.SHA256,
     )
@@ -90,12 +91,17 @@ def ensure_revocation_index(ctx: ESAPI, wanted: RevocationIndex) -> bytes:
             "enroll with the same vendor key as the other volumes of this machine",
         )
     if not int(area.attributes) & WRITTEN:
-        with _policy_session(ctx) as session:
+        with unsalted_session(ctx) as session:
             ctx.policy_command_code(session, TPM2_CC.NV_SetBits)
             ctx.policy_nv_written(session, False)
             ctx.policy_or(session, TPML_DIGEST([wanted.init_branch, wanted.revoke_branch]))
             ctx.nv_set_bits(handle, 0, auth_handle=handle, session1=session)
         _, name = ctx.nv_read_public(handle)
+    if bytes(name) != wanted.name:  # the name vendors sign against, computed in software
+        raise RefusedError(
+            f"TPM NV index 0x{wanted.index:08x} has name {bytes(name).hex()}, not the expected "
+            f"{wanted.name.hex()}"
+        )
     return bytes(name)
 
 
@@ -130,7 +136,7 @@ def set_revoked_bits(
         ticket = ctx.verify_signature(
             key, digest.approval_digest(statement, REVOKE_REF), ecdsa_signature(signature_rs)
         )
-    with _policy_session(ctx) as session:
+    with unsalted_session(ctx) as session:
         ctx.policy_cp_hash(session, digest.nv_set_bits_cp_hash(name, bits))
         ctx.policy_authorize(session, statement, policy_key_name(key_pem), ticket, REVOKE_REF)
         ctx.policy_or(session, TPML_DIGEST([index.init_branch, index.revoke_branch]))

@@ -29,7 +29,7 @@ from tpm2_pytss.types import (
 )
 
 from sealer.pcrs import Bank, PcrValues
-from sealer.tpm.nv import apply_release_check
+from sealer.tpm.nv import apply_release_check, unsalted_session
 from sealer.tpm.pcr import selection
 from sealer.tpm.policykey import ecdsa_signature, loaded_policy_key, policy_key_name
 from sealer.tpm.srk import Srk
@@ -161,16 +161,7 @@ def trial_policy_digest(ctx: ESAPI, policy: AuthorizedPolicy) -> bytes:
     Used to prove that sealer's software digests equal the TPM's own; with an empty
     ``pcr_digest`` the TPM hashes its current PCR values itself.
     """
-    session = ctx.start_auth_session(
-        tpm_key=ESYS_TR.NONE,
-        bind=ESYS_TR.NONE,
-        session_type=TPM2_SE.TRIAL,
-        symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
-        auth_hash=TPM2_ALG.SHA256,
-    )
-    try:
+    with unsalted_session(ctx, TPM2_SE.TRIAL) as session:
         _apply_pcr_branches(ctx, session, policy)
         _apply_release_check(ctx, session, policy)
         return bytes(ctx.policy_get_digest(session))
-    finally:
-        ctx.flush_context(session)

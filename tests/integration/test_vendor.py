@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,3 +244,47 @@ def test_the_tpm_itself_refuses_a_revoked_approval(
     with pytest.raises(PolicyMismatchError), connect(machine.tcti) as ctx:
         srk = require_srk(ctx, token.srk_handle, token.srk_name)
         unseal(ctx, srk, SealedBlob(token.sealed_public, token.sealed_private), policy, b"")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (["policy", "show", "{missing}"], 2, "cannot read"),
+        (["policy", "show", "{log}"], 9, "not a sealer approval file"),
+        (["policy", "install", "{json}", "{image}"], 9, "not a sealer approval file"),
+        (["policy", "sign", "--key", "{log}", "--uki", "{log}", "--eventlog", "{log}",
+          "--release", "1", "--out", "{out}"], 2, "not an unencrypted PEM private key"),
+        (["policy", "sign", "--key", "{rsa}", "--uki", "{log}", "--eventlog", "{log}",
+          "--release", "1", "--out", "{out}"], 2, "not an ECC P-256 key"),
+        (["policy", "sign", "--key", "{vendor}", "--uki", "{log}", "--eventlog", "{log}",
+          "--release", "64", "--out", "{out}"], 2, "64 is not in the range"),
+        (["enroll", "--trust-vendor-key", "{log}", "{image}"], 2, "not a PEM public key"),
+        (["revoke", "{image}"], 2, "give --below N, or --statement FILE"),
+        (["revoke", "--statement", "{json}", "{image}"], 9, "not a sealer revocation file"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_an_exit_code(
+    fleet: Fleet, luks_image: Path, tmp_path: Path, args: list[str], code: int, expected: str
+) -> None:
+    rsa = tmp_path / "rsa.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-out", str(rsa)], check=True,
+        capture_output=True,
+    )  # fmt: skip
+    other_json = tmp_path / "other.json"
+    other_json.write_text('{"type": "something-else"}')
+    names = {
+        "missing": str(tmp_path / "missing"), "log": LOG, "image": str(luks_image),
+        "json": str(other_json), "out": str(tmp_path / "out.approval"), "rsa": str(rsa),
+        "vendor": str(fleet.vendor_key),
+    }  # fmt: skip
+    before = luks_image.read_bytes()
+    result = fleet.sealer(*[a.format(**names) for a in args], stdin=b"x")
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.splitlines()
+    # Our failures are one line; click's own (a value out of range) end with its "Error:" line.
+    assert (len(lines) == 1 and lines[0].startswith("sealer: ")) or lines[-1].startswith(
+        "Error: "
+    ), lines
+    assert expected in lines[-1] and "Traceback" not in result.stderr
+    assert luks_image.read_bytes() == before
