@@ -281,9 +281,15 @@ def unlock(
                     "token": released.token_id,
                     "keyslot": released.keyslot,
                     "approval": released.approval_index,
+                    "binding": released.binding,
                     "opened": not test_only,
                     "name": name,
                 }
+            )
+        elif test_only and released.binding != "sealer-tpm2":
+            click.echo(
+                f"The TPM released the key of {released.binding} token {released.token_id}; "
+                f"keyslot {released.keyslot} accepts it ('sealer migrate' moves it to sealer)."
             )
         elif test_only:
             click.echo(
@@ -579,9 +585,9 @@ def boot_disable(
 
 
 def _register_commands() -> None:
-    from sealer import cli_measured, cli_policy
+    from sealer import cli_interop, cli_measured, cli_policy
 
-    for command in (*cli_measured.COMMANDS, *cli_policy.COMMANDS):
+    for command in (*cli_measured.COMMANDS, *cli_policy.COMMANDS, *cli_interop.COMMANDS):
         main.add_command(command)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sealer.errors import PolicyMismatchError, SealerError, TokenError, TPMMismatchError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
+from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest, revocation
 from sealer.policy.approval import Approval, parse_approval, verify_approval
@@ -28,7 +29,8 @@ class Released:
     device: str
     token_id: int
     keyslot: int
-    approval_index: int
+    approval_index: int  # -1 for another tool's binding (no approvals)
+    binding: str = "sealer-tpm2"  # the token type that released the key
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,14 @@ def unlock(
     tcti: str | None,
     read_pin: PinReader,
 ) -> Released:
-    unsealed = release_key(device, token_id=token_id, tcti=tcti, read_pin=read_pin)
+    header = cryptsetup.read_header(device)
+    if token_id is None and not header.tokens_of_type(TOKEN_TYPE):
+        foreign = _foreign(header)
+        if foreign:  # only another tool's binding: open it as that tool would
+            return _unlock_foreign(header, name, test_only, tcti, read_pin)
+    unsealed = release_key(
+        device, token_id=token_id, tcti=tcti, read_pin=read_pin, header=header
+    )
     slot = unsealed.enrollment.token.keyslot
     if test_only:
         if not cryptsetup.test_key(device, unsealed.key, slot):
@@ -242,3 +251,32 @@ def unlock(
         mapping = name or default_mapping_name(unsealed.header)
         cryptsetup.open_volume(device, mapping, unsealed.key, slot)
     return Released(device, unsealed.enrollment.token_id, slot, unsealed.match.approval_index)
+
+
+def _foreign(header: LuksHeader) -> bool:
+    from sealer.interop import clevis, systemd_tpm2
+
+    return bool(header.tokens_of_type(systemd_tpm2.TOKEN_TYPE)) or bool(
+        header.tokens_of_type(clevis.TOKEN_TYPE)
+    )
+
+
+def _unlock_foreign(
+    header: LuksHeader, name: str | None, test_only: bool, tcti: str | None, read_pin: PinReader
+) -> Released:
+    from sealer.services.foreign import release_foreign
+
+    released = release_foreign(header, tcti, read_pin)
+    binding = released.binding
+    device = header.device
+    slot = next(
+        (s for s in binding.keyslots if cryptsetup.test_key(device, released.key, s)), None
+    )
+    if slot is None:
+        raise TokenError(
+            f"the TPM released the {binding.tool} key of token {binding.token_id}, but none of "
+            f"its keyslots ({', '.join(map(str, binding.keyslots))}) accepts it"
+        )
+    if not test_only:
+        cryptsetup.open_volume(device, name or default_mapping_name(header), released.key, slot)
+    return Released(device, binding.token_id, slot, approval_index=-1, binding=binding.kind)

@@ -1,0 +1,118 @@
+"""``sealer migrate``: replace a systemd-cryptenroll or clevis TPM binding with sealer's.
+
+The old binding's TPM releases its keyslot's key; that key authorises the new sealer keyslot
+(no passphrase typed when the PCRs still match), and the old token and keyslot go only after
+the new enrollment has proven that the TPM releases a key the volume accepts.
+
+Every step leaves the volume openable: the passphrase and recovery keyslots are never
+touched; until the old binding is removed both bindings work; an interruption after the new
+token is written leaves two working bindings, and running migrate again finishes the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sealer.errors import RefusedError, TokenError
+from sealer.luks import cryptsetup
+from sealer.luks.token import TOKEN_TYPE
+from sealer.pcrs import bank_named
+from sealer.services.enroll import EnrollRequest, EnrollResult, enroll
+from sealer.services.foreign import PinReader, release_foreign
+from sealer.services.unlock import release_key
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MigrateRequest:
+    device: str
+    pcrs: Sequence[int] | None  # None: the PCRs the old binding used
+    cap_pcr: int
+    keep_old: bool
+    state_dir: Path
+    tcti: str | None
+    vendor_key_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class Migrated:
+    device: str
+    old_kind: str
+    old_token: int
+    old_keyslots: tuple[int, ...]
+    removed: bool
+    enrolled: EnrollResult | None  # None: an earlier, interrupted migrate had enrolled
+    warnings: list[str] = field(default_factory=list)
+
+
+def _enroll_with(
+    req: MigrateRequest, key: bytes, bank: str, pcrs: Sequence[int], progress: Progress
+) -> EnrollResult:
+    return enroll(
+        EnrollRequest(
+            device=req.device,
+            unlock_key=key,  # the old TPM keyslot authorises the new one
+            bank=bank_named(bank),
+            pcrs=tuple(req.pcrs if req.pcrs is not None else pcrs),
+            expected={},
+            cap_pcr=req.cap_pcr,
+            pin=None,
+            recovery_key=False,
+            state_dir=req.state_dir,
+            tcti=req.tcti,
+            vendor_key_pem=req.vendor_key_pem,
+        ),
+        progress,
+    )
+
+
+def _check_sealer_releases(req: MigrateRequest, read_pin: PinReader) -> None:
+    """The old binding goes only once sealer's own opens the volume in this boot state."""
+    unsealed = release_key(req.device, token_id=None, tcti=req.tcti, read_pin=read_pin)
+    slot = unsealed.enrollment.token.keyslot
+    if not cryptsetup.test_key(req.device, unsealed.key, slot):
+        raise TokenError(
+            f"keyslot {slot} does not accept the key the TPM released for sealer; the old "
+            "binding was kept",
+            "remove the sealer enrollment with 'sealer remove' and report this",
+        )
+
+
+def migrate(req: MigrateRequest, read_pin: PinReader, progress: Progress) -> Migrated:
+    header = cryptsetup.read_header(req.device)
+    progress("asking the TPM for the key of the existing binding")
+    old = release_foreign(header, req.tcti, read_pin)
+    binding = old.binding
+    if header.tokens_of_type(TOKEN_TYPE):
+        # An earlier migrate stopped after enrolling: finish it, if that enrollment works.
+        enrolled = None
+        _check_sealer_releases(req, read_pin)
+        warnings: list[str] = []
+    else:
+        enrolled = _enroll_with(req, old.key, binding.pcr_bank, binding.pcrs, progress)
+        progress("checking that the TPM releases the new key")
+        _check_sealer_releases(req, read_pin)
+        warnings = list(enrolled.warnings)
+    if req.keep_old:
+        return Migrated(req.device, binding.kind, binding.token_id, binding.keyslots, False,
+                        enrolled, warnings)  # fmt: skip
+    after = cryptsetup.read_header(req.device)
+    if not after.keyslots_without_token():
+        raise RefusedError(
+            f"{req.device} has no passphrase or recovery key keyslot, so the {binding.tool} "
+            "binding is kept as a second way in",
+            "add a passphrase (cryptsetup luksAddKey) and run 'sealer migrate' again",
+        )
+    progress(f"removing the {binding.tool} token {binding.token_id} and its keyslot")
+    # Keyslot first, token second (as 'sealer remove' does): an interruption never leaves an
+    # anonymous keyslot that looks like a passphrase.
+    for slot in binding.keyslots:
+        if slot in after.keyslots:
+            cryptsetup.kill_keyslot(req.device, slot)
+    if binding.token_id in cryptsetup.read_header(req.device).tokens:
+        cryptsetup.remove_token(req.device, binding.token_id)
+    return Migrated(req.device, binding.kind, binding.token_id, binding.keyslots, True,
+                    enrolled, warnings)  # fmt: skip
