@@ -201,7 +201,7 @@ def initramfs_added() -> dict[str, str]:
 
 def markdown(results: dict[str, dict[str, Any]], added: dict[str, str]) -> str:
     tools = list(results)
-    rows = [
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("enroll: wall time, median of 5", lambda r: f"{r['enroll_seconds_median']:.3f} s"),
         ("enroll: TPM commands, first on this TPM / later",
          lambda r: f"{r['enroll_tpm_commands_first']} / {r['enroll_tpm_commands_later']}"),

@@ -29,7 +29,7 @@ if [ "${1:-}" = "--boot-chain" ]; then
         initramfs-tools cryptsetup-initramfs busybox-static  # Debian's initramfs, static root
         dracut-core                    # the systemd-based initramfs built by dracut
         systemd-boot-efi sbsigntool binutils mtools dosfstools e2fsprogs openssl
-        clevis clevis-luks clevis-tpm2 # a peer whose LUKS2 tokens sealer reads and migrates
+        clevis clevis-luks clevis-tpm2 systemd  # peers whose LUKS2 tokens sealer reads
     )
     echo "setup: installing the boot-chain packages for the end-to-end tests" >&2
     if ! apt-get install -y -q --no-install-recommends "${boot_packages[@]}" >/dev/null; then

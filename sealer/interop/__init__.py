@@ -1,0 +1,1 @@
+"""Reading other tools' LUKS2 TPM bindings (systemd-cryptenroll, clevis)."""

@@ -1,0 +1,235 @@
+"""Unsealing a secret that systemd-cryptenroll 252 sealed (a ``systemd-tpm2`` LUKS2 token).
+
+systemd 252 keeps no key in the TPM: at enrollment and at every unlock it derives the same
+transient primary key from the owner hierarchy's seed with a fixed template
+(src/shared/tpm2-util.c, tpm2_make_primary), and seals a keyedhash object under it whose
+authPolicy is PolicyPCR over the chosen PCRs (plus PolicyAuthValue with a PIN). So the
+template below must match systemd's byte for byte: any difference (even the TCG SRK
+template's NODA bit or its 32-byte zero ``unique``) derives another key, and the TPM refuses
+to load the sealed object under it.
+
+systemd itself unseals through two sessions (a salted HMAC session for encryption and a
+salted policy session); one salted policy session with response encryption does the same
+job in fewer commands: the secret leaves the TPM encrypted with a key only the TPM and this
+process know (the salt travels encrypted to the primary key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tpm2_pytss import ESAPI, TSS2_Exception
+from tpm2_pytss.constants import (
+    ESYS_TR,
+    TPM2_ALG,
+    TPM2_ECC,
+    TPM2_RC,
+    TPM2_SE,
+    TPMA_OBJECT,
+    TPMA_SESSION,
+)
+from tpm2_pytss.types import (
+    TPM2B_PRIVATE,
+    TPM2B_PUBLIC,
+    TPMS_ECC_PARMS,
+    TPMS_RSA_PARMS,
+    TPMT_ECC_SCHEME,
+    TPMT_KDF_SCHEME,
+    TPMT_PUBLIC,
+    TPMT_RSA_SCHEME,
+    TPMT_SYM_DEF,
+    TPMT_SYM_DEF_OBJECT,
+    TPMU_PUBLIC_PARMS,
+    TPMU_SYM_KEY_BITS,
+    TPMU_SYM_MODE,
+)
+
+from sealer.errors import PolicyMismatchError, TokenError, TPMError
+from sealer.pcrs import Bank
+from sealer.tpm.pcr import selection
+
+PRIMARY_ALGS = ("ecc", "rsa")
+
+# systemd 252's primary key attributes. Unlike the TCG SRK template there is no NODA: an
+# owner-auth failure while creating it counts toward the TPM's lockout, as it does for systemd.
+_PRIMARY_ATTRIBUTES = (
+    TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.DECRYPT
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+)
+
+
+def _aes128_cfb() -> TPMT_SYM_DEF_OBJECT:
+    return TPMT_SYM_DEF_OBJECT(
+        algorithm=TPM2_ALG.AES,
+        keyBits=TPMU_SYM_KEY_BITS(aes=128),
+        mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB),
+    )
+
+
+def primary_template(alg: str) -> TPM2B_PUBLIC:
+    """systemd 252's primary key template for ``alg`` ("ecc" or "rsa").
+
+    Both leave authPolicy and ``unique`` empty (size 0), and the RSA one leaves the
+    exponent 0 (the default, 65537): all of it goes into the key derivation.
+    """
+    if alg == "ecc":
+        public = TPMT_PUBLIC(
+            type=TPM2_ALG.ECC,
+            nameAlg=TPM2_ALG.SHA256,
+            objectAttributes=_PRIMARY_ATTRIBUTES,
+            parameters=TPMU_PUBLIC_PARMS(
+                eccDetail=TPMS_ECC_PARMS(
+                    symmetric=_aes128_cfb(),
+                    scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
+                    curveID=TPM2_ECC.NIST_P256,
+                    kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
+                )
+            ),
+        )
+    elif alg == "rsa":
+        public = TPMT_PUBLIC(
+            type=TPM2_ALG.RSA,
+            nameAlg=TPM2_ALG.SHA256,
+            objectAttributes=_PRIMARY_ATTRIBUTES,
+            parameters=TPMU_PUBLIC_PARMS(
+                rsaDetail=TPMS_RSA_PARMS(
+                    symmetric=_aes128_cfb(),
+                    scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL),
+                    keyBits=2048,
+                    exponent=0,
+                )
+            ),
+        )
+    else:
+        raise ValueError(f"systemd 252 knows no primary key algorithm {alg!r}")
+    return TPM2B_PUBLIC(publicArea=public)
+
+
+def pin_auth_value(pin: bytes) -> bytes:
+    """The sealed object's authValue for ``pin``: systemd 252 uses SHA-256 of the PIN's
+    bytes, unsalted (tpm2-util.c, hash_pin; the salted form came with systemd 253)."""
+    return hashlib.sha256(pin).digest()
+
+
+@dataclass(frozen=True)
+class SystemdSealedObject:
+    """What the TPM needs of a systemd-tpm2 token."""
+
+    primary_alg: str  # "ecc" or "rsa"
+    private: bytes  # marshalled TPM2B_PRIVATE
+    public: bytes  # marshalled TPM2B_PUBLIC
+    bank: Bank
+    pcrs: tuple[int, ...]  # empty: systemd enrolled without PCRs (policy of PIN only, or none)
+    with_pin: bool
+
+
+def _unmarshal(obj: SystemdSealedObject) -> tuple[TPM2B_PRIVATE, TPM2B_PUBLIC]:
+    """The blob halves as TSS structures; hostile bytes end in a TokenError, not a TSS one."""
+    try:
+        private, used_private = TPM2B_PRIVATE.unmarshal(obj.private)
+        public, used_public = TPM2B_PUBLIC.unmarshal(obj.public)
+    except (TSS2_Exception, ValueError, TypeError) as exc:
+        raise TokenError(
+            f"the sealed object in the systemd-tpm2 token is malformed ({exc})",
+            "unlock with the passphrase or recovery key, then enroll again",
+        ) from exc
+    if used_private != len(obj.private) or used_public != len(obj.public):
+        raise TokenError(
+            "the sealed object in the systemd-tpm2 token has trailing bytes",
+            "unlock with the passphrase or recovery key, then enroll again",
+        )
+    return private, public
+
+
+def _create_primary(ctx: ESAPI, alg: str) -> ESYS_TR:
+    try:
+        return ctx.create_primary(None, primary_template(alg), ESYS_TR.OWNER)[0]
+    except TSS2_Exception as exc:
+        if exc.error in (TPM2_RC.BAD_AUTH, TPM2_RC.AUTH_FAIL):
+            # systemd 252 uses an empty owner password too, so it fails the same way here.
+            raise TPMError(
+                "cannot recreate systemd's primary key: the TPM's owner hierarchy has a password",
+                "unlock with the passphrase or recovery key",
+            ) from exc
+        if alg == "ecc" and exc.error in (TPM2_RC.CURVE, TPM2_RC.ASYMMETRIC, TPM2_RC.VALUE):
+            raise TPMError(
+                "this TPM cannot create an ECC P-256 key, but the volume was enrolled with one: "
+                "it was enrolled with another TPM",
+                "unlock with the passphrase or recovery key",
+            ) from exc
+        raise
+
+
+@contextmanager
+def _salted_policy_session(ctx: ESAPI, primary: ESYS_TR) -> Iterator[ESYS_TR]:
+    """A policy session salted with ``primary`` that encrypts the command's response."""
+    session = ctx.start_auth_session(
+        tpm_key=primary,
+        bind=ESYS_TR.NONE,
+        session_type=TPM2_SE.POLICY,
+        symmetric=TPMT_SYM_DEF(
+            algorithm=TPM2_ALG.AES,
+            keyBits=TPMU_SYM_KEY_BITS(aes=128),
+            mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB),
+        ),
+        auth_hash=TPM2_ALG.SHA256,
+    )
+    try:
+        ctx.trsess_set_attributes(session, TPMA_SESSION.ENCRYPT | TPMA_SESSION.CONTINUESESSION)
+        yield session
+    finally:
+        ctx.flush_context(session)
+
+
+def _pcr_list(obj: SystemdSealedObject) -> str:
+    return "+".join(str(p) for p in obj.pcrs)
+
+
+def unseal(ctx: ESAPI, obj: SystemdSealedObject, pin: bytes | None) -> bytes:
+    """Recreate systemd's primary key, load the sealed object under it, satisfy its policy
+    in a salted session with response encryption, and return the unsealed secret.
+
+    Every handle is flushed before returning: swtpm and a bare /dev/tpm0 have no resource
+    manager to do it for us.
+    """
+    if obj.with_pin and pin is None:
+        raise ValueError("the sealed object needs a PIN")
+    private, public = _unmarshal(obj)
+    primary = _create_primary(ctx, obj.primary_alg)
+    try:
+        sealed = ctx.load(primary, private, public)
+        try:
+            with _salted_policy_session(ctx, primary) as session:
+                # Same policy, same order as systemd 252's tpm2_make_policy_session: PolicyPCR
+                # on the TPM's current values (empty pcrDigest), then PolicyAuthValue.
+                if obj.pcrs:
+                    ctx.policy_pcr(session, b"", selection(obj.bank, obj.pcrs))
+                if obj.with_pin and pin is not None:
+                    ctx.policy_auth_value(session)
+                    ctx.tr_set_auth(sealed, pin_auth_value(pin))
+                try:
+                    return bytes(ctx.unseal(sealed, session1=session))
+                except TSS2_Exception as exc:
+                    if exc.error == TPM2_RC.POLICY_FAIL:
+                        raise PolicyMismatchError(
+                            f"the TPM refused to release the key: {obj.bank.name} PCRs "
+                            f"{_pcr_list(obj)} differ from the values systemd-cryptenroll bound",
+                            "unlock with the passphrase or recovery key",
+                        ) from exc
+                    if exc.error == TPM2_RC.PCR_CHANGED:
+                        raise PolicyMismatchError(
+                            "a PCR changed while the TPM was checking the policy",
+                            "try again",
+                        ) from exc
+                    raise
+        finally:
+            ctx.flush_context(sealed)
+    finally:
+        ctx.flush_context(primary)
