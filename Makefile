@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench-boot bench-measure
+.PHONY: setup demo test bench-boot bench-measure bench-peers
 
 setup:
 	bash scripts/setup.sh
@@ -16,3 +16,7 @@ bench-boot:
 bench-measure:
 	bash scripts/setup.sh --boot-chain
 	.venv/bin/python bench/measured_boot.py --json bench/measured_boot.json
+
+bench-peers:
+	bash scripts/setup.sh --boot-chain
+	.venv/bin/python bench/peers.py --json bench/peers.json --markdown bench/peers.md

@@ -170,7 +170,6 @@ def enroll(
     from sealer.services.enroll import EnrollRequest
     from sealer.services.enroll import enroll as run_enroll
     from sealer.services.secrets import read_secret
-    from sealer.services.vendor import read_public_key
 
     def action() -> None:
         if unlock_key_file == "-" and pin_file == "-":
@@ -183,7 +182,11 @@ def enroll(
                 raise SealerError(f"--pcr {text}: bank {value_bank.name} is not --pcr-bank")
             expected[index] = value
         # Files are checked before any prompt: a bad one must not cost a typed passphrase.
-        vendor_pem = read_public_key(vendor_key) if vendor_key else None
+        vendor_pem = None
+        if vendor_key is not None:
+            from sealer.services.vendor import read_public_key  # predict, pefile: not otherwise
+
+            vendor_pem = read_public_key(vendor_key)
         unlock_key = read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
         new_pin = None
         if pin or pin_file:

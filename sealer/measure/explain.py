@@ -13,18 +13,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sealer.measure.measurements import Measurement
+from sealer.measure.measurements import Measurement, prefix
 from sealer.pcrs import Bank
-from sealer.policy.approval import EVENT_PREFIX_HEX, Approval, EventRecord
-
-
-def prefix(digest: bytes) -> str:
-    return digest.hex()[:EVENT_PREFIX_HEX]
-
-
-def event_record(measurements: Sequence[Measurement], pcrs: Sequence[int]) -> EventRecord:
-    """The record an approval keeps of the events that make up ``pcrs``."""
-    return {p: tuple(prefix(m.digest) for m in measurements if m.pcr == p) for p in pcrs}
+from sealer.policy.approval import Approval, EventRecord
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sealer.measure import eventlog
 from sealer.measure.eventlog import EventLog
 from sealer.pcrs import Bank
+from sealer.policy.approval import EVENT_PREFIX_HEX, EventRecord
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,12 @@ def _stub_contents(event: eventlog.Event, previous: eventlog.Event | None) -> bo
 
 def replay(measurements: Sequence[Measurement], bank: Bank, locality: int) -> dict[int, bytes]:
     return eventlog.replay_digests(((m.pcr, m.digest) for m in measurements), bank, locality)
+
+
+def prefix(digest: bytes) -> str:
+    return digest.hex()[:EVENT_PREFIX_HEX]
+
+
+def event_record(measurements: Sequence[Measurement], pcrs: Sequence[int]) -> EventRecord:
+    """The record an approval keeps of the events that make up ``pcrs``."""
+    return {p: tuple(prefix(m.digest) for m in measurements if m.pcr == p) for p in pcrs}

@@ -15,8 +15,7 @@ from sealer.luks.header import LuksHeader
 from sealer.luks.token import PolicyKeyRef, RevocationRef, SealerToken
 from sealer.measure.coverage import coverage_warnings
 from sealer.measure.eventlog import FIRMWARE_LOG, EventLog, EventLogError, read_event_log
-from sealer.measure.explain import event_record
-from sealer.measure.measurements import measurements_of, replay
+from sealer.measure.measurements import event_record, measurements_of, replay
 from sealer.pcrs import Bank, PcrValues, format_pcrs
 from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import EventRecord, sign_approval

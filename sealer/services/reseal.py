@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sealer.errors import MeasurementError, PolicyMismatchError, StateError
 from sealer.luks import cryptsetup
-from sealer.measure.explain import event_record
+from sealer.measure.measurements import event_record
 from sealer.measure.predict import NextBoot, Prediction, predict
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest, keys, revocation

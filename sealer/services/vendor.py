@@ -36,7 +36,7 @@ from sealer.errors import (
 from sealer.luks import cryptsetup
 from sealer.luks.token import PolicyKeyRef
 from sealer.measure.eventlog import read_event_log
-from sealer.measure.explain import event_record
+from sealer.measure.measurements import event_record
 from sealer.measure.predict import NextBoot, predict
 from sealer.pcrs import Bank, format_pcrs
 from sealer.policy import digest, keys, revocation

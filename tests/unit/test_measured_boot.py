@@ -18,8 +18,8 @@ from sealer.errors import MeasurementError
 from sealer.measure import eventlog
 from sealer.measure.coverage import coverage, coverage_warnings
 from sealer.measure.eventlog import EventLog, parse
-from sealer.measure.explain import event_record, explain, prefix
-from sealer.measure.measurements import measurements_of, replay
+from sealer.measure.explain import explain
+from sealer.measure.measurements import event_record, measurements_of, prefix, replay
 from sealer.measure.pe import authenticode_digest, linux_load_options_digest
 from sealer.measure.predict import NextBoot, predict
 from sealer.pcrs import BANKS
