@@ -32,17 +32,7 @@ from tpm2_pytss.constants import (
 from tpm2_pytss.types import (
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
-    TPMS_ECC_PARMS,
-    TPMS_ECC_POINT,
-    TPMS_RSA_PARMS,
-    TPMT_ECC_SCHEME,
-    TPMT_KDF_SCHEME,
-    TPMT_PUBLIC,
-    TPMT_RSA_SCHEME,
     TPMT_SYM_DEF,
-    TPMT_SYM_DEF_OBJECT,
-    TPMU_PUBLIC_ID,
-    TPMU_PUBLIC_PARMS,
     TPMU_SYM_KEY_BITS,
     TPMU_SYM_MODE,
 )
@@ -51,6 +41,7 @@ from sealer.errors import PolicyMismatchError, TokenError, TPMError, TPMMismatch
 from sealer.pcrs import BANKS, Bank
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import active_banks, selection
+from sealer.tpm.templates import storage_primary
 
 
 @dataclass(frozen=True)
@@ -97,46 +88,10 @@ _AES128_CFB = TPMT_SYM_DEF(
 
 
 def primary_template(name_alg: int, key: str) -> TPM2B_PUBLIC:
-    """tpm2-tools' template for ``tpm2_createprimary -g <name_alg> -G <key>`` (no -a, -u, -L).
-
-    tpm2-tools zeroes the whole public area first, so authPolicy and the unique field are
-    empty (not 32 zero bytes as in the TCG templates), and RSA's exponent is 0 (65537).
-    A restricted key gets AES-128-CFB as its symmetric algorithm and a NULL scheme.
-    """
+    """tpm2-tools' template for ``tpm2_createprimary -g <name_alg> -G <key>`` (no -a, -u, -L):
+    tpm2-tools zeroes the public area first, so authPolicy and unique are empty."""
     spec = PRIMARY_KEYS[key]
-    symmetric = TPMT_SYM_DEF_OBJECT(
-        algorithm=TPM2_ALG.AES,
-        keyBits=TPMU_SYM_KEY_BITS(aes=128),
-        mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB),
-    )
-    if spec.alg == TPM2_ALG.ECC:
-        parameters = TPMU_PUBLIC_PARMS(
-            eccDetail=TPMS_ECC_PARMS(
-                symmetric=symmetric,
-                scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
-                curveID=spec.curve,
-                kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
-            )
-        )
-        unique = TPMU_PUBLIC_ID(ecc=TPMS_ECC_POINT(x=b"", y=b""))
-    else:
-        parameters = TPMU_PUBLIC_PARMS(
-            rsaDetail=TPMS_RSA_PARMS(
-                symmetric=symmetric,
-                scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL),
-                keyBits=spec.bits,
-                exponent=0,
-            )
-        )
-        unique = TPMU_PUBLIC_ID(rsa=b"")
-    public = TPMT_PUBLIC(
-        type=spec.alg,
-        nameAlg=name_alg,
-        objectAttributes=_PRIMARY_ATTRIBUTES,
-        parameters=parameters,
-        unique=unique,
-    )
-    return TPM2B_PUBLIC(publicArea=public)
+    return storage_primary(name_alg, spec.alg, curve=spec.curve, rsa_bits=spec.bits)
 
 
 def _corrupted(where: str, what: str) -> TokenError:

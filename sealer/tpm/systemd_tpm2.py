@@ -25,24 +25,14 @@ from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import (
     ESYS_TR,
     TPM2_ALG,
-    TPM2_ECC,
     TPM2_RC,
     TPM2_SE,
-    TPMA_OBJECT,
     TPMA_SESSION,
 )
 from tpm2_pytss.types import (
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
-    TPMS_ECC_PARMS,
-    TPMS_RSA_PARMS,
-    TPMT_ECC_SCHEME,
-    TPMT_KDF_SCHEME,
-    TPMT_PUBLIC,
-    TPMT_RSA_SCHEME,
     TPMT_SYM_DEF,
-    TPMT_SYM_DEF_OBJECT,
-    TPMU_PUBLIC_PARMS,
     TPMU_SYM_KEY_BITS,
     TPMU_SYM_MODE,
 )
@@ -50,66 +40,17 @@ from tpm2_pytss.types import (
 from sealer.errors import PolicyMismatchError, TokenError, TPMError
 from sealer.pcrs import Bank
 from sealer.tpm.pcr import selection
+from sealer.tpm.templates import storage_primary
 
 PRIMARY_ALGS = ("ecc", "rsa")
 
-# systemd 252's primary key attributes. Unlike the TCG SRK template there is no NODA: an
-# owner-auth failure while creating it counts toward the TPM's lockout, as it does for systemd.
-_PRIMARY_ATTRIBUTES = (
-    TPMA_OBJECT.RESTRICTED
-    | TPMA_OBJECT.DECRYPT
-    | TPMA_OBJECT.FIXEDTPM
-    | TPMA_OBJECT.FIXEDPARENT
-    | TPMA_OBJECT.SENSITIVEDATAORIGIN
-    | TPMA_OBJECT.USERWITHAUTH
-)
-
-
-def _aes128_cfb() -> TPMT_SYM_DEF_OBJECT:
-    return TPMT_SYM_DEF_OBJECT(
-        algorithm=TPM2_ALG.AES,
-        keyBits=TPMU_SYM_KEY_BITS(aes=128),
-        mode=TPMU_SYM_MODE(aes=TPM2_ALG.CFB),
-    )
-
-
 def primary_template(alg: str) -> TPM2B_PUBLIC:
-    """systemd 252's primary key template for ``alg`` ("ecc" or "rsa").
-
-    Both leave authPolicy and ``unique`` empty (size 0), and the RSA one leaves the
-    exponent 0 (the default, 65537): all of it goes into the key derivation.
-    """
+    """systemd 252's primary key template for ``alg`` ("ecc": NIST P-256, "rsa": RSA 2048)."""
     if alg == "ecc":
-        public = TPMT_PUBLIC(
-            type=TPM2_ALG.ECC,
-            nameAlg=TPM2_ALG.SHA256,
-            objectAttributes=_PRIMARY_ATTRIBUTES,
-            parameters=TPMU_PUBLIC_PARMS(
-                eccDetail=TPMS_ECC_PARMS(
-                    symmetric=_aes128_cfb(),
-                    scheme=TPMT_ECC_SCHEME(scheme=TPM2_ALG.NULL),
-                    curveID=TPM2_ECC.NIST_P256,
-                    kdf=TPMT_KDF_SCHEME(scheme=TPM2_ALG.NULL),
-                )
-            ),
-        )
-    elif alg == "rsa":
-        public = TPMT_PUBLIC(
-            type=TPM2_ALG.RSA,
-            nameAlg=TPM2_ALG.SHA256,
-            objectAttributes=_PRIMARY_ATTRIBUTES,
-            parameters=TPMU_PUBLIC_PARMS(
-                rsaDetail=TPMS_RSA_PARMS(
-                    symmetric=_aes128_cfb(),
-                    scheme=TPMT_RSA_SCHEME(scheme=TPM2_ALG.NULL),
-                    keyBits=2048,
-                    exponent=0,
-                )
-            ),
-        )
-    else:
-        raise ValueError(f"systemd 252 knows no primary key algorithm {alg!r}")
-    return TPM2B_PUBLIC(publicArea=public)
+        return storage_primary(TPM2_ALG.SHA256, TPM2_ALG.ECC)
+    if alg == "rsa":
+        return storage_primary(TPM2_ALG.SHA256, TPM2_ALG.RSA)
+    raise ValueError(f"systemd 252 knows no primary key algorithm {alg!r}")
 
 
 def pin_auth_value(pin: bytes) -> bytes:
