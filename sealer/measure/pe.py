@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,13 +254,21 @@ def _stub_sections(image: _Image) -> dict[str, _SectionHeader]:
     return {name: header for name, header in found.items() if header.virtual_size}
 
 
-def stub_sections(data: bytes, *, source: str = "boot image") -> dict[str, Section]:
+def stub_sections(
+    data: bytes, *, source: str = "boot image", only: Collection[str] | None = None
+) -> dict[str, Section]:
     """The sections systemd-stub 252 uses, under its names (".linux", ".cmdline", ...): what it
     measures into PCR 11 and hands to the kernel. Unlike looking names up in :func:`sections`,
     this follows the stub's own lookup: prefix match, last match wins, VirtualSize 0 is absent.
+    ``only`` names the sections wanted: each one is copied out of ``data``, and a UKI's kernel
+    and initrd are tens of megabytes.
     """
     image = _parse(data, source)
-    return {name: Section(name, _loaded(data, h)) for name, h in _stub_sections(image).items()}
+    return {
+        name: Section(name, _loaded(data, h))
+        for name, h in _stub_sections(image).items()
+        if only is None or name in only
+    }
 
 
 def uki_pcr11_events(

@@ -230,26 +230,30 @@ def _predict_uki(
     source: str,
 ) -> None:
     editor.set_digest(application, pe.authenticode_digest(image, bank, source=source))
-    # Found the way systemd-stub finds them (prefix match, the last one wins).
-    sections = {name: s.data for name, s in pe.stub_sections(image, source=source).items()}
     # PCR 11: systemd-stub's section events, all EV_IPL, replaced as one run.
     stub_run = [
         i for i, m in enumerate(editor.measurements) if m.pcr == 11 and m.type_name == "EV_IPL"
     ]
+    stub_events = pe.uki_pcr11_events(image, bank, source=source)
     new_run = [
         Measurement(11, digest, "EV_IPL", description, None)
-        for description, digest in pe.uki_pcr11_events(image, bank, source=source)
+        for description, digest in stub_events
     ]
     editor.replace_run(stub_run, new_run)
-    # PCR 9: what the Linux EFI stub measures of what systemd-stub hands it.
+    # PCR 9: what the Linux EFI stub measures of what systemd-stub hands it. The initrd is
+    # the bytes systemd-stub measured as ".initrd contents": that digest serves both PCRs.
+    initrd = dict(stub_events).get(".initrd contents")
     initrd_events = _tagged(log, eventlog.LINUX_INITRD_TAG)
-    if initrd_events and ".initrd" in sections:
-        editor.set_event_digest(initrd_events[-1], bank.hash(sections[".initrd"]))
-    elif initrd_events or ".initrd" in sections:
+    if initrd_events and initrd is not None:
+        editor.set_event_digest(initrd_events[-1], initrd)
+    elif initrd_events or initrd is not None:
         unpredictable[9] = "the current boot and the new UKI differ in having an initrd at all"
     options_events = _tagged(log, eventlog.LINUX_LOAD_OPTIONS_TAG)
     if options_events:
-        digest = pe.linux_load_options_digest(sections.get(".cmdline", b""), bank)
+        # Found the way systemd-stub finds it (prefix match, the last one wins).
+        found = pe.stub_sections(image, source=source, only={".cmdline"})
+        cmdline = found[".cmdline"].data if ".cmdline" in found else b""
+        digest = pe.linux_load_options_digest(cmdline, bank)
         if digest is None:
             unpredictable[9] = "the kernel's measurement of its command line is not known"
         else:
