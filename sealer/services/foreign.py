@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from sealer.errors import PolicyMismatchError, SealerError, TokenError
-from sealer.luks.header import LuksHeader
+from sealer.luks.header import LuksHeader, Token
 
 PinReader = Callable[[], bytes]
 
@@ -28,48 +28,54 @@ class ForeignBinding:
     unlock: Callable[[str | None, PinReader], bytes]  # the keyslot passphrase, from the TPM
 
 
-def foreign_bindings(header: LuksHeader) -> tuple[list[ForeignBinding], list[SealerError]]:
-    """The volume's systemd-tpm2 and clevis tpm2 bindings, and why others could not be read."""
-    from sealer.interop import clevis, systemd_tpm2
+def _systemd_binding(token: Token) -> ForeignBinding:
+    from sealer.interop import systemd_tpm2
 
-    found: list[ForeignBinding] = []
-    errors: list[SealerError] = []
-    for token in header.tokens_of_type(systemd_tpm2.TOKEN_TYPE):
-        try:
-            parsed = systemd_tpm2.parse(token.token_id, token.data)
-        except SealerError as exc:
-            errors.append(exc)
-            continue
-        found.append(
-            ForeignBinding(
-                kind=systemd_tpm2.TOKEN_TYPE, tool="systemd-cryptenroll",
-                token_id=token.token_id, keyslots=parsed.keyslots, pcr_bank=parsed.pcr_bank,
-                pcrs=parsed.pcrs,
-                unlock=partial(systemd_tpm2.passphrase, parsed),
-            )
-        )  # fmt: skip
-    for token in header.tokens_of_type(clevis.TOKEN_TYPE):
-        try:
-            parsed_clevis = clevis.parse(token.token_id, token.data)
-        except SealerError as exc:
-            errors.append(exc)
-            continue
-        found.append(
-            ForeignBinding(
-                kind=clevis.TOKEN_TYPE, tool="clevis", token_id=token.token_id,
-                keyslots=parsed_clevis.keyslots, pcr_bank=parsed_clevis.pcr_bank,
-                pcrs=parsed_clevis.pcrs,
-                unlock=partial(_clevis_unlock, parsed_clevis),
-            )
-        )  # fmt: skip
-    return found, errors
+    parsed = systemd_tpm2.parse(token.token_id, token.data)
+    return ForeignBinding(
+        kind=systemd_tpm2.TOKEN_TYPE, tool="systemd-cryptenroll", token_id=token.token_id,
+        keyslots=parsed.keyslots, pcr_bank=parsed.pcr_bank, pcrs=parsed.pcrs,
+        unlock=partial(systemd_tpm2.passphrase, parsed),
+    )  # fmt: skip
 
 
-def _clevis_unlock(token: object, tcti: str | None, read_pin: PinReader) -> bytes:
+def _clevis_binding(token: Token) -> ForeignBinding:
     from sealer.interop import clevis
 
-    assert isinstance(token, clevis.ClevisTpm2Token)
-    return clevis.passphrase(token, tcti)  # the tpm2 pin of clevis has no PIN
+    parsed = clevis.parse(token.token_id, token.data)
+
+    def unlock(tcti: str | None, read_pin: PinReader) -> bytes:
+        return clevis.passphrase(parsed, tcti)  # clevis's tpm2 pin has no PIN
+
+    return ForeignBinding(
+        kind=clevis.TOKEN_TYPE, tool="clevis", token_id=token.token_id,
+        keyslots=parsed.keyslots, pcr_bank=parsed.pcr_bank, pcrs=parsed.pcrs, unlock=unlock,
+    )  # fmt: skip
+
+
+# LUKS2 token type -> its reader. The literals keep the interop modules (and the TPM code
+# behind them) unimported until a volume has such a token.
+_READERS: dict[str, Callable[[Token], ForeignBinding]] = {
+    "systemd-tpm2": _systemd_binding,
+    "clevis": _clevis_binding,
+}
+
+
+def has_foreign_binding(header: LuksHeader) -> bool:
+    return any(header.tokens_of_type(kind) for kind in _READERS)
+
+
+def foreign_bindings(header: LuksHeader) -> tuple[list[ForeignBinding], list[SealerError]]:
+    """The volume's systemd-tpm2 and clevis tpm2 bindings, and why others could not be read."""
+    found: list[ForeignBinding] = []
+    errors: list[SealerError] = []
+    for kind, read in _READERS.items():
+        for token in header.tokens_of_type(kind):
+            try:
+                found.append(read(token))
+            except SealerError as exc:
+                errors.append(exc)
+    return found, errors
 
 
 @dataclass(frozen=True)

@@ -233,8 +233,9 @@ def unlock(
 ) -> Released:
     header = cryptsetup.read_header(device)
     if token_id is None and not header.tokens_of_type(TOKEN_TYPE):
-        foreign = _foreign(header)
-        if foreign:  # only another tool's binding: open it as that tool would
+        from sealer.services.foreign import has_foreign_binding
+
+        if has_foreign_binding(header):  # only another tool's binding: open it as that tool would
             return _unlock_foreign(header, name, test_only, tcti, read_pin)
     unsealed = release_key(
         device, token_id=token_id, tcti=tcti, read_pin=read_pin, header=header
@@ -251,14 +252,6 @@ def unlock(
         mapping = name or default_mapping_name(unsealed.header)
         cryptsetup.open_volume(device, mapping, unsealed.key, slot)
     return Released(device, unsealed.enrollment.token_id, slot, unsealed.match.approval_index)
-
-
-def _foreign(header: LuksHeader) -> bool:
-    from sealer.interop import clevis, systemd_tpm2
-
-    return bool(header.tokens_of_type(systemd_tpm2.TOKEN_TYPE)) or bool(
-        header.tokens_of_type(clevis.TOKEN_TYPE)
-    )
 
 
 def _unlock_foreign(
