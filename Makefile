@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench-boot bench-measure bench-peers
+.PHONY: setup demo test bench-boot bench-measure bench-peers bench-wire fuzz
 
 setup:
 	bash scripts/setup.sh
@@ -20,3 +20,13 @@ bench-measure:
 bench-peers:
 	bash scripts/setup.sh --boot-chain
 	.venv/bin/python bench/peers.py --json bench/peers.json --markdown bench/peers.md
+
+bench-wire:
+	bash scripts/setup.sh --boot-chain
+	.venv/bin/python bench/wire_audit.py --json bench/wire_audit.json --markdown bench/wire_audit.md
+
+# Coverage-guided fuzzing of the four parsers (fuzz/run.py), one target after the other;
+# the unit tests run the same targets for 10 s each.
+FUZZ_SECONDS ?= 120
+fuzz: setup
+	.venv/bin/python fuzz/run.py --target all --seconds $(FUZZ_SECONDS)

@@ -588,9 +588,12 @@ def boot_disable(
 
 
 def _register_commands() -> None:
-    from sealer import cli_interop, cli_measured, cli_policy
+    from sealer import cli_interop, cli_measured, cli_policy, cli_recovery
 
-    for command in (*cli_measured.COMMANDS, *cli_policy.COMMANDS, *cli_interop.COMMANDS):
+    for command in (
+        *cli_measured.COMMANDS, *cli_policy.COMMANDS, *cli_interop.COMMANDS,
+        *cli_recovery.COMMANDS,
+    ):  # fmt: skip
         main.add_command(command)
 
 

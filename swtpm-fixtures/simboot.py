@@ -31,8 +31,8 @@ STUB_NAME_EVENTS = {".linux": 25, ".osrel": 27, ".cmdline": 29, ".initrd": 31}
 class SimulatedMachine:
     """One TPM across boots; ``tcti`` changes with every boot (swtpm takes new ports)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.tpm = Swtpm(directory / "tpm")
+    def __init__(self, directory: Path, log_file: Path | None = None) -> None:
+        self.tpm = Swtpm(directory / "tpm", log_file=log_file)
         self.tpm.start()
 
     @property

@@ -19,16 +19,18 @@ from types import TracebackType
 
 # Names of the TPM 2.0 command codes sealer and the tests send (TPM 2.0 Part 2, 6.5.2).
 COMMAND_NAMES = {
-    0x11F: "NV_UndefineSpace", 0x120: "EvictControl", 0x121: "HierarchyControl",
-    0x12A: "NV_DefineSpace", 0x131: "CreatePrimary", 0x134: "NV_Increment",
-    0x137: "NV_Write", 0x139: "DictionaryAttackLockReset", 0x13A: "DictionaryAttackParameters",
-    0x144: "Startup", 0x149: "PolicyNV", 0x14E: "NV_Read", 0x153: "Create",
-    0x157: "Load", 0x15E: "Unseal", 0x161: "ContextLoad", 0x162: "ContextSave",
-    0x165: "FlushContext", 0x167: "LoadExternal", 0x169: "NV_ReadPublic",
-    0x16A: "PolicyAuthorize", 0x16B: "PolicyAuthValue", 0x171: "PolicyOR",
-    0x173: "ReadPublic", 0x176: "StartAuthSession", 0x177: "VerifySignature",
-    0x17A: "GetCapability", 0x17B: "GetRandom", 0x17E: "PCR_Read", 0x17F: "PolicyPCR",
-    0x182: "PCR_Extend", 0x189: "PolicyGetDigest",
+    0x11F: "NV_UndefineSpaceSpecial", 0x120: "EvictControl", 0x121: "HierarchyControl",
+    0x122: "NV_UndefineSpace", 0x12A: "NV_DefineSpace", 0x131: "CreatePrimary",
+    0x134: "NV_Increment", 0x135: "NV_SetBits", 0x137: "NV_Write",
+    0x139: "DictionaryAttackLockReset", 0x13A: "DictionaryAttackParameters", 0x144: "Startup",
+    0x145: "Shutdown", 0x149: "PolicyNV", 0x14E: "NV_Read", 0x151: "PolicySecret",
+    0x153: "Create", 0x157: "Load", 0x15E: "Unseal", 0x160: "PolicySigned",
+    0x161: "ContextLoad", 0x162: "ContextSave", 0x165: "FlushContext", 0x167: "LoadExternal",
+    0x169: "NV_ReadPublic", 0x16A: "PolicyAuthorize", 0x16B: "PolicyAuthValue",
+    0x16C: "PolicyCommandCode", 0x16E: "PolicyCpHash", 0x171: "PolicyOR", 0x173: "ReadPublic",
+    0x176: "StartAuthSession", 0x177: "VerifySignature", 0x17A: "GetCapability",
+    0x17B: "GetRandom", 0x17E: "PCR_Read", 0x17F: "PolicyPCR", 0x181: "ReadClock",
+    0x182: "PCR_Extend", 0x189: "PolicyGetDigest", 0x18F: "PolicyNvWritten",
 }  # fmt: skip
 
 _BLOCK = re.compile(r"^\s*SWTPM_IO_(Read|Write): length (\d+)\s*$")

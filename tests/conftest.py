@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ sys.path.insert(0, str(ROOT / "swtpm-fixtures"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 pytest_plugins = ["e2e_fixtures"]
 
+from clirun import run_with_pipes  # noqa: E402
 from luks_image import make_luks_image  # noqa: E402
 from swtpm import Swtpm  # noqa: E402
 
@@ -61,22 +60,8 @@ class SealerCli:
         tcti: str | None = None,
     ) -> Result:
         """Run sealer; each of ``fds`` is handed over in a pipe, named by "{fd0}", "{fd1}"."""
-        pipes = []
-        for data in fds:
-            read_fd, write_fd = os.pipe()
-            os.write(write_fd, data)
-            os.close(write_fd)
-            pipes.append(read_fd)
-        names = {f"fd{i}": f"/dev/fd/{fd}" for i, fd in enumerate(pipes)}
         argv = [sys.executable, "-m", "sealer", "--tcti", tcti or self.tcti]
-        argv += [arg.format(**names) if "{fd" in arg else arg for arg in args]
-        try:
-            proc = subprocess.run(
-                argv, input=stdin, capture_output=True, pass_fds=pipes, timeout=120
-            )
-        finally:
-            for fd in pipes:
-                os.close(fd)
+        proc = run_with_pipes(argv, args, stdin=stdin, fds=fds)
         return Result(
             proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode()
         )

@@ -37,13 +37,13 @@ from sealer.boot.capping import CAP_RECORD
 from sealer.boot.unlocker import (
     TPM_WAIT_SECONDS,
     BootUnlock,
+    PinAsker,
     fallback_line,
     record_cap_of,
     released_line,
     unlock_for_boot,
 )
 from sealer.errors import AuthError
-from sealer.services.unlock import PinReader
 
 ASK_DIR = Path("/run/systemd/ask-password")
 # tmpfs, and carried over to the real root with /run: one try per device for the whole boot.
@@ -277,7 +277,7 @@ class ConsolePin:
         self.volume = volume
         self.console = console
 
-    def __call__(self) -> bytes:
+    def __call__(self, note: str = "") -> bytes:
         import termios  # only a PIN-protected enrollment needs it
 
         try:
@@ -285,6 +285,8 @@ class ConsolePin:
         except OSError as error:
             raise AuthError(f"no console to ask for the TPM PIN on ({error})") from error
         try:
+            if note:  # why it asks again: the tries left
+                os.write(fd, f"sealer: {self.volume}: {note}\n".encode())
             os.write(fd, f"Enter the TPM PIN for {self.volume}: ".encode())
             try:
                 saved = termios.tcgetattr(fd)
@@ -314,7 +316,7 @@ class Agent:
     console: Path = CONSOLE
     tcti: str | None = None
     unlock: Unlocker = unlock_for_boot
-    pin_reader: Callable[[str, Path], PinReader] = ConsolePin
+    pin_reader: Callable[[str, Path], PinAsker] = ConsolePin
     _unlocked_before: bool = field(default=False, init=False)
 
     def say(self, line: str) -> None:

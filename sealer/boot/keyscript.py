@@ -37,8 +37,12 @@ class PinPrompt:
     def __init__(self, volume: str) -> None:
         self.volume = volume
 
-    def __call__(self) -> bytes:
-        answer = ask([ASKPASS, f"Enter the TPM PIN for {self.volume}: "])
+    def __call__(self, note: str = "") -> bytes:
+        # One line: askpass may show it in a splash screen (plymouth), not on the console.
+        prompt = f"Enter the TPM PIN for {self.volume}: "
+        if note:
+            prompt = f"sealer: {note}. {prompt}"
+        answer = ask([ASKPASS, prompt])
         if answer is None:
             raise AuthError("no PIN was entered")
         return answer.rstrip(b"\n")

@@ -13,15 +13,40 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sealer.boot.capping import CAP_RECORD, record_cap
-from sealer.errors import PolicyMismatchError, SealerError, TPMUnavailableError
-from sealer.services.unlock import PinReader, Unsealed, enrolled_header, release_key
+from sealer.errors import AuthError, PolicyMismatchError, SealerError, TPMUnavailableError
+from sealer.services.unlock import Unsealed, enrolled_header, release_key
 
 TPM_DEVICE = Path("/dev/tpmrm0")
 _POLL_SECONDS = 0.05
 # How long a boot waits for the TPM's device node before falling back to the passphrase.
 TPM_WAIT_SECONDS = 10.0
+# How many times a boot asks for a PIN the TPM rejects before the passphrase prompt; fewer
+# when the TPM locks out first (then the passphrase prompt follows at once).
+PIN_PROMPTS = 3
+
+
+class PinAsker(Protocol):
+    """Asks the person at the console for the TPM PIN; ``note`` is said first (why again)."""
+
+    def __call__(self, note: str = "") -> bytes: ...
+
+
+class _PinAttempt:
+    """One prompt: remembers whether a PIN was entered, so that a rejection of it by the TPM
+    (ask again) is told apart from no PIN at all (give up: the passphrase prompt)."""
+
+    def __init__(self, ask: PinAsker, note: str) -> None:
+        self.ask = ask
+        self.note = note
+        self.entered = False
+
+    def __call__(self) -> bytes:
+        pin = self.ask(self.note)
+        self.entered = True
+        return pin
 
 
 @dataclass(frozen=True)
@@ -58,14 +83,28 @@ def seconds_since_process_start() -> float:
 
 
 def unlock_for_boot(
-    device: str, *, tcti: str | None, read_pin: PinReader, tpm_timeout: float
+    device: str, *, tcti: str | None, read_pin: PinAsker, tpm_timeout: float
 ) -> BootUnlock:
     # The header first: a volume with no enrollment falls back at once, not after the wait.
     header = enrolled_header(device)
     if tcti is None:
         wait_for_tpm(TPM_DEVICE, tpm_timeout)
-    unsealed = release_key(device, token_id=None, tcti=tcti, read_pin=read_pin, header=header)
-    return BootUnlock(unsealed, seconds_since_process_start())
+    note = ""
+    for prompt in range(1, PIN_PROMPTS + 1):
+        attempt = _PinAttempt(read_pin, note)
+        try:
+            unsealed = release_key(
+                device, token_id=None, tcti=tcti, read_pin=attempt, header=header
+            )
+        except AuthError as error:
+            # The TPM rejected the PIN entered: ask again, saying how many tries are left.
+            # If that PIN locked the TPM out, the next try refuses before asking.
+            if not attempt.entered or prompt == PIN_PROMPTS:
+                raise
+            note = error.message
+            continue
+        return BootUnlock(unsealed, seconds_since_process_start())
+    raise AssertionError("unreachable: the last prompt returns or raises")
 
 
 def fallback_line(volume: str, error: BaseException) -> str:

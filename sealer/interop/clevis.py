@@ -142,7 +142,9 @@ def _protected_header(jwe: _Reader) -> tuple[str, dict[str, Any]]:
         raise jwe.fail("field 'jwe.protected' is not BASE64URL")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError comes from
+        # arrays or objects nested about a thousand deep.
         raise jwe.fail("the JWE protected header is not JSON") from exc
     if not isinstance(header, dict):
         raise jwe.fail("the JWE protected header is not a JSON object")

@@ -7,8 +7,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from sealer.checkpoint import before_write
 from sealer.errors import AuthError, DeviceError, HeaderFullError, SealerError
-from sealer.luks.header import PROBE_LENGTH, LuksHeader, parse_metadata, probe
+from sealer.luks.header import (
+    MINIMAL_PBKDF2_ITERATIONS,
+    PROBE_LENGTH,
+    LuksHeader,
+    parse_metadata,
+    probe,
+)
 from sealer.proc import Completed, fd_path, run, secret_pipe
 
 CRYPTSETUP = "cryptsetup"
@@ -16,7 +23,7 @@ CRYPTSETUP = "cryptsetup"
 _EXIT_BAD_PASSPHRASE = 2
 # A TPM-sealed or recovery secret has at least 128 bits of entropy: a slow KDF adds boot time
 # and nothing else, so such keyslots use PBKDF2 at cryptsetup's minimum iteration count.
-MINIMAL_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+MINIMAL_KDF = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", str(MINIMAL_PBKDF2_ITERATIONS))
 
 
 def _check_device(device: str) -> bytes:
@@ -59,6 +66,7 @@ def add_keyslot(
     device: str, *, unlock_key: bytes, new_key: bytes, slot: int, minimal_kdf: bool
 ) -> None:
     """Add ``new_key`` in ``slot``, authorised by an existing key (passphrase or recovery)."""
+    before_write(f"luks: add keyslot {slot}")
     with secret_pipe(new_key) as new_fd:
         argv = [CRYPTSETUP, "luksAddKey", "--batch-mode", "--key-file=-"]
         argv += ["--new-key-slot", str(slot), "--new-keyfile", fd_path(new_fd)]
@@ -76,6 +84,7 @@ def prefer_keyslot(device: str, slot: int) -> None:
     cryptsetup tries the slots in order: without this, every TPM unlock at boot first runs
     the passphrase slot's deliberately slow KDF (Argon2id: seconds and a gigabyte) in vain.
     """
+    before_write(f"luks: prefer keyslot {slot}")
     argv = [CRYPTSETUP, "config", "--batch-mode", "--key-slot", str(slot), "--priority", "prefer"]
     result = run([*argv, device])
     if result.returncode != 0:
@@ -109,6 +118,7 @@ def open_volume(device: str, name: str, key: bytes, slot: int) -> None:
 
 
 def kill_keyslot(device: str, slot: int) -> None:
+    before_write(f"luks: remove keyslot {slot}")
     result = run([CRYPTSETUP, "luksKillSlot", "--batch-mode", device, str(slot)])
     if result.returncode != 0:
         raise _fail(device, f"remove keyslot {slot} from {device}", result)
@@ -122,16 +132,36 @@ def import_token(
     A replacement is one metadata update of the header (both copies, with a new sequence
     id), so an interrupted one leaves either the old token or the new one, never neither.
     """
+    before_write(f"luks: {'replace' if replace else 'write'} token {token_id}")
     text = json.dumps(token, separators=(",", ":"), sort_keys=True).encode()
     argv = [CRYPTSETUP, "token", "import", "--json-file", "-", "--token-id", str(token_id)]
     if replace:
         argv.append("--token-replace")
     result = run([*argv, device], stdin=text)
     if result.returncode != 0:
-        raise _fail(device, f"write token {token_id} to {device}", result)
+        raise _token_import_error(device, token_id, len(text), result)
+
+
+def _token_import_error(device: str, token_id: int, size: int, result: Completed) -> SealerError:
+    """cryptsetup says only "Failed to import token" when the metadata area is full: tell."""
+    try:
+        room = read_header(device).json_room()
+    except SealerError:
+        room = None
+    # The stored metadata is the printed one without its indentation, plus the new token
+    # (a replaced token frees its old size, so this errs on the side of "full").
+    if room is not None and size >= room:
+        return HeaderFullError(
+            f"cannot write token {token_id} to {device}: the LUKS2 metadata area is full "
+            f"({size} bytes needed, about {room} left)",
+            "remove unused tokens ('cryptsetup token remove --token-id N'); a new volume "
+            "can have a larger area (luksFormat --luks2-metadata-size)",
+        )
+    return _fail(device, f"write token {token_id} to {device}", result)
 
 
 def remove_token(device: str, token_id: int) -> None:
+    before_write(f"luks: remove token {token_id}")
     argv = [CRYPTSETUP, "token", "remove", "--token-id", str(token_id), device]
     result = run(argv)
     if result.returncode != 0:

@@ -22,6 +22,9 @@ PROBE_LENGTH = _UUID_OFFSET + _UUID_LENGTH
 
 MAX_KEYSLOTS = 32
 MAX_TOKENS = 32
+# cryptsetup's minimum PBKDF2 iteration count: sealer gives its own keyslots (TPM-sealed and
+# recovery secrets, high-entropy already) exactly this, and a person's passphrase never gets it.
+MINIMAL_PBKDF2_ITERATIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ def probe(device: str, first_bytes: bytes) -> Probe:
 class Keyslot:
     slot: int
     kdf: str  # "pbkdf2", "argon2id", "argon2i"
+    iterations: int | None = None  # PBKDF2 only
+
+    @property
+    def minimal_kdf(self) -> bool:
+        return self.kdf == "pbkdf2" and self.iterations == MINIMAL_PBKDF2_ITERATIONS
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,12 @@ class LuksHeader:
     uuid: str
     keyslots: Mapping[int, Keyslot]
     tokens: Mapping[int, Token]
+    json_size: int | None = None  # the metadata area's size in bytes (config.json_size)
+    json_used: int = 0  # the metadata's length as cryptsetup printed it (about what it stores)
+
+    def json_room(self) -> int | None:
+        """Bytes left in the metadata area; None when the header did not say its size."""
+        return None if self.json_size is None else self.json_size - self.json_used
 
     def free_keyslot(self) -> int | None:
         return next((n for n in range(MAX_KEYSLOTS) if n not in self.keyslots), None)
@@ -84,6 +98,15 @@ class LuksHeader:
         claimed = {slot for token in self.tokens.values() for slot in token.keyslots}
         return sorted(n for n in self.keyslots if n not in claimed)
 
+    def is_sealer_made(self, slot: int) -> bool:
+        """True when ``slot`` exists, no token claims it, and it has sealer's minimal KDF.
+
+        Before sealer removes a keyslot an interrupted operation left behind, it checks this:
+        a keyslot a person added by hand in the meantime has a slow KDF and is never touched.
+        """
+        keyslot = self.keyslots.get(slot)
+        return keyslot is not None and keyslot.minimal_kdf and slot in self.keyslots_without_token()
+
 
 def _int_key(value: str, what: str, device: str) -> int:
     if not (value.isascii() and value.isdigit()):
@@ -98,7 +121,9 @@ def parse_metadata(device: str, uuid: str, text: str) -> LuksHeader:
     """Build a LuksHeader from ``cryptsetup luksDump --dump-json-metadata`` output."""
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
+        # Besides JSONDecodeError: ValueError for a number of more than 4300 digits, and
+        # RecursionError for arrays or objects nested about a thousand deep.
         raise DeviceError(f"{device}: cryptsetup printed unreadable LUKS2 metadata") from exc
     if not isinstance(doc, dict):
         raise DeviceError(f"{device}: LUKS2 metadata is not a JSON object")
@@ -106,8 +131,13 @@ def parse_metadata(device: str, uuid: str, text: str) -> LuksHeader:
     for key, slot in _section(doc, "keyslots", device).items():
         kdf = slot.get("kdf") if isinstance(slot, dict) else None
         kdf_type = kdf.get("type", "?") if isinstance(kdf, dict) else "?"
+        iterations = kdf.get("iterations") if isinstance(kdf, dict) else None
         number = _int_key(key, "keyslot", device)
-        keyslots[number] = Keyslot(slot=number, kdf=str(kdf_type))
+        keyslots[number] = Keyslot(
+            slot=number,
+            kdf=str(kdf_type),
+            iterations=iterations if type(iterations) is int else None,
+        )
     tokens: dict[int, Token] = {}
     for key, token in _section(doc, "tokens", device).items():
         if not isinstance(token, dict):
@@ -120,7 +150,19 @@ def parse_metadata(device: str, uuid: str, text: str) -> LuksHeader:
         tokens[token_id] = Token(
             token_id=token_id, type=str(token.get("type", "")), keyslots=slots, data=token
         )
-    return LuksHeader(device=device, uuid=uuid, keyslots=keyslots, tokens=tokens)
+    config = doc.get("config")
+    size = config.get("json_size") if isinstance(config, dict) else None
+    # Its length before int(): past 4300 digits int() raises ValueError, not DeviceError.
+    json_size = (
+        int(size)
+        if isinstance(size, str) and len(size) < 12 and size.isascii() and size.isdigit()
+        else None
+    )
+    return LuksHeader(
+        device=device, uuid=uuid, keyslots=keyslots, tokens=tokens,
+        json_size=json_size if json_size is not None and len(size or "") < 12 else None,
+        json_used=len(text),
+    )  # fmt: skip
 
 
 def _section(doc: Mapping[str, Any], name: str, device: str) -> Mapping[str, Any]:

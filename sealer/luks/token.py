@@ -37,6 +37,22 @@ class RevocationRef:
 
 
 @dataclass(frozen=True)
+class RecoveryRef:
+    """The keyslot of the volume's recovery key, and the keyslots of a rotation under way.
+
+    A recovery keyslot is claimed by no LUKS2 token (cryptsetup must offer it at the
+    passphrase prompt), so this record is the only thing that tells it from a passphrase.
+    """
+
+    keyslot: int | None  # the recovery key the owner holds (None: none yet)
+    pending: int | None = None  # a new key added but not yet handed over: a rerun drops it
+    retired: int | None = None  # the old key, handed over and replaced: a rerun removes it
+
+    def slots(self) -> tuple[int, ...]:
+        return tuple(s for s in (self.keyslot, self.pending, self.retired) if s is not None)
+
+
+@dataclass(frozen=True)
 class SealerToken:
     keyslot: int
     srk_handle: int
@@ -52,6 +68,10 @@ class SealerToken:
     created: str
     extra: Mapping[str, Any] = field(default_factory=dict)
     revocation: RevocationRef | None = None  # None: enrolled before revocation existed
+    # False while an enrollment is being written: the token names its keyslot but does not
+    # claim it yet (LUKS2 lets a token claim only an existing keyslot). Never used to unlock.
+    complete: bool = True
+    recovery: RecoveryRef | None = None
 
     @property
     def has_pin(self) -> bool:
@@ -61,7 +81,7 @@ class SealerToken:
         return {
             **self.extra,  # fields a newer sealer added survive a rewrite by this one
             "type": TOKEN_TYPE,
-            "keyslots": [str(self.keyslot)],
+            "keyslots": [str(self.keyslot)] if self.complete else [],
             "version": TOKEN_VERSION,
             "srk_handle": f"0x{self.srk_handle:08x}",
             "srk_name": self.srk_name.hex(),
@@ -78,7 +98,16 @@ class SealerToken:
             "approvals": [dict(a) for a in self.approvals],
             "created": self.created,
             **self._revocation_json(),
+            **({} if self.complete else {"enrolling": {"keyslot": self.keyslot}}),
+            **self._recovery_json(),
         }
+
+    def _recovery_json(self) -> dict[str, Any]:
+        if self.recovery is None:
+            return {}
+        fields = {"keyslot": self.recovery.keyslot, "pending": self.recovery.pending,
+                  "retired": self.recovery.retired}  # fmt: skip
+        return {"recovery": {k: v for k, v in fields.items() if v is not None}}
 
     def _revocation_json(self) -> dict[str, Any]:
         if self.revocation is None:
@@ -143,12 +172,26 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
             "upgrade sealer, or unlock with the passphrase or recovery key",
         )
     keyslots = r.get("keyslots", list)
-    if len(keyslots) != 1 or not (str(keyslots[0]).isascii() and str(keyslots[0]).isdigit()):
+    enrolling = doc.get("enrolling")
+    if not keyslots and isinstance(enrolling, dict):  # an enrollment still being written
+        keyslots = [enrolling.get("keyslot")]
+    elif not keyslots:  # cryptsetup unclaims a keyslot when it is removed
+        raise TokenError(
+            f"{where} claims no keyslot: its keyslot was removed (an interrupted "
+            "'sealer remove', or by hand)",
+            f"run 'sealer remove --token {token_id}' to clear the rest",
+        )
+    # At most two digits (LUKS2 keyslots are 0-31): int() below would raise ValueError, not
+    # TokenError, on a string of more than 4300 digits.
+    slot = str(keyslots[0]) if len(keyslots) == 1 else ""
+    if not (slot.isascii() and slot.isdigit() and len(slot) <= 2):
         raise r.fail(f"it must name exactly one keyslot, not {keyslots!r}")
     try:
         srk_handle = int(r.get("srk_handle", str), 16)
     except ValueError as exc:
         raise r.fail("srk_handle is not a hex handle") from exc
+    if not 0 <= srk_handle <= 0xFFFFFFFF:  # int() takes "-1"; to_json could not write it back
+        raise r.fail("srk_handle is not a 32-bit TPM handle")
     pcrs = r.get("pcrs", list)
     if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs):
         raise r.fail("pcrs must be PCR indices 0-23")
@@ -176,7 +219,7 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
     known = {
         "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
         "sealed_public", "sealed_private", "pin_salt", "policy_keys", "approvals", "created",
-        "revocation",
+        "revocation", "enrolling", "recovery",
     }  # fmt: skip
     return SealerToken(
         keyslot=int(keyslots[0]),
@@ -193,7 +236,23 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
         created=str(doc.get("created", "")),
         extra={k: v for k, v in doc.items() if k not in known},
         revocation=_revocation(r, doc.get("revocation")),
+        complete=bool(r.get("keyslots", list)),
+        recovery=_recovery(r, doc.get("recovery")),
     )
+
+
+def _recovery(r: _Reader, raw: Any) -> RecoveryRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise r.fail("recovery is not an object")
+    slots: dict[str, int | None] = {}
+    for key in ("keyslot", "pending", "retired"):
+        value = raw.get(key)
+        if value is not None and (type(value) is not int or not 0 <= value < 32):
+            raise r.fail(f"recovery.{key} is not a keyslot number")
+        slots[key] = value
+    return RecoveryRef(**slots)
 
 
 def _revocation(r: _Reader, raw: Any) -> RevocationRef | None:
@@ -206,6 +265,8 @@ def _revocation(r: _Reader, raw: Any) -> RevocationRef | None:
         index = int(sub.get("nv_index", str), 16)
     except ValueError as exc:
         raise r.fail("revocation.nv_index is not a hex handle") from exc
+    if not 0 <= index <= 0xFFFFFFFF:  # int() takes "-1"; to_json could not write it back
+        raise r.fail("revocation.nv_index is not a 32-bit TPM handle")
     authority = sub.get("authority", str)
     if authority not in ("machine", "vendor"):
         raise r.fail(f"revocation.authority is {authority!r}")

@@ -244,10 +244,16 @@ def parse(data: bytes) -> EventLog:
                 f"event {number} has {count} digests; the log's header announces {len(algorithms)}"
             )
         digests: dict[str, bytes] = {}
+        seen: set[int] = set()
         for _ in range(count):
             alg = reader.u16(f"event {number}'s algorithm")
             if alg not in algorithms:
                 raise EventLogError(f"event {number} has a digest of unannounced algorithm {alg}")
+            # The count matches the header's, so a repeated algorithm means another one is
+            # missing, and replaying that bank would find no digest for this event.
+            if alg in seen:
+                raise EventLogError(f"event {number} has two digests of algorithm {alg}")
+            seen.add(alg)
             digest = reader.take(algorithms[alg], f"event {number}'s digest")
             if alg in by_id:
                 digests[by_id[alg].name] = digest

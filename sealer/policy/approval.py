@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
@@ -151,6 +151,8 @@ def verify_approval(approval: Approval, public_pem: str) -> None:
         public = serialization.load_pem_public_key(public_pem.encode())
     except ValueError as exc:
         raise TokenError("the policy key stored in the token is unreadable") from exc
+    except UnsupportedAlgorithm as exc:  # a well-formed key on a curve OpenSSL does not know
+        raise TokenError("the policy key stored in the token is not an ECC P-256 key") from exc
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise TokenError("the policy key stored in the token is not an ECC key")
     try:
@@ -233,7 +235,8 @@ def _event_records(raw: Any, branches: int) -> tuple[EventRecord | None, ...]:
             return ()
         record: dict[int, tuple[str, ...]] = {}
         for pcr, digests in item.items():
-            if not (isinstance(pcr, str) and pcr.isascii() and pcr.isdigit()):
+            # Two digits at most (PCRs are 0-23): int() raises ValueError past 4300 digits.
+            if not (isinstance(pcr, str) and pcr.isascii() and pcr.isdigit() and len(pcr) <= 2):
                 return ()
             if not isinstance(digests, list):
                 return ()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
-from sealer.luks.token import PolicyKeyRef, RevocationRef, SealerToken
+from sealer.luks.token import PolicyKeyRef, RecoveryRef, RevocationRef, SealerToken
 from sealer.measure.coverage import coverage_warnings
 from sealer.measure.eventlog import FIRMWARE_LOG, EventLog, EventLogError, read_event_log
 from sealer.measure.measurements import event_record, measurements_of, replay
@@ -20,7 +21,9 @@ from sealer.pcrs import Bank, PcrValues, format_pcrs
 from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import EventRecord, sign_approval
 from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
+from sealer.services.leftovers import clear_interrupted_enrollment
 from sealer.services.secrets import new_recovery_key, pin_auth_value
+from sealer.services.volume import Enrollment, enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import ensure_revocation_index, read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
@@ -91,7 +94,10 @@ def _plan_slots(header: LuksHeader, want_recovery: bool) -> tuple[int, int, int 
     """(token id, TPM keyslot, recovery keyslot), or HeaderFullError before anything changes."""
     token_id = header.free_token_id()
     if token_id is None:
-        raise HeaderFullError(f"{header.device} has no free LUKS2 token slot")
+        raise HeaderFullError(
+            f"{header.device} has no free LUKS2 token slot (all 32 are used)",
+            "remove an unused token with 'cryptsetup token remove --token-id N' first",
+        )
     free = [n for n in range(32) if n not in header.keyslots]
     needed = 2 if want_recovery else 1
     if len(free) < needed:
@@ -142,10 +148,20 @@ def _log_findings(
     return warnings, event_record(measurements, req.pcrs)
 
 
+def _clear_interrupted(header: LuksHeader, progress: Progress) -> LuksHeader:
+    """Clear what an interrupted enrollment left (this run redoes it); the header after."""
+    leftovers = [e for e in enrollments(header, interrupted=True) if not e.token.complete]
+    for enrollment in leftovers:
+        progress(f"clearing token {enrollment.token_id}, left by an interrupted enrollment")
+        clear_interrupted_enrollment(header, enrollment)
+    return cryptsetup.read_header(header.device) if leftovers else header
+
+
 def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     check_request(req)
     header = cryptsetup.read_header(req.device)
     log, log_warnings = _boot_log(req)  # before any change: a bad --eventlog changes nothing
+    header = _clear_interrupted(header, progress)
     token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
 
     machine_key = keys.load_or_create_machine_key(req.state_dir)
@@ -212,30 +228,14 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         approvals=(approval.to_json(),),
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         revocation=RevocationRef(field.index, nv_name, authority.role),
+        complete=False,
+        recovery=None if recovery_slot is None else RecoveryRef(None, pending=recovery_slot),
     )
-    # luksAddKey checks the passphrase itself: a wrong one fails here, before the header
-    # changes. Checking it separately first would cost a second run of its (slow) KDF.
-    progress(f"checking the passphrase and adding keyslot {keyslot} for the TPM")
-    cryptsetup.add_keyslot(
-        req.device,
-        unlock_key=req.unlock_key,
-        new_key=tpm_passphrase(secret),
-        slot=keyslot,
-        minimal_kdf=True,
+    recovery = new_recovery_key() if recovery_slot is not None else None
+    warnings += _write_enrollment(
+        req, token_id, token, tpm_passphrase(secret), recovery, progress
     )
-    progress(f"writing token {token_id}")
-    try:
-        cryptsetup.import_token(req.device, token_id, token.to_json())
-    except SealerError:
-        # Without its token the new keyslot is useless; take it away again.
-        cryptsetup.kill_keyslot(req.device, keyslot)
-        raise
-    try:
-        cryptsetup.prefer_keyslot(req.device, keyslot)
-    except SealerError as error:  # only a boot-time cost: the enrollment works without it
-        warnings.append(f"keyslot {keyslot} is not tried first at boot: {error.message}")
-
-    result = EnrollResult(
+    return EnrollResult(
         device=req.device,
         uuid=header.uuid,
         token_id=token_id,
@@ -245,19 +245,62 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         srk_name=srk.name,
         pin=pin_salt is not None,
         warnings=warnings,
+        recovery_keyslot=recovery_slot,
+        recovery_key=recovery,
     )
-    if recovery_slot is None:
-        return result
-    progress(f"adding keyslot {recovery_slot} for the recovery key")
-    recovery = new_recovery_key()
-    cryptsetup.add_keyslot(
-        req.device,
-        # The new TPM keyslot authorises this one: its KDF is cheap, the passphrase's is not.
-        unlock_key=tpm_passphrase(secret),
-        new_key=recovery.encode("ascii"),
-        slot=recovery_slot,
-        minimal_kdf=True,
-    )
-    return EnrollResult(
-        **{**result.__dict__, "recovery_keyslot": recovery_slot, "recovery_key": recovery}
-    )
+
+
+def _write_enrollment(
+    req: EnrollRequest,
+    token_id: int,
+    token: SealerToken,
+    tpm_key: bytes,
+    recovery: str | None,
+    progress: Progress,
+) -> list[str]:
+    """Write the enrollment to the header so that an interruption anywhere can be undone.
+
+    The token goes in first, incomplete, naming the keyslots about to be added: whatever
+    an interruption leaves, 'sealer status' can name and the next 'sealer enroll' (or
+    'sealer remove') can clear. Only the last write makes the enrollment usable, and the
+    caller prints the recovery key right after it. Returns warnings.
+    """
+    warnings = []
+    progress(f"writing token {token_id} (incomplete until the keyslots are in)")
+    cryptsetup.import_token(req.device, token_id, token.to_json())
+    try:
+        # luksAddKey checks the passphrase itself: a wrong one fails here, before any
+        # keyslot changes. Checking it separately first would cost a second run of its
+        # (slow) KDF.
+        progress(f"checking the passphrase and adding keyslot {token.keyslot} for the TPM")
+        cryptsetup.add_keyslot(
+            req.device, unlock_key=req.unlock_key, new_key=tpm_key, slot=token.keyslot,
+            minimal_kdf=True,
+        )  # fmt: skip
+        try:
+            cryptsetup.prefer_keyslot(req.device, token.keyslot)
+        except SealerError as error:  # only a boot-time cost: the enrollment works without it
+            warnings.append(f"keyslot {token.keyslot} is not tried first at boot: {error.message}")
+        if recovery is not None and token.recovery is not None:
+            slot = token.recovery.pending
+            assert slot is not None
+            progress(f"adding keyslot {slot} for the recovery key")
+            cryptsetup.add_keyslot(
+                # The new TPM keyslot authorises this one: its KDF is cheap, the
+                # passphrase's is not.
+                req.device, unlock_key=tpm_key, new_key=recovery.encode("ascii"), slot=slot,
+                minimal_kdf=True,
+            )  # fmt: skip
+            token = replace(token, recovery=RecoveryRef(keyslot=slot))
+        progress(f"completing token {token_id}")
+        cryptsetup.import_token(
+            req.device, token_id, replace(token, complete=True).to_json(), replace=True
+        )
+    except SealerError:
+        # Undo what this run added, so that a wrong passphrase leaves the header as it was.
+        # Should the undo fail too, the incomplete token still names what to clear.
+        with contextlib.suppress(SealerError):
+            now = cryptsetup.read_header(req.device)
+            clear_interrupted_enrollment(now, Enrollment(token_id, token))
+        raise
+    return warnings

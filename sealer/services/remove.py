@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sealer.errors import RefusedError, UsageError
+from sealer.errors import RefusedError, TokenError, UsageError
 from sealer.luks import cryptsetup
+from sealer.luks.header import LuksHeader, Token
+from sealer.luks.token import RecoveryRef, parse_token
 from sealer.services.volume import select_tokens
 
 
@@ -14,6 +16,17 @@ class Removed:
     device: str
     token_id: int
     keyslots: tuple[int, ...]
+
+
+def _unfinished_slots(header: LuksHeader, token: Token) -> tuple[int, ...]:
+    """Keyslots an interrupted enrollment or rotation of ``token`` added but never handed over."""
+    try:
+        sealed = parse_token(token.token_id, token.data)
+    except TokenError:
+        return ()  # corrupted: only the keyslots the token claims are known to be its own
+    recovery = sealed.recovery or RecoveryRef(keyslot=None)
+    candidates = (recovery.pending,) if sealed.complete else (sealed.keyslot, recovery.pending)
+    return tuple(s for s in candidates if s is not None and header.is_sealer_made(s))
 
 
 def remove(device: str, token_id: int | None) -> Removed:
@@ -26,14 +39,15 @@ def remove(device: str, token_id: int | None) -> Removed:
                          "choose one with --token")  # fmt: skip
     token = tokens[0]
     slots = tuple(s for s in token.keyslots if s in header.keyslots)
+    slots += _unfinished_slots(header, token)
     # A person must still be able to open the volume afterwards.
-    if not header.keyslots_without_token():
+    if not [s for s in header.keyslots_without_token() if s not in slots]:
         raise RefusedError(
             f"removing token {token.token_id} would leave {device} with no passphrase or "
             "recovery key keyslot",
             "add a passphrase first (cryptsetup luksAddKey), then remove the enrollment",
         )
-    # Keyslot first, token second: an interruption leaves a token without its keyslot,
+    # Keyslots first, token second: an interruption leaves a token that names its keyslots,
     # which status shows and a second 'sealer remove' cleans up, never an anonymous
     # keyslot that looks like a passphrase.
     for slot in slots:

@@ -13,8 +13,9 @@ from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
 from sealer.services.unlock import approvals_of, find_match, not_revoked, pcrs_to_read
-from sealer.services.volume import Enrollment, enrollments
+from sealer.services.volume import Enrollment, enrollments, interrupted_error
 from sealer.tpm.connection import connect
+from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.srk import read_srk
@@ -83,7 +84,33 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
 
 def volume_status(device: str, tcti: str | None) -> dict[str, Any]:
     header = cryptsetup.read_header(device)
-    return _describe(header, tcti)
+    report = _describe(header, tcti)
+    report["tpm"] = _tpm_state(tcti)
+    return report
+
+
+def _tpm_state(tcti: str | None) -> dict[str, Any]:
+    """The TPM's own state, which every PIN enrollment shares: its dictionary-attack lockout."""
+    try:
+        with connect(tcti) as ctx:
+            return {"lockout": read_lockout(ctx).to_json()}
+    except SealerError as exc:
+        return {"error": exc.one_line()}
+
+
+def _render_tpm(tpm: dict[str, Any]) -> str:
+    if "lockout" not in tpm:
+        return f"  TPM: {tpm['error']}"
+    state = LockoutState(**tpm["lockout"])
+    head = "  TPM dictionary-attack lockout:"
+    if not state.protects:
+        return f"{head} off (wrong PINs are not counted)"
+    if state.in_lockout:
+        return f"{head} LOCKED OUT, every PIN is refused ({state.comes_back()})"
+    return (
+        f"{head} {state.tries_left} of {state.max_tries} PIN tries left "
+        f"(one comes back every {state.interval_s} s)"
+    )
 
 
 def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
@@ -91,6 +118,12 @@ def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
     for token in header.tokens.values():
         for slot in token.keyslots:
             claimed[slot] = f"token {token.token_id} ({token.type})"
+    try:
+        found = enrollments(header, interrupted=True)
+    except SealerError:
+        found = []  # reported below, with the reason
+    for enrollment in found:
+        claimed.update(_recorded_slots(header, enrollment))
     report: dict[str, Any] = {
         "device": header.device,
         "uuid": header.uuid,
@@ -106,15 +139,21 @@ def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
         "enrollments": [],
     }
     try:
-        found = enrollments(header)
+        found = enrollments(header, interrupted=True)
     except SealerError as exc:
         report["token_error"] = exc.one_line()
         return report
     for enrollment in found:
         sealed = enrollment.token
+        recovery = sealed.recovery
         entry: dict[str, Any] = {
             "token": enrollment.token_id,
+            "complete": sealed.complete,
             "keyslot": sealed.keyslot,
+            "recovery": None if recovery is None else {
+                "keyslot": recovery.keyslot, "pending": recovery.pending,
+                "retired": recovery.retired,
+            },
             "pcr_bank": sealed.pcr_bank,
             "pcrs": list(sealed.pcrs),
             "cap_pcr": sealed.cap_pcr,
@@ -124,9 +163,45 @@ def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
             "policy_keys": [{"role": k.role, "name": k.name.hex()} for k in sealed.policy_keys],
             "created": sealed.created,
         }
-        entry.update(_tpm_view(enrollment, tcti))
+        if sealed.complete:
+            entry.update(_tpm_view(enrollment, tcti))
+        else:
+            entry["interrupted"] = interrupted_error(header, enrollment.token_id).one_line()
         report["enrollments"].append(entry)
     return report
+
+
+def _recorded_slots(header: LuksHeader, enrollment: Enrollment) -> dict[int, str]:
+    """What the keyslots an enrollment records but does not claim are (they exist only)."""
+    token, token_id = enrollment.token, enrollment.token_id
+    named: dict[int, str] = {}
+    if not token.complete:
+        named[token.keyslot] = (
+            f"TPM keyslot of token {token_id}, an interrupted enrollment (never used; the "
+            "next 'sealer enroll' removes it)"
+        )
+    recovery = token.recovery
+    if recovery is not None:
+        if recovery.keyslot is not None:
+            named[recovery.keyslot] = f"recovery key (token {token_id})"
+        if recovery.pending is not None:
+            if token.complete:
+                named[recovery.pending] = (
+                    f"new recovery key of token {token_id}, not confirmed (an interrupted "
+                    "rotation: the next 'sealer recovery rotate' removes it; the old key is "
+                    "still the one to keep)"
+                )
+            else:
+                named[recovery.pending] = (
+                    f"recovery key of token {token_id}, an interrupted enrollment (never "
+                    "shown; the next 'sealer enroll' removes it)"
+                )
+        if recovery.retired is not None:
+            named[recovery.retired] = (
+                f"old recovery key of token {token_id}, replaced (an interrupted rotation; "
+                "removed by the next 'sealer recovery rotate')"
+            )
+    return {slot: what for slot, what in named.items() if slot in header.keyslots}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -146,6 +221,11 @@ def render(report: dict[str, Any]) -> str:
             f"  token {e['token']}: sealer-tpm2, keyslot {e['keyslot']}, "
             f"{e['pcr_bank']} PCRs {format_pcrs(e['pcrs'])} + cap PCR {e['cap_pcr']}{pin}"
         )
+        if "interrupted" in e:
+            lines.append(f"    {e['interrupted']}")
+            continue
+        if e["recovery"] is not None and e["recovery"]["keyslot"] is not None:
+            lines.append(f"    recovery key: keyslot {e['recovery']['keyslot']}")
         lines.append(f"    SRK {e['srk_handle']} name {e['srk_name'][:16]}...")
         if "tpm_error" in e:
             lines.append(f"    TPM: {e['tpm_error']}")
@@ -174,6 +254,9 @@ def render(report: dict[str, Any]) -> str:
             )
         verdict = "yes" if e["unlocks_now"] else "no"
         lines.append(f"    TPM would release the key in this boot state: {verdict}")
+    tpm = report.get("tpm", {})
+    if "lockout" in tpm or (tpm and not report["enrollments"]):  # else each enrollment says
+        lines.append(_render_tpm(tpm))
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from sealer.policy.approval import Approval, parse_approval, verify_approval
 from sealer.services.secrets import pin_auth_value
 from sealer.services.volume import Enrollment, default_mapping_name, require_enrollments
 from sealer.tpm.connection import connect
+from sealer.tpm.lockout import refuse_if_locked_out
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.seal import AuthorizedPolicy, SealedBlob, unseal
@@ -176,9 +177,11 @@ def release(
                 raise revoked_error(revoked_match.approval, bits)
             raise mismatch_error(approvals, current)
         # The PIN is asked for only now: a boot state the TPM would refuse anyway must not
-        # cost the user a PIN attempt.
+        # cost the user a PIN attempt, and neither must a TPM in lockout, which refuses
+        # even the right PIN (and would make the person wait for nothing).
         auth_value = b""
         if token.pin_salt is not None:
+            refuse_if_locked_out(ctx)
             auth_value = pin_auth_value(read_pin(), token.pin_salt)
         policy = authorized_policy(enrollment, match)
         blob = SealedBlob(public=token.sealed_public, private=token.sealed_private)

@@ -126,7 +126,7 @@ def _read_json(path: Path, kind: str) -> Mapping[str, Any]:
         doc = json.loads(path.read_bytes())
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested a thousand deep
         raise TokenError(f"{path} is not a sealer {kind} file (not JSON)") from exc
     if not isinstance(doc, dict) or doc.get("type") != f"sealer-{kind}":
         raise TokenError(f"{path} is not a sealer {kind} file")

@@ -15,12 +15,25 @@ class Enrollment:
     token: SealerToken
 
 
-def enrollments(header: LuksHeader) -> list[Enrollment]:
-    """Every sealer token of the volume, parsed; a corrupted one raises TokenError."""
-    return [
+def enrollments(header: LuksHeader, *, interrupted: bool = False) -> list[Enrollment]:
+    """The volume's sealer enrollments, parsed; a corrupted token raises TokenError.
+
+    An enrollment interrupted before its token was complete never unlocks anything, so it
+    is left out unless ``interrupted`` asks for those too.
+    """
+    parsed = [
         Enrollment(t.token_id, parse_token(t.token_id, t.data))
         for t in header.tokens_of_type(TOKEN_TYPE)
     ]
+    return [e for e in parsed if interrupted or e.token.complete]
+
+
+def interrupted_error(header: LuksHeader, token_id: int) -> TokenError:
+    return TokenError(
+        f"the enrollment in token {token_id} of {header.device} was interrupted before it "
+        "was complete",
+        f"run 'sealer enroll' again to finish it, or 'sealer remove --token {token_id}'",
+    )
 
 
 def select_tokens(header: LuksHeader, token_id: int | None = None) -> list[Token]:
@@ -42,10 +55,15 @@ def select_tokens(header: LuksHeader, token_id: int | None = None) -> list[Token
 
 
 def require_enrollments(header: LuksHeader, token_id: int | None = None) -> list[Enrollment]:
-    return [
+    """The complete enrollments among ``select_tokens``; TokenError when there is none."""
+    found = [
         Enrollment(t.token_id, parse_token(t.token_id, t.data))
         for t in select_tokens(header, token_id)
     ]
+    complete = [e for e in found if e.token.complete]
+    if not complete:
+        raise interrupted_error(header, found[0].token_id)
+    return complete
 
 
 def default_mapping_name(header: LuksHeader) -> str:

@@ -19,6 +19,7 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF,
 )
 
+from sealer.checkpoint import before_write
 from sealer.errors import RefusedError
 from sealer.policy import digest
 from sealer.policy.revocation import ATTRIBUTES, REVOKE_REF, WRITTEN, RevocationIndex
@@ -79,6 +80,7 @@ def ensure_revocation_index(ctx: ESAPI, wanted: RevocationIndex) -> bytes:
                 dataSize=_FIELD_BYTES,
             )
         )
+        before_write(f"tpm: define NV index 0x{wanted.index:08x}")
         handle = ctx.nv_define_space(None, public, ESYS_TR.OWNER, session1=ESYS_TR.PASSWORD)
     public, name = ctx.nv_read_public(handle)
     area = public.nvPublic
@@ -91,6 +93,7 @@ def ensure_revocation_index(ctx: ESAPI, wanted: RevocationIndex) -> bytes:
             "enroll with the same vendor key as the other volumes of this machine",
         )
     if not int(area.attributes) & WRITTEN:
+        before_write(f"tpm: initialise NV index 0x{wanted.index:08x}")
         with unsalted_session(ctx) as session:
             ctx.policy_command_code(session, TPM2_CC.NV_SetBits)
             ctx.policy_nv_written(session, False)
@@ -136,6 +139,7 @@ def set_revoked_bits(
         ticket = ctx.verify_signature(
             key, digest.approval_digest(statement, REVOKE_REF), ecdsa_signature(signature_rs)
         )
+    before_write(f"tpm: set bits of NV index 0x{index.index:08x}")
     with unsalted_session(ctx) as session:
         ctx.policy_cp_hash(session, digest.nv_set_bits_cp_hash(name, bits))
         ctx.policy_authorize(session, statement, policy_key_name(key_pem), ticket, REVOKE_REF)

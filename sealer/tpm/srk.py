@@ -20,6 +20,7 @@ from tpm2_pytss.types import (
     TPMU_SYM_MODE,
 )
 
+from sealer.checkpoint import before_write
 from sealer.errors import TPMError, TPMMismatchError
 
 SRK_HANDLE = 0x81000001
@@ -81,6 +82,7 @@ def ensure_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk:
     existing = read_srk(ctx, persistent)
     if existing is not None:
         return existing
+    before_write(f"tpm: persist the SRK at 0x{persistent:08x}")
     try:
         transient = ctx.create_primary(None, srk_template(), ESYS_TR.OWNER)[0]
     except TSS2_Exception as exc:
@@ -102,9 +104,12 @@ def require_srk(ctx: ESAPI, persistent: int, pinned_name: bytes) -> Srk:
     srk = read_srk(ctx, persistent)
     if srk is None:
         raise TPMMismatchError(
-            f"this TPM has no storage root key at 0x{persistent:08x}: the TPM was cleared, "
-            "or this volume was enrolled with another TPM",
-            "unlock with the passphrase or recovery key, then enroll again",
+            f"this TPM has no storage root key at 0x{persistent:08x}: it was evicted, the TPM "
+            "was cleared, or this volume was enrolled with another TPM",
+            # The SRK derives from the owner seed: recreated on an uncleared TPM, it has the
+            # pinned name again, and every enrollment made with it works again.
+            "unlock with the passphrase or recovery key, then run 'sealer enroll' (it "
+            "recreates the key; unless the TPM was cleared, this enrollment then works too)",
         )
     if srk.name != pinned_name:
         raise TPMMismatchError(

@@ -17,6 +17,7 @@ from swtpm import Swtpm
 
 from sealer.pcrs import BANKS
 from sealer.tpm.connection import connect
+from sealer.tpm.lockout import read_lockout
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.srk import SRK_HANDLE, read_srk
 
@@ -150,6 +151,12 @@ def test_a_changed_pcr_does_not_cost_a_pin_attempt(
     # No PIN source and no terminal: had sealer asked for the PIN it would fail with exit 2.
     refused = sealer("unlock", "--test", str(luks_image))
     assert refused.returncode == 5, refused.stderr
+    # Nor does a wrong PIN given with it: more refusals than swtpm's 3 tries, none counted.
+    for _ in range(4):
+        wrong = sealer("unlock", "--test", "--pin-file", "-", str(luks_image), stdin=b"1111")
+        assert wrong.returncode == 5, wrong.stderr
+    with connect(swtpm.tcti) as ctx:
+        assert read_lockout(ctx).failed_tries == 0
 
 
 def test_remove_takes_the_keyslot_and_token_away(sealer: SealerCli, luks_image: Path) -> None:

@@ -1,23 +1,29 @@
 """What crosses the TPM bus: no secret in clear, and how many commands each operation sends.
 
 swtpm's level-20 log holds every command and response byte; an interposer on the LPC/SPI
-bus sees exactly these bytes.
+bus sees exactly these bytes. One run of every operation (swtpm-fixtures/wireaudit.py:
+enroll with and without PIN, status, unlock with and without PIN, the boot-time keyscript
+and cap, reseal, prune, revoke by the machine and by a vendor, remove) is audited for every
+secret, whole and in 8-byte fragments; ``make bench-wire`` prints the same audit as a table.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
+import os
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, SealerCli
-from swtpm import Swtpm, WireLog, log_size
+import wireaudit
+from bootimage import STUB
+from conftest import SealerCli
+from swtpm import Swtpm
+from wireaudit import WireAudit, run_lifecycle, search
 
 from sealer.luks import cryptsetup
 from sealer.pcrs import BANKS
 from sealer.policy import digest
-from sealer.services.unlock import approvals_of, release
+from sealer.services.unlock import approvals_of
 from sealer.services.volume import enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
@@ -26,67 +32,87 @@ from sealer.tpm.seal import AuthorizedPolicy, trial_policy_digest
 pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
-
-@pytest.fixture
-def logged_tpm(tmp_path: Path) -> Iterator[tuple[Swtpm, Path]]:
-    log = tmp_path / "wire.log"
-    with Swtpm(tmp_path / "tpm", log_file=log) as tpm:
-        yield tpm, log
-
-
-def _released_key(tcti: str, image: Path, pin: bytes = b"") -> bytes:
-    enrollment = enrollments(cryptsetup.read_header(str(image)))[0]
-    key, _ = release(enrollment, tcti, lambda: pin)
-    return key
+# ReadPublic(SRK), PCR_Read, NV_ReadPublic + NV_Read (is the approval's release revoked?),
+# LoadExternal, VerifySignature, Load, StartAuthSession, PolicyPCR, PolicyNV (the release
+# check), PolicyAuthorize, Unseal, and a FlushContext for each of the three handles.
+UNLOCK_COMMANDS = {
+    "ReadPublic": 1, "PCR_Read": 1, "NV_ReadPublic": 1, "NV_Read": 1, "LoadExternal": 1,
+    "VerifySignature": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 1, "PolicyNV": 1,
+    "PolicyAuthorize": 1, "Unseal": 1, "FlushContext": 3,
+}  # fmt: skip
 
 
-@pytest.mark.parametrize("pin", [b"", b"2468"])
-def test_no_secret_crosses_the_wire_in_clear(
-    logged_tpm: tuple[Swtpm, Path], luks_image: Path, tmp_path: Path, pin: bytes
-) -> None:
-    tpm, log = logged_tpm
-    sealer = SealerCli(tcti=tpm.tcti, state_dir=tmp_path / "state")
-    enrolled = sealer.enroll(luks_image, pin=pin)
-    assert enrolled.returncode == 0, enrolled.stderr
-    unlock_args = ["--pin-file", "-"] if pin else []
-    unlocked = sealer("unlock", "--test", *unlock_args, str(luks_image), stdin=pin)
-    assert unlocked.returncode == 0, unlocked.stderr
-
-    key = _released_key(tpm.tcti, luks_image, pin)  # the keyslot passphrase: base64(secret)
-    secret = base64.b64decode(key)
-    wire = WireLog.read(log)
-    # With a PIN the object is DA-protected: the first use after startup makes the TPM save
-    # its orderly state and answer TPM_RC_RETRY once, so count successful commands.
-    succeeded = wire.counts(succeeded_only=True)
-    assert succeeded["Unseal"] == 2 and succeeded["Create"] == 1
-    for needle in (secret, key, secret[:8], secret[-8:], PASSPHRASE):
-        assert not wire.contains(needle), f"{needle!r} crossed the TPM bus in clear"
-
-    # Positive control: the reader does find bytes that are meant to travel in clear.
-    marker = SHA256.hash(b"wire audit marker")
-    with connect(tpm.tcti) as ctx:
-        extend_pcr(ctx, SHA256, 16, marker)
-    assert WireLog.read(log).contains(marker)
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory: pytest.TempPathFactory) -> WireAudit:
+    for tool in ("swtpm", "cryptsetup", "objcopy"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run the README's test command")
+    if not STUB.exists():
+        pytest.fail(f"{STUB} is missing: run the README's test command, which installs it")
+    return run_lifecycle(tmp_path_factory.mktemp("wire"))
 
 
-def test_unlock_command_count(
-    logged_tpm: tuple[Swtpm, Path], luks_image: Path, tmp_path: Path
-) -> None:
-    tpm, log = logged_tpm
-    sealer = SealerCli(tcti=tpm.tcti, state_dir=tmp_path / "state")
-    assert sealer.enroll(luks_image).returncode == 0
-    start = log_size(log)
-    assert sealer("unlock", "--test", str(luks_image)).returncode == 0
-    counts = WireLog.read(log, start).counts()
-    # ReadPublic(SRK), PCR_Read, NV_ReadPublic + NV_Read (is the approval's release revoked?),
-    # LoadExternal, VerifySignature, Load, StartAuthSession, PolicyPCR, PolicyNV (the release
-    # check), PolicyAuthorize, Unseal, and a FlushContext for each of the three handles.
-    assert counts == {
-        "ReadPublic": 1, "PCR_Read": 1, "NV_ReadPublic": 1, "NV_Read": 1, "LoadExternal": 1,
-        "VerifySignature": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 1, "PolicyNV": 1,
-        "PolicyAuthorize": 1, "Unseal": 1, "FlushContext": 3,
+def test_every_operation_was_audited_with_every_needle(audit: WireAudit) -> None:
+    assert tuple(audit.operations) == wireaudit.OPERATIONS
+    for label in ("A", "B", "C"):
+        assert len(audit.needles[f"sealed secret {label}"]) == 32
+    assert {"LUKS passphrase", "PIN", "PIN auth value B", "recovery key A", "recovery key B",
+            "policy key scalar (machine 1)", "policy key scalar (machine 2)",
+            "vendor key scalar"} <= set(audit.needles)  # fmt: skip
+
+
+@pytest.mark.parametrize("operation", wireaudit.OPERATIONS)
+def test_no_secret_crosses_the_wire_in_clear(audit: WireAudit, operation: str) -> None:
+    assert audit.secrets_found(operation=operation) == []
+    if audit.operations[operation].exchanges:
+        # Positive control: the same search finds bytes that are meant to travel in clear.
+        assert audit.controls_found(operation), f"{operation}: the search found no control"
+
+
+def test_nothing_between_the_operations_leaks_either(audit: WireAudit) -> None:
+    """Boot replays, and the in-process unseals that obtained the secrets for the search."""
+    assert [str(f) for f in search("whole log", audit.whole_log(), audit.needles)] == []
+
+
+def test_the_search_finds_fragments_and_says_where(audit: WireAudit) -> None:
+    blob = audit.controls["sealed blob A"]
+    spliced = {"spliced": blob[20:32] + os.urandom(20)}  # only 5 windows of it travel
+    [found] = audit.findings(spliced, wireaudit.UNLOCK)
+    assert (found.command, found.direction, found.whole) == ("Load", "command", False)
+    assert (found.offset, found.fragments) == (0, 5)
+    assert str(found) == (
+        "unlock --test: spliced[0:8] (+4 more 8-byte fragments) in Load command"
+    )
+    [created] = audit.findings({"blob": blob}, wireaudit.ENROLL_FIRST)
+    assert (created.command, created.direction, created.whole) == ("Create", "response", True)
+
+
+def test_unlock_command_count(audit: WireAudit) -> None:
+    counts = audit.operations[wireaudit.UNLOCK].counts()
+    assert counts == UNLOCK_COMMANDS
+    # The boot-time unlocker sends exactly what ``sealer unlock`` sends.
+    assert audit.operations[wireaudit.KEYSCRIPT].counts() == UNLOCK_COMMANDS
+    # With a PIN: one PolicyAuthValue more, and a GetCapability that reads the lockout state
+    # before the PIN is asked for. The object is DA-protected: its first use after
+    # startup makes the TPM save its orderly state and answer TPM_RC_RETRY once.
+    with_pin = audit.operations[wireaudit.UNLOCK_PIN]
+    assert with_pin.counts(succeeded_only=True) == {
+        **UNLOCK_COMMANDS, "PolicyAuthValue": 1, "GetCapability": 1,
     }  # fmt: skip
-    assert "CreatePrimary" not in counts
+    failed = [(e.name, e.rc) for e in with_pin.exchanges if e.rc != 0]
+    assert failed in ([], [("Unseal", wireaudit.RETRY)])
+
+
+def test_enroll_creates_the_srk_once_and_nothing_else_unseals(audit: WireAudit) -> None:
+    first = audit.operations[wireaudit.ENROLL_FIRST].counts(succeeded_only=True)
+    later = audit.operations[wireaudit.ENROLL_PIN].counts(succeeded_only=True)
+    assert (first["CreatePrimary"], first["Create"], first["NV_DefineSpace"]) == (1, 1, 1)
+    assert (later["CreatePrimary"], later["Create"], later["NV_DefineSpace"]) == (0, 1, 0)
+    # Re-sealing, pruning, revoking and status never need the secret out of the TPM.
+    for operation in (wireaudit.STATUS, wireaudit.RESEAL, wireaudit.PRUNE, wireaudit.REVOKE,
+                      wireaudit.REVOKE_VENDOR, wireaudit.REMOVE, wireaudit.CAP):  # fmt: skip
+        counts = audit.operations[operation].counts()
+        assert counts["Unseal"] == counts["Load"] == 0, operation
 
 
 @pytest.mark.parametrize("bank_name", ["sha256", "sha1"])
