@@ -6,7 +6,7 @@ stopped before any of its writes and still leave a volume that opens with its pa
 recovery key, a state ``sealer status`` describes truthfully, and a rerun that completes it.
 
 The interruption tests (tests/integration/test_interruptions.py) prove that claim by
-subscribing here and ending the process at each write in turn. Nothing in the product
+subscribing here and killing the process at each write in turn. Nothing in the product
 subscribes, so in normal use ``before_write`` only loops over an empty list: there is no
 environment variable or option that can make a production run stop early.
 """

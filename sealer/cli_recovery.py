@@ -28,7 +28,11 @@ def recovery() -> None:
     help="Authorise the new keyslot with the passphrase or current recovery key from PATH "
     "('-' for standard input). Without it the TPM authorises it (no PIN, approved boot).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the new key as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the new key as JSON, as soon as it opens the volume (before the old one is "
+    "removed); should a later step fail, an error object follows it.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @click.pass_context
 def rotate(

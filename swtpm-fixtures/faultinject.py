@@ -3,22 +3,23 @@
     python faultinject.py STOP_AT RECORD_FILE SEALER_ARG...
 
 Every write sealer announces (``sealer.checkpoint.before_write``) is appended to RECORD_FILE
-as it happens; at write number STOP_AT (counting from 1; 0 never stops) the process ends
-with ``os._exit``: no ``finally`` block, no flush of buffered output, no cleanup, as when
-the power fails or the OOM killer strikes. Only the tests run this; the product has no way
+as it happens; at write number STOP_AT (counting from 1; 0 never stops) the process sends
+itself SIGKILL: no ``finally`` block, no flush of buffered output, no cleanup, as when the
+power fails or the OOM killer strikes. Only the tests run this; the product has no way
 to stop itself early.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 from sealer import checkpoint
 from sealer.cli import main
 
-KILLED = 137  # what a shell reports for a process ended by SIGKILL
+KILLED = -signal.SIGKILL  # the return code subprocess reports for a process ended by SIGKILL
 
 
 def run(stop_at: int, record: Path, argv: list[str]) -> None:
@@ -30,7 +31,7 @@ def run(stop_at: int, record: Path, argv: list[str]) -> None:
         with record.open("a") as log:
             log.write(what + "\n")
         if seen == stop_at:
-            os._exit(KILLED)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     checkpoint.observe(stop_before)
     sys.argv = ["sealer", *argv]
