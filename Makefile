@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench-boot bench-measure bench-peers bench-wire fuzz
+.PHONY: setup demo test bench-boot bench-measure bench-peers bench-wire fuzz bench-fleet
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +20,10 @@ bench-measure:
 bench-peers:
 	bash scripts/setup.sh --boot-chain
 	.venv/bin/python bench/peers.py --json bench/peers.json --markdown bench/peers.md
+
+# The Ansible provision playbook on simulated machines: first run and idempotent rerun.
+bench-fleet: setup
+	.venv/bin/python bench/fleet.py --machines 3 --json bench/fleet.json
 
 bench-wire:
 	bash scripts/setup.sh --boot-chain

@@ -9,12 +9,21 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sealer import __version__
-from sealer.clikit import Options, emit_json, progress, run_command, state_dir_option
-from sealer.errors import SealerError
+from sealer.cli_escrow import escrow_options, prepare_escrow, shows_key
+from sealer.clikit import (
+    DEFAULT_STATE_DIR,
+    Options,
+    emit_json,
+    progress,
+    run_command,
+    state_dir_option,
+)
+from sealer.errors import SealerError, UsageError
 from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list, parse_pcr_value
 
 if TYPE_CHECKING:
     from sealer.services.bootwire import Plan
+    from sealer.services.nextboot import NextBootRequest
 
 
 EXIT_CODES_HELP = """\b
@@ -121,8 +130,10 @@ def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
 @click.option(
     "--recovery-key",
     is_flag=True,
-    help="Also add a generated recovery key in its own keyslot and print it once.",
+    help="Also add a generated recovery key in its own keyslot and print it once "
+    "(or escrow it: --escrow-cert).",
 )
+@escrow_options("STATE_DIR/escrow")
 @state_dir_option("Where the machine's policy key is kept (0600; on the encrypted root).")
 @click.option(
     "--eventlog",
@@ -154,6 +165,10 @@ def enroll(
     pin: bool,
     pin_file: str | None,
     recovery_key: bool,
+    escrow_cert: Path | None,
+    escrow_dir: Path | None,
+    print_recovery_key: bool,
+    machine_id: str | None,
     state_dir: Path,
     log_path: Path | None,
     vendor_key: Path | None,
@@ -166,6 +181,11 @@ def enroll(
     place. A fresh 32-byte secret is sealed to this TPM under a policy that accepts signed
     approvals of boot states; the first approval accepts the current values of --pcrs and
     the cap PCR at its value before unlock.
+
+    With --recovery-key --escrow-cert ORG.pem the recovery key is encrypted to the
+    organisation's certificate and written to STATE_DIR/escrow/MACHINE-UUID-keyslotN.json
+    before the enrollment is complete, and is not printed; 'sealer recovery show' or
+    'openssl cms -decrypt' opens the record with the organisation's private key.
     """
     from sealer.services.enroll import EnrollRequest
     from sealer.services.enroll import enroll as run_enroll
@@ -182,6 +202,10 @@ def enroll(
                 raise SealerError(f"--pcr {text}: bank {value_bank.name} is not --pcr-bank")
             expected[index] = value
         # Files are checked before any prompt: a bad one must not cost a typed passphrase.
+        if escrow_cert is not None and not recovery_key:
+            raise UsageError("--escrow-cert escrows the recovery key, and there is none",
+                             "add --recovery-key")  # fmt: skip
+        escrow = prepare_escrow(escrow_cert, escrow_dir, machine_id, state_dir / "escrow")
         vendor_pem = None
         if vendor_key is not None:
             from sealer.services.vendor import read_public_key  # predict, pefile: not otherwise
@@ -204,8 +228,11 @@ def enroll(
             tcti=ctx.obj.tcti,
             log_path=log_path,
             vendor_key_pem=vendor_pem,
+            escrow=escrow,
         )
         result = run_enroll(request, progress(quiet or as_json))
+        shown = result.recovery_key if shows_key(escrow, print_recovery_key) else None
+        record = None if result.escrow_record is None else str(result.escrow_record)
         for warning in result.warnings:
             click.echo(f"sealer: warning: {warning}", err=True)
         if as_json:
@@ -220,7 +247,8 @@ def enroll(
                     "srk_name": result.srk_name.hex(),
                     "pin": result.pin,
                     "recovery_keyslot": result.recovery_keyslot,
-                    "recovery_key": result.recovery_key,
+                    "recovery_key": shown,
+                    "escrow_record": record,
                     "warnings": result.warnings,
                 }
             )
@@ -230,12 +258,18 @@ def enroll(
             f"Enrolled {device}: token {result.token_id}, keyslot {result.keyslot}, "
             f"{result.bank} PCRs {pcrs} (+ cap PCR {cap_pcr}){', PIN' if result.pin else ''}."
         )
-        if result.recovery_key:
+        if escrow is not None and record is not None:
+            click.echo(
+                f"\nRecovery key (keyslot {result.recovery_keyslot}) escrowed to {record},\n"
+                f"encrypted to {escrow.certificate.subject}"
+                + ("." if shown else " (not shown; 'sealer recovery show' opens the record).")
+            )
+        if shown:
             click.echo(
                 f"\nRecovery key (keyslot {result.recovery_keyslot}). Write it down and keep it "
                 "apart from this machine;\nit is shown only this once and opens the volume at "
                 "the passphrase prompt:\n\n"
-                f"    {result.recovery_key}\n"
+                f"    {shown}\n"
             )
 
     run_command(ctx, as_json, action)
@@ -305,28 +339,104 @@ def unlock(
     run_command(ctx, as_json, action)
 
 
+_FILE = click.Path(path_type=Path, dir_okay=False)
+
+
 @main.command()
-@click.argument("device", required=False)
+@click.argument("devices", nargs=-1, metavar="[DEVICE]...")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--next-boot",
+    is_flag=True,
+    help="Also tell whether the next boot will unlock by TPM: predict its PCRs and look for an "
+    "approval (not revoked) that holds them.",
+)
+@click.option("--uki", type=_FILE, metavar="FILE", help="With --next-boot: the UKI it starts.")
+@click.option("--kernel", type=_FILE, metavar="FILE", help="With --next-boot: its kernel.")
+@click.option("--initrd", type=_FILE, metavar="FILE", help="The initrd that goes with --kernel.")
+@click.option(
+    "--eventlog",
+    "log_path",
+    type=_FILE,
+    metavar="FILE",
+    help="With --next-boot: predict from this event log instead of this boot's.",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="With --next-boot: take this boot's PCRs from the event log, not from the TPM.",
+)
+# Where update.conf and the kernels are; tests (and the update hook's tests) move them.
+@click.option("--etc-dir", type=click.Path(path_type=Path), envvar="SEALER_HOOK_ETC",
+              default="/etc/sealer", hidden=True)  # fmt: skip
+@click.option("--boot-dir", type=click.Path(path_type=Path), envvar="SEALER_HOOK_BOOT",
+              default="/boot", hidden=True)  # fmt: skip
+@click.option(
+    "--escrow-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_STATE_DIR / "escrow",
+    show_default=True,
+    help="Where escrow records are: status says whether each recovery key has one.",
+)
 @click.pass_context
-def status(ctx: click.Context, device: str | None, as_json: bool) -> None:
+def status(
+    ctx: click.Context, devices: tuple[str, ...], as_json: bool, next_boot: bool,
+    uki: Path | None, kernel: Path | None, initrd: Path | None, log_path: Path | None,
+    offline: bool, etc_dir: Path, boot_dir: Path, escrow_dir: Path,
+) -> None:  # fmt: skip
     """Show keyslots, tokens and whether the TPM would release the key now.
 
     Without DEVICE, every LUKS2 block device udev knows is shown.
+
+    \b
+    With --next-boot, also whether the next boot will unlock by TPM. Its image is the UKI
+    or kernel given, or else the newest kernel in /boot, booted as /etc/sealer/update.conf
+    says (SEALER_BOOT=kernel|uki, SEALER_UKI=/path/%v.efi), as the update hook does:
+      sealer status --next-boot
+      sealer status --next-boot --json --uki /boot/efi/EFI/Linux/new.efi /dev/nvme0n1p3
     """
     from sealer.services.status import discover_luks2_devices, render, volume_status
 
     def action() -> None:
-        devices = [device] if device else discover_luks2_devices()
-        reports = [volume_status(d, ctx.obj.tcti) for d in devices]
+        check = None
+        if next_boot:
+            from sealer.services.nextboot import NextBootCheck  # plain status does without
+
+            check = NextBootCheck(_next_boot_request(
+                uki, kernel, initrd, log_path, offline, etc_dir, boot_dir, ctx.obj.tcti
+            ))  # fmt: skip
+        elif uki or kernel or initrd or log_path or offline:
+            raise UsageError(
+                "--uki, --kernel, --initrd, --eventlog and --offline go with --next-boot",
+                "add --next-boot",
+            )
+        names = list(devices) or discover_luks2_devices()
+        reports = [volume_status(d, ctx.obj.tcti, check, escrow_dir) for d in names]
         if as_json:
-            emit_json(reports[0] if device else reports)
+            emit_json(reports[0] if len(devices) == 1 else reports)
         elif not reports:
             click.echo("No LUKS2 block devices found (give an image file as DEVICE).")
         else:
             click.echo("\n\n".join(render(r) for r in reports))
 
     run_command(ctx, as_json, action)
+
+
+def _next_boot_request(
+    uki: Path | None, kernel: Path | None, initrd: Path | None, log_path: Path | None,
+    offline: bool, etc_dir: Path, boot_dir: Path, tcti: str | None,
+) -> NextBootRequest:  # fmt: skip
+    from sealer.measure.predict import NextBoot
+    from sealer.services.nextboot import NextBootRequest
+
+    if uki is not None and kernel is not None:
+        raise UsageError("give either --uki or --kernel, not both", "the next boot starts one")
+    if initrd is not None and kernel is None:
+        raise UsageError("--initrd goes with --kernel", "give the kernel it belongs to")
+    boot = None
+    if uki is not None or kernel is not None:
+        boot = NextBoot(uki=uki, kernel=kernel, initrd=initrd)
+    return NextBootRequest(boot, etc_dir, boot_dir, log_path, offline, tcti)
 
 
 @main.command()

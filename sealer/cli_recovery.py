@@ -1,12 +1,14 @@
-"""Recovery keys: ``sealer recovery rotate``."""
+"""Recovery keys: ``sealer recovery rotate`` and ``sealer recovery show``."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from sealer.clikit import Options, emit_json, progress, run_command
+from sealer.cli_escrow import escrow_options, prepare_escrow, shows_key
+from sealer.clikit import DEFAULT_STATE_DIR, Options, emit_json, progress, run_command
 
 
 @click.group("recovery")
@@ -15,7 +17,9 @@ def recovery() -> None:
 
     A recovery key is a generated 150-bit key in its own keyslot, for the day the TPM will not
     release the disk key (a firmware update nobody approved, a replaced motherboard). Enroll
-    one with 'sealer enroll --recovery-key'; replace it with 'sealer recovery rotate'.
+    one with 'sealer enroll --recovery-key'; replace it with 'sealer recovery rotate'. With
+    --escrow-cert it is encrypted to the organisation's certificate instead of printed;
+    'sealer recovery show' opens such a record with the organisation's private key.
     """
 
 
@@ -28,6 +32,7 @@ def recovery() -> None:
     help="Authorise the new keyslot with the passphrase or current recovery key from PATH "
     "('-' for standard input). Without it the TPM authorises it (no PIN, approved boot).",
 )
+@escrow_options(str(DEFAULT_STATE_DIR / "escrow"))
 @click.option(
     "--json", "as_json", is_flag=True,
     help="Print the new key as JSON, as soon as it opens the volume (before the old one is "
@@ -37,19 +42,23 @@ def recovery() -> None:
 @click.pass_context
 def rotate(
     ctx: click.Context, device: str, token_id: int | None, unlock_key_file: str | None,
-    as_json: bool, quiet: bool,
+    escrow_cert: Path | None, escrow_dir: Path | None, print_recovery_key: bool,
+    machine_id: str | None, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Replace the recovery key of DEVICE: add a new one, print it, remove the old one.
 
-    The new key is printed before the old one is removed, and every step is recorded in the
-    volume's sealer token: an interrupted rotation loses no key, 'sealer status' says where
-    it stopped, and running the command again finishes it (a new key that was never printed
-    is dropped, an old one that was replaced is removed). The passphrase is never touched.
+    The new key is printed (or, with --escrow-cert, escrowed) before the old one is
+    removed, and every step is recorded in the volume's sealer token: an interrupted
+    rotation loses no key, 'sealer status' says where it stopped, and running the command
+    again finishes it (a new key that was never handed over is dropped, an old one that was
+    replaced is removed). The passphrase is never touched. Escrow records of older keys
+    stay in the escrow directory; the keyslot in their names tells them apart.
 
     \b
     Examples:
       sealer recovery rotate /dev/nvme0n1p3          # the TPM authorises (approved boot)
       sealer recovery rotate --unlock-key-file - /dev/sda2 < passphrase.txt
+      sealer recovery rotate --escrow-cert /etc/sealer/org-escrow.pem /dev/nvme0n1p3
     """
     from sealer.services.recovery import NewRecoveryKey
     from sealer.services.recovery import rotate as run_rotate
@@ -57,22 +66,34 @@ def rotate(
 
     options: Options = ctx.obj
 
-    def hand_over(new: NewRecoveryKey) -> None:
-        # Before the old key goes: whatever happens next, this key has reached its owner.
-        if as_json:
-            emit_json({
-                "device": new.device, "uuid": new.uuid, "token": new.token_id,
-                "recovery_keyslot": new.keyslot, "recovery_key": new.key,
-                "replaces_keyslot": new.replaces,
-            })  # fmt: skip
-        else:
-            click.echo(
-                f"New recovery key for {new.device} (keyslot {new.keyslot}). Write it down and "
-                f"keep it away from the machine:\n\n    {new.key}\n"
-            )
-        sys.stdout.flush()
-
     def action() -> None:
+        escrow = prepare_escrow(escrow_cert, escrow_dir, machine_id, DEFAULT_STATE_DIR / "escrow")
+        show = shows_key(escrow, print_recovery_key)
+
+        def hand_over(new: NewRecoveryKey) -> None:
+            # Before the old key goes: whatever happens next, this key has reached its owner
+            # (and, escrowed, its record is on disk already).
+            record = None if new.escrow_record is None else str(new.escrow_record)
+            if as_json:
+                emit_json({
+                    "device": new.device, "uuid": new.uuid, "token": new.token_id,
+                    "recovery_keyslot": new.keyslot, "recovery_key": new.key if show else None,
+                    "replaces_keyslot": new.replaces, "escrow_record": record,
+                })  # fmt: skip
+            else:
+                if escrow is not None:
+                    click.echo(
+                        f"New recovery key for {new.device} (keyslot {new.keyslot}) escrowed "
+                        f"to {record},\nencrypted to {escrow.certificate.subject}"
+                        + ("." if show else " (not shown; 'sealer recovery show' opens it).")
+                    )
+                if show:
+                    click.echo(
+                        f"New recovery key for {new.device} (keyslot {new.keyslot}). Write it "
+                        f"down and keep it away from the machine:\n\n    {new.key}\n"
+                    )
+            sys.stdout.flush()
+
         def read_key() -> bytes:
             return read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
 
@@ -83,6 +104,7 @@ def rotate(
             read_key=read_key if unlock_key_file is not None else None,
             hand_over=hand_over,
             progress=progress(quiet),
+            escrow=escrow,
         )
         if as_json or quiet:
             return
@@ -93,6 +115,64 @@ def rotate(
             click.echo(f"Keyslot {old} was kept: it no longer looks like a sealer recovery key.")
         else:
             click.echo(f"The old recovery key (keyslot {old}) no longer opens the volume.")
+
+    run_command(ctx, as_json, action)
+
+
+@recovery.command("show")
+@click.argument("record", type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    metavar="ORG.key",
+    type=click.Path(path_type=Path),
+    help="The private key of the escrow certificate (PEM or DER; RSA).",
+)
+@click.option(
+    "--key-password-file",
+    metavar="PATH",
+    help="The private key's password: the first line of PATH ('-' for standard input), as "
+    "openssl's -passin file: reads it. Asked for on the terminal when the key is encrypted "
+    "and this is not given.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the record's fields and the key as JSON."
+)
+@click.pass_context
+def show(
+    ctx: click.Context, record: Path, key_path: Path, key_password_file: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Decrypt the recovery key in an escrow RECORD with the organisation's private key.
+
+    For the help desk, away from the machine: no TPM and no volume are needed. The same
+    works with openssl alone:
+
+    \b
+      jq -r .cms RECORD | openssl cms -decrypt -inform PEM -inkey ORG.key; echo
+    """
+    from sealer.services.escrow import recover
+    from sealer.services.secrets import read_secret
+
+    def read_password() -> bytes:
+        data = read_secret(key_password_file, f"Password for {key_path}")
+        if key_password_file is None:
+            return data
+        return data.split(b"\n", 1)[0].removesuffix(b"\r")  # its first line, as openssl
+
+    def action() -> None:
+        recovered = recover(record, key_path, read_password)
+        found = recovered.record
+        if as_json:
+            emit_json({**found.to_json(), "recovery_key": recovered.key})
+            return
+        click.echo(
+            f"Recovery key escrowed {found.created} by {found.hostname} "
+            f"(machine id {found.machine_id})\n"
+            f"for {found.device}, LUKS2 UUID {found.volume_uuid}, keyslot {found.keyslot} "
+            f"(token {found.token}):\n{recovered.key}"
+        )
 
     run_command(ctx, as_json, action)
 

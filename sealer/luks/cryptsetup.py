@@ -48,6 +48,12 @@ def read_header(device: str) -> LuksHeader:
     return parse_metadata(device, info.uuid, result.stdout_text)
 
 
+def keyslot_salt(device: str, slot: int) -> str | None:
+    """The KDF salt of ``slot``: it changes whenever a new key is put into the keyslot."""
+    keyslot = read_header(device).keyslots.get(slot)
+    return keyslot.salt if keyslot is not None else None
+
+
 def _fail(device: str, action: str, result: Completed, hint: str | None = None) -> SealerError:
     """The error for a failed cryptsetup call; ``action`` reads "cannot <action>"."""
     reason = result.reason

@@ -57,6 +57,9 @@ class Keyslot:
     slot: int
     kdf: str  # "pbkdf2", "argon2id", "argon2i"
     iterations: int | None = None  # PBKDF2 only
+    # The KDF salt (base64, as LUKS2 stores it): new with every key put into the keyslot,
+    # so it tells a keyslot's current key from an earlier one of the same number.
+    salt: str | None = None
 
     @property
     def minimal_kdf(self) -> bool:
@@ -132,11 +135,13 @@ def parse_metadata(device: str, uuid: str, text: str) -> LuksHeader:
         kdf = slot.get("kdf") if isinstance(slot, dict) else None
         kdf_type = kdf.get("type", "?") if isinstance(kdf, dict) else "?"
         iterations = kdf.get("iterations") if isinstance(kdf, dict) else None
+        salt = kdf.get("salt") if isinstance(kdf, dict) else None
         number = _int_key(key, "keyslot", device)
         keyslots[number] = Keyslot(
             slot=number,
             kdf=str(kdf_type),
             iterations=iterations if type(iterations) is int else None,
+            salt=salt if isinstance(salt, str) else None,
         )
     tokens: dict[int, Token] = {}
     for key, token in _section(doc, "tokens", device).items():

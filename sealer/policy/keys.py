@@ -6,9 +6,6 @@ holding only the disk cannot sign an approval for a boot chain of their own.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -17,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sealer.checkpoint import before_write
 from sealer.errors import StateError, UsageError
+from sealer.privatefile import directory_hint, write_private_file
 
 MACHINE_KEY_FILE = "policy-key.pem"
 _KEY_HINT = "make one with 'sealer policy keygen' (ECC P-256, PEM, as openssl writes it)"
@@ -56,13 +54,7 @@ def normalized_public_pem(text: str, what: str) -> str:
 
 
 def _state_hint(state_dir: Path, error: int | None = None) -> str:
-    elsewhere = f"pick a writable directory with --state-dir (now {state_dir})"
-    # "Run as root" helps only with permissions: root meets full and read-only disks too.
-    if error == errno.ENOSPC:
-        return f"free some space on its file system, or {elsewhere}"
-    if error == errno.EROFS:
-        return f"its file system is mounted read-only: remount it read-write, or {elsewhere}"
-    return f"run as root, or {elsewhere}"
+    return directory_hint(state_dir, "--state-dir", error)
 
 
 def load_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey | None:
@@ -100,31 +92,9 @@ def load_or_create_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
 def _write_private_file(state_dir: Path, name: str, data: bytes) -> None:
     """Create ``state_dir/name`` with mode 0600, atomically: a crash leaves old or new."""
     path = state_dir / name
-    temp = state_dir / f".{name}.tmp"
     before_write(f"state: write {name}")
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:  # a nearly full file system may take part of it per call
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
-            # A disk full (or any failure) must not leave a partial key behind to trip up
-            # the next run; the old file, if any, is untouched.
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private_file(path, data)
     except OSError as exc:
         raise StateError(
             f"cannot write {path}: {exc.strerror}", _state_hint(state_dir, exc.errno)

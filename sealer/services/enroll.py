@@ -21,6 +21,7 @@ from sealer.pcrs import Bank, PcrValues, format_pcrs
 from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import EventRecord, sign_approval
 from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
+from sealer.services.escrow import Escrow, escrow_key
 from sealer.services.leftovers import clear_interrupted_enrollment
 from sealer.services.secrets import new_recovery_key, pin_auth_value
 from sealer.services.volume import Enrollment, enrollments
@@ -53,6 +54,8 @@ class EnrollRequest:
     log_path: Path | None = None
     # A vendor's policy key (PEM): its approvals are accepted too, and it alone may revoke.
     vendor_key_pem: str | None = None
+    # Escrow the recovery key to the organisation (checked already); needs recovery_key.
+    escrow: Escrow | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class EnrollResult:
     recovery_keyslot: int | None = None
     recovery_key: str | None = None
     warnings: list[str] = field(default_factory=list)
+    escrow_record: Path | None = None  # the record of the recovery key, when escrowed
 
 
 def tpm_passphrase(secret: bytes) -> bytes:
@@ -88,6 +92,9 @@ def check_request(req: EnrollRequest) -> None:
         raise UsageError(
             f"--pcr gives a value for PCR {format_pcrs(stray)}, which --pcrs does not select"
         )
+    if req.escrow is not None and not req.recovery_key:
+        raise UsageError("--escrow-cert escrows the recovery key, and there is none",
+                         "add --recovery-key")  # fmt: skip
 
 
 def _plan_slots(header: LuksHeader, want_recovery: bool) -> tuple[int, int, int | None]:
@@ -232,9 +239,10 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         recovery=None if recovery_slot is None else RecoveryRef(None, pending=recovery_slot),
     )
     recovery = new_recovery_key() if recovery_slot is not None else None
-    warnings += _write_enrollment(
-        req, token_id, token, tpm_passphrase(secret), recovery, progress
+    written = _write_enrollment(
+        req, header.uuid, token_id, token, tpm_passphrase(secret), recovery, progress
     )
+    warnings += written.warnings
     return EnrollResult(
         device=req.device,
         uuid=header.uuid,
@@ -247,25 +255,37 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         warnings=warnings,
         recovery_keyslot=recovery_slot,
         recovery_key=recovery,
+        escrow_record=written.escrow_record,
     )
+
+
+@dataclass(frozen=True)
+class _Written:
+    warnings: list[str]
+    escrow_record: Path | None
 
 
 def _write_enrollment(
     req: EnrollRequest,
+    uuid: str,
     token_id: int,
     token: SealerToken,
     tpm_key: bytes,
     recovery: str | None,
     progress: Progress,
-) -> list[str]:
+) -> _Written:
     """Write the enrollment to the header so that an interruption anywhere can be undone.
 
     The token goes in first, incomplete, naming the keyslots about to be added: whatever
     an interruption leaves, 'sealer status' can name and the next 'sealer enroll' (or
     'sealer remove') can clear. Only the last write makes the enrollment usable, and the
-    caller prints the recovery key right after it. Returns warnings.
+    caller prints the recovery key right after it. An escrowed recovery key's record is
+    written (durably) just before that last write, so a usable recovery key is always an
+    escrowed one; a record whose enrollment a rerun clears names a keyslot that is gone
+    (and the rerun's record for that keyslot replaces it).
     """
     warnings = []
+    record = None
     progress(f"writing token {token_id} (incomplete until the keyslots are in)")
     cryptsetup.import_token(req.device, token_id, token.to_json())
     try:
@@ -292,6 +312,12 @@ def _write_enrollment(
                 minimal_kdf=True,
             )  # fmt: skip
             token = replace(token, recovery=RecoveryRef(keyslot=slot))
+            if req.escrow is not None:
+                progress(f"escrowing the recovery key to {req.escrow.certificate.subject}")
+                record = escrow_key(
+                    req.escrow, device=req.device, uuid=uuid, token_id=token_id, keyslot=slot,
+                    key=recovery, keyslot_salt=cryptsetup.keyslot_salt(req.device, slot),
+                )  # fmt: skip
         progress(f"completing token {token_id}")
         cryptsetup.import_token(
             req.device, token_id, replace(token, complete=True).to_json(), replace=True
@@ -303,4 +329,4 @@ def _write_enrollment(
             now = cryptsetup.read_header(req.device)
             clear_interrupted_enrollment(now, Enrollment(token_id, token))
         raise
-    return warnings
+    return _Written(warnings, record)

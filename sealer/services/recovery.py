@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import RecoveryRef
+from sealer.services.escrow import Escrow, escrow_key
 from sealer.services.leftovers import drop_keyslot_if_sealer_made, finish_interrupted_rotation
 from sealer.services.secrets import new_recovery_key
 from sealer.services.unlock import release
@@ -34,6 +36,7 @@ class NewRecoveryKey:
     keyslot: int
     key: str  # the secret itself: handed over once, never logged
     replaces: int | None  # the old recovery keyslot, removed after the hand-over
+    escrow_record: Path | None = None  # the key's escrow record, written before the hand-over
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,15 @@ def rotate(
     read_key: KeyReader | None,
     hand_over: Callable[[NewRecoveryKey], None],
     progress: Progress,
+    escrow: Escrow | None = None,
 ) -> Rotated:
-    """Add a new recovery key, ``hand_over`` it, then remove the old one."""
+    """Add a new recovery key, escrow it (with ``escrow``), ``hand_over`` it, then remove
+    the old one.
+
+    The escrow record is durable before the token calls the new key current: a key that
+    becomes the one to keep has always been escrowed. Old records stay; the keyslot number
+    in their names tells them apart.
+    """
     header = cryptsetup.read_header(device)
     enrollment = _the_enrollment(header, token_id)
     if enrollment.token.recovery is not None and (
@@ -121,7 +131,20 @@ def rotate(
     except SealerError:
         record(RecoveryRef(keyslot=old))  # e.g. a wrong passphrase: as it was before
         raise
-    new = NewRecoveryKey(device, header.uuid, tid, slot, key, old)
+    record_path = None
+    if escrow is not None:
+        progress(f"escrowing the new recovery key to {escrow.certificate.subject}")
+        try:
+            record_path = escrow_key(
+                escrow, device=device, uuid=header.uuid, token_id=tid, keyslot=slot, key=key,
+                keyslot_salt=cryptsetup.keyslot_salt(device, slot),
+            )  # fmt: skip
+        except SealerError:
+            # Nobody has the new key: take it away again, as a failed add would leave it.
+            drop_keyslot_if_sealer_made(cryptsetup.read_header(device), slot)
+            record(RecoveryRef(keyslot=old))
+            raise
+    new = NewRecoveryKey(device, header.uuid, tid, slot, key, old, record_path)
     hand_over(new)
     record(RecoveryRef(keyslot=slot, retired=old))
     if old is None:

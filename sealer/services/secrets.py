@@ -91,3 +91,13 @@ def new_recovery_key() -> str:
         for _ in range(RECOVERY_GROUPS)
     )
     return "-".join(groups)
+
+
+def is_recovery_key(data: bytes) -> bool:
+    """Is ``data`` exactly a key ``new_recovery_key`` could have made?"""
+    groups = data.split(b"-")
+    return len(groups) == RECOVERY_GROUPS and all(
+        len(group) == RECOVERY_GROUP_LENGTH
+        and all(chr(c) in _RECOVERY_ALPHABET for c in group)
+        for group in groups
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyudev
@@ -12,6 +14,7 @@ from sealer.luks.header import LuksHeader
 from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
+from sealer.services.escrow import DEFAULT_ESCROW_DIR, escrowed
 from sealer.services.unlock import approvals_of, find_match, not_revoked, pcrs_to_read
 from sealer.services.volume import Enrollment, enrollments, interrupted_error
 from sealer.tpm.connection import connect
@@ -82,9 +85,16 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
     return view
 
 
-def volume_status(device: str, tcti: str | None) -> dict[str, Any]:
+# ``status --next-boot``'s answer for one enrollment of a device (services/nextboot.py).
+CheckNextBoot = Callable[[str, Enrollment], dict[str, Any]]
+
+
+def volume_status(
+    device: str, tcti: str | None, next_boot: CheckNextBoot | None = None,
+    escrow_dir: Path = DEFAULT_ESCROW_DIR,
+) -> dict[str, Any]:  # fmt: skip
     header = cryptsetup.read_header(device)
-    report = _describe(header, tcti)
+    report = _describe(header, tcti, next_boot, escrow_dir)
     report["tpm"] = _tpm_state(tcti)
     return report
 
@@ -113,7 +123,10 @@ def _render_tpm(tpm: dict[str, Any]) -> str:
     )
 
 
-def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
+def _describe(
+    header: LuksHeader, tcti: str | None, next_boot: CheckNextBoot | None = None,
+    escrow_dir: Path = DEFAULT_ESCROW_DIR,
+) -> dict[str, Any]:  # fmt: skip
     claimed: dict[int, str] = {}
     for token in header.tokens.values():
         for slot in token.keyslots:
@@ -153,6 +166,9 @@ def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
             "recovery": None if recovery is None else {
                 "keyslot": recovery.keyslot, "pending": recovery.pending,
                 "retired": recovery.retired,
+                # A valid escrow record names this keyslot (None: no escrow directory).
+                "escrowed": None if recovery.keyslot is None
+                else escrowed(escrow_dir, header, recovery.keyslot),
             },
             "pcr_bank": sealed.pcr_bank,
             "pcrs": list(sealed.pcrs),
@@ -165,6 +181,8 @@ def _describe(header: LuksHeader, tcti: str | None) -> dict[str, Any]:
         }
         if sealed.complete:
             entry.update(_tpm_view(enrollment, tcti))
+            if next_boot is not None:
+                entry["next_boot"] = next_boot(header.device, enrollment)
         else:
             entry["interrupted"] = interrupted_error(header, enrollment.token_id).one_line()
         report["enrollments"].append(entry)
@@ -225,10 +243,14 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"    {e['interrupted']}")
             continue
         if e["recovery"] is not None and e["recovery"]["keyslot"] is not None:
-            lines.append(f"    recovery key: keyslot {e['recovery']['keyslot']}")
+            escrow = {True: " (escrowed)", False: " (not escrowed)"}.get(
+                e["recovery"].get("escrowed"), ""
+            )
+            lines.append(f"    recovery key: keyslot {e['recovery']['keyslot']}{escrow}")
         lines.append(f"    SRK {e['srk_handle']} name {e['srk_name'][:16]}...")
         if "tpm_error" in e:
             lines.append(f"    TPM: {e['tpm_error']}")
+            lines += _next_boot_lines(e)
             continue
         if not e["srk_present"]:
             lines.append("    TPM: no SRK at that handle (TPM cleared, or another TPM)")
@@ -254,10 +276,20 @@ def render(report: dict[str, Any]) -> str:
             )
         verdict = "yes" if e["unlocks_now"] else "no"
         lines.append(f"    TPM would release the key in this boot state: {verdict}")
+        lines += _next_boot_lines(e)
     tpm = report.get("tpm", {})
     if "lockout" in tpm or (tpm and not report["enrollments"]):  # else each enrollment says
         lines.append(_render_tpm(tpm))
     return "\n".join(lines)
+
+
+def _next_boot_lines(entry: dict[str, Any]) -> list[str]:
+    if "next_boot" not in entry:
+        return []
+    # Imported only here: a plain 'sealer status' does not load the predictor.
+    from sealer.services.nextboot import render_next_boot
+
+    return [f"    {render_next_boot(entry['next_boot'])}"]
 
 
 def enrolled_devices() -> list[str]:

@@ -10,6 +10,9 @@ faultinject.py). After every stop:
   opens with a key somebody holds, an enrollment it says would unlock does unlock, and an
   interrupted enrollment is named as one;
 - running the same command again completes the operation, leaving no stray keyslot.
+
+With --escrow-cert the owner is the organisation: the recovery keys it holds are those in the
+escrow records that exist, decrypted with its private key (by cryptography, not by sealer).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import eventlogs
 import pytest
 from bootimage import STUB
 from conftest import PASSPHRASE, ROOT, Result, SealerCli
+from escrow_certs import OrgKeys, decrypt_record, org_pair
 from faultinject import KILLED
 from luks_image import make_luks_image, opens_with
 from simboot import SimulatedMachine, captured_boot, make_uki
@@ -37,6 +41,7 @@ from sealer.luks import cryptsetup
 pytestmark = pytest.mark.integration
 INJECTOR = ROOT / "swtpm-fixtures" / "faultinject.py"
 ANONYMOUS = "passphrase or recovery key"
+MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
 
 @dataclass
@@ -47,6 +52,11 @@ class Machine:
     image: Path
     sealer: SealerCli
     held: list[bytes] = field(default_factory=lambda: [PASSPHRASE])
+    org: OrgKeys | None = None  # the organisation's escrow certificate and private key
+
+    @property
+    def escrow_dir(self) -> Path:
+        return self.sealer.state_dir / "escrow"  # enroll's default; rotate is given it
 
     def run_stopped(self, stop_at: int, args: list[str], stdin: bytes = b"") -> Result:
         """Run sealer, ended just before its ``stop_at``-th write (0: never)."""
@@ -61,7 +71,8 @@ class Machine:
         return record.read_text().splitlines() if record.exists() else []
 
     def status(self) -> dict[str, Any]:
-        result = self.sealer("status", "--json", str(self.image))
+        result = self.sealer("status", "--json", "--escrow-dir", str(self.escrow_dir),
+                             str(self.image))  # fmt: skip
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert isinstance(report, dict)
@@ -73,14 +84,43 @@ class Machine:
         assert result.returncode == 0, result.stderr
         self.held.append(json.loads(result.stdout)["recovery_key"].encode())
 
+    def enroll_escrowed(self) -> None:
+        """Enroll with a recovery key escrowed to the organisation, which then holds it."""
+        result = self.sealer.enroll(self.image, "--recovery-key", "--json",
+                                    *_escrow_args(self))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        self.held.append(self.escrowed(Path(json.loads(result.stdout)["escrow_record"])))
+
+    def escrowed(self, record: Path) -> bytes:
+        assert self.org is not None
+        return decrypt_record(record, self.org)
+
+    def escrowed_keys(self) -> list[bytes]:
+        """The keys in every escrow record there is (the organisation holds them all)."""
+        records = sorted(self.escrow_dir.glob("*.json")) if self.escrow_dir.is_dir() else []
+        return [self.escrowed(record) for record in records]
+
+
+def _escrow_args(machine: Machine) -> list[str]:
+    assert machine.org is not None
+    return ["--escrow-cert", str(machine.org.cert), "--machine-id", MACHINE_ID]
+
 
 def _completed_enrollment(machine: Machine, rerun: Result, report: dict[str, Any]) -> None:
     """One complete enrollment that unlocks, one recovery key (the new one), nothing else."""
     [enrollment] = report["enrollments"]
     assert enrollment["complete"] and enrollment["unlocks_now"]
-    key = json.loads(rerun.stdout)["recovery_key"].encode()
+    doc = json.loads(rerun.stdout)
+    if doc["escrow_record"] is None:
+        key = doc["recovery_key"].encode()
+        escrowed = None  # no escrow directory
+    else:  # escrowed, and not printed
+        assert doc["recovery_key"] is None
+        key = machine.escrowed(Path(doc["escrow_record"]))
+        escrowed = True
     recovery_slot = enrollment["recovery"]["keyslot"]
-    assert enrollment["recovery"] == {"keyslot": recovery_slot, "pending": None, "retired": None}
+    assert enrollment["recovery"] == {"keyslot": recovery_slot, "pending": None, "retired": None,
+                                      "escrowed": escrowed}  # fmt: skip
     assert cryptsetup.test_key(str(machine.image), key, recovery_slot)
     for old in machine.held[1:]:  # a rotation leaves exactly one recovery key working
         assert not opens_with(machine.image, old)
@@ -112,11 +152,27 @@ def _enroll_args(machine: Machine) -> list[str]:
             "--recovery-key", "--json", "--quiet", str(machine.image)]  # fmt: skip
 
 
+def _escrowed_enroll_args(machine: Machine) -> list[str]:
+    return [*_enroll_args(machine)[:-1], *_escrow_args(machine), str(machine.image)]
+
+
+def _escrowed_rotate_args(machine: Machine) -> list[str]:
+    return ["recovery", "rotate", "--json", *_escrow_args(machine), "--escrow-dir",
+            str(machine.escrow_dir), str(machine.image)]  # fmt: skip
+
+
 OPERATIONS = [
     Operation("enroll", _enroll_args, _completed_enrollment, stdin=PASSPHRASE),
     Operation(
+        "enroll --escrow-cert", _escrowed_enroll_args, _completed_enrollment, stdin=PASSPHRASE
+    ),
+    Operation(
         "recovery rotate", lambda m: ["recovery", "rotate", "--json", str(m.image)],
         _completed_enrollment, prepare=Machine.enroll,
+    ),
+    Operation(
+        "recovery rotate --escrow-cert", _escrowed_rotate_args, _completed_enrollment,
+        prepare=Machine.enroll_escrowed,
     ),
     Operation(
         "remove", lambda m: ["remove", "--json", str(m.image)], _completed_removal,
@@ -138,7 +194,8 @@ def blank_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _machine(directory: Path, blank_image: Path, swtpm: Swtpm) -> Machine:
     image = directory / "volume.img"
     shutil.copyfile(blank_image, image)
-    return Machine(directory, image, SealerCli(tcti=swtpm.tcti, state_dir=directory / "state"))
+    sealer = SealerCli(tcti=swtpm.tcti, state_dir=directory / "state")
+    return Machine(directory, image, sealer, org=org_pair(directory / "org"))
 
 
 def _keys_printed(result: Result) -> list[bytes]:
@@ -190,6 +247,7 @@ def test_every_write_can_be_interrupted(
             assert stopped.returncode == KILLED, f"{context}: {stopped.stderr}"
             assert machine.writes()[-1] == what, context  # the same path as the listing run
             machine.held += _keys_printed(stopped)
+            machine.held += [k for k in machine.escrowed_keys() if k not in machine.held]
             assert opens_with(machine.image, PASSPHRASE), context
             if len(machine.held) > 1:
                 assert any(opens_with(machine.image, k) for k in machine.held[1:]), context
