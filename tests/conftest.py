@@ -15,6 +15,7 @@ pytest_plugins = ["e2e_fixtures"]
 
 from clirun import run_with_pipes  # noqa: E402
 from luks_image import make_luks_image  # noqa: E402
+from simboot import SimulatedMachine  # noqa: E402
 from swtpm import Swtpm  # noqa: E402
 
 PASSPHRASE = b"correct horse battery staple"
@@ -75,6 +76,18 @@ class SealerCli:
             "enroll", "--unlock-key-file", "-", "--state-dir", str(self.state_dir),
             "--quiet", *pin_args, *extra, str(device), stdin=passphrase, fds=[pin] if pin else [],
         )  # fmt: skip
+
+
+class SealerMachine(SimulatedMachine):
+    """A machine simulated on swtpm (simboot), and the sealer command that talks to its TPM."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.sealer = SealerCli(tcti=self.tcti, state_dir=directory / "state")
+
+    def boot(self, extended: list[tuple[int, bytes]]) -> None:
+        super().boot(extended)
+        self.sealer.tcti = self.tcti  # swtpm takes new ports at every boot
 
 
 @pytest.fixture

@@ -18,20 +18,11 @@ import eventlogs
 import pytest
 from bootimage import STUB
 from conftest import SealerCli
-from simboot import SimulatedMachine, boot_of, captured_boot, make_uki
+from conftest import SealerMachine as Machine
+from simboot import boot_of, captured_boot, make_uki
 
 pytestmark = pytest.mark.integration
 LOG = str(eventlogs.UKI_BOOT_LOG)
-
-
-class Machine(SimulatedMachine):
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.sealer = SealerCli(tcti=self.tcti, state_dir=directory / "state")
-
-    def boot(self, extended: list[tuple[int, bytes]]) -> None:
-        super().boot(extended)
-        self.sealer.tcti = self.tcti
 
 
 @pytest.fixture

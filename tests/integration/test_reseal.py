@@ -15,10 +15,10 @@ import eventlogs
 import pytest
 from bootimage import STUB
 from conftest import SealerCli
+from conftest import SealerMachine as Machine
 from simboot import (
     APPLICATION_EVENT,
     SHA256,
-    SimulatedMachine,
     boot_of,
     captured_boot,
     make_uki,
@@ -29,18 +29,6 @@ from sealer.measure.pe import authenticode_digest
 pytestmark = pytest.mark.integration
 EXIT_POLICY = 5
 EXIT_MEASUREMENT = 14
-
-
-class Machine(SimulatedMachine):
-    """The simulated machine, and the sealer command that talks to its TPM."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.sealer = SealerCli(tcti=self.tcti, state_dir=directory / "state")
-
-    def boot(self, extended: list[tuple[int, bytes]]) -> None:
-        super().boot(extended)
-        self.sealer.tcti = self.tcti
 
 
 @pytest.fixture
