@@ -11,7 +11,6 @@ Playbooks run with the real ``ansible-playbook`` of the virtualenv, nothing home
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from escrow_certs import org_pair
 from luks_image import make_luks_image
 from swtpm import Swtpm
 
@@ -44,48 +44,6 @@ _RECAP = re.compile(
     r"\s+rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)",
     re.MULTILINE,
 )
-
-
-def make_org_certificate(directory: Path) -> tuple[Path, Path]:
-    """The organisation's escrow certificate (RSA 2048, keyEncipherment) and its key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealer test escrow")])
-    now = datetime.datetime.now(datetime.UTC)
-    usage = dict.fromkeys(
-        ("digital_signature", "content_commitment", "data_encipherment", "key_agreement",
-         "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
-        False,
-    )  # fmt: skip
-    usage["key_encipherment"] = True
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.KeyUsage(**usage), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "org.pem"
-    key_path = directory / "org.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 @dataclass
@@ -198,7 +156,8 @@ class Fleet:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.machines: list[Machine] = []
-        self.cert, self.key = make_org_certificate(directory / "org")
+        org = org_pair(directory / "org")  # RSA 2048, keyEncipherment
+        self.cert, self.key = org.cert, org.key
         self.collect_dir = directory / "collected"
         self.report_dir = directory / "report"
         self.inventory = directory / "inventory" / "hosts.yml"

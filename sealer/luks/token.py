@@ -51,6 +51,11 @@ class RecoveryRef:
     def slots(self) -> tuple[int, ...]:
         return tuple(s for s in (self.keyslot, self.pending, self.retired) if s is not None)
 
+    @property
+    def unfinished(self) -> bool:
+        """A rotation was interrupted: a key is pending or retired."""
+        return self.pending is not None or self.retired is not None
+
 
 @dataclass(frozen=True)
 class SealerToken:

@@ -48,7 +48,7 @@ def finish_interrupted_rotation(header: LuksHeader, enrollment: Enrollment) -> E
     replaced by one that was handed over, so it is removed as the rotation meant to.
     """
     recovery = enrollment.token.recovery
-    if recovery is None or (recovery.pending is None and recovery.retired is None):
+    if recovery is None or not recovery.unfinished:
         return enrollment
     for slot in (recovery.pending, recovery.retired):
         drop_keyslot_if_sealer_made(header, slot)

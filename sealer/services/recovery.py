@@ -99,10 +99,7 @@ def rotate(
     """
     header = cryptsetup.read_header(device)
     enrollment = _the_enrollment(header, token_id)
-    if enrollment.token.recovery is not None and (
-        enrollment.token.recovery.pending is not None
-        or enrollment.token.recovery.retired is not None
-    ):
+    if enrollment.token.recovery is not None and enrollment.token.recovery.unfinished:
         progress("finishing a recovery-key rotation that was interrupted")
         enrollment = finish_interrupted_rotation(header, enrollment)
         header = cryptsetup.read_header(device)

@@ -131,10 +131,11 @@ def _describe(
     for token in header.tokens.values():
         for slot in token.keyslots:
             claimed[slot] = f"token {token.token_id} ({token.type})"
+    token_error = None
     try:
         found = enrollments(header, interrupted=True)
-    except SealerError:
-        found = []  # reported below, with the reason
+    except SealerError as exc:
+        found, token_error = [], exc.one_line()
     for enrollment in found:
         claimed.update(_recorded_slots(header, enrollment))
     report: dict[str, Any] = {
@@ -151,10 +152,8 @@ def _describe(
         ],
         "enrollments": [],
     }
-    try:
-        found = enrollments(header, interrupted=True)
-    except SealerError as exc:
-        report["token_error"] = exc.one_line()
+    if token_error is not None:
+        report["token_error"] = token_error
         return report
     for enrollment in found:
         sealed = enrollment.token

@@ -26,7 +26,6 @@ from tpm2_pytss.constants import (
     TPM2_ECC,
     TPM2_RC,
     TPM2_SE,
-    TPMA_OBJECT,
     TPMA_SESSION,
 )
 from tpm2_pytss.types import (
@@ -68,17 +67,6 @@ PRIMARY_KEYS: dict[str, PrimaryKey] = {
     "rsa3072": PrimaryKey(TPM2_ALG.RSA, bits=3072),
     "rsa4096": PrimaryKey(TPM2_ALG.RSA, bits=4096),
 }
-
-# tpm2_createprimary's DEFAULT_ATTRS: a storage key, but, unlike the TCG SRK template, without
-# NODA. Any difference here derives another key and the sealed object no longer loads.
-_PRIMARY_ATTRIBUTES = (
-    TPMA_OBJECT.RESTRICTED
-    | TPMA_OBJECT.DECRYPT
-    | TPMA_OBJECT.FIXEDTPM
-    | TPMA_OBJECT.FIXEDPARENT
-    | TPMA_OBJECT.SENSITIVEDATAORIGIN
-    | TPMA_OBJECT.USERWITHAUTH
-)
 
 _AES128_CFB = TPMT_SYM_DEF(
     algorithm=TPM2_ALG.AES,

@@ -27,7 +27,9 @@ from tpm2_pytss.types import (
 )
 
 # No NODA (unlike the TCG SRK): an owner-auth failure while creating it counts toward the
-# TPM's lockout, as it does for those tools.
+# TPM's lockout, as it does for those tools. These are tpm2_createprimary's DEFAULT_ATTRS
+# (clevis) and systemd's: any difference derives another key, and their sealed objects no
+# longer load.
 STORAGE_PRIMARY_ATTRIBUTES = (
     TPMA_OBJECT.RESTRICTED
     | TPMA_OBJECT.DECRYPT
