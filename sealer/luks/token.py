@@ -15,7 +15,9 @@ from typing import Any
 from sealer.errors import TokenError
 
 TOKEN_TYPE = "sealer-tpm2"
-TOKEN_VERSION = 1
+ENROLLMENT_ID_BYTES = 16
+TOKEN_VERSION = 2  # 2: the enrollment id that binds approvals (sealer.policy.binding)
+LEGACY_VERSION = 1  # read, still unlocks, and 'sealer status' asks to enroll again
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class SealerToken:
     # claim it yet (LUKS2 lets a token claim only an existing keyslot). Never used to unlock.
     complete: bool = True
     recovery: RecoveryRef | None = None
+    # Random, bound into the sealed object's policy (policyRef); None in a version 1 token.
+    enrollment_id: bytes | None = None
 
     @property
     def has_pin(self) -> bool:
@@ -87,7 +91,8 @@ class SealerToken:
             **self.extra,  # fields a newer sealer added survive a rewrite by this one
             "type": TOKEN_TYPE,
             "keyslots": [str(self.keyslot)] if self.complete else [],
-            "version": TOKEN_VERSION,
+            "version": LEGACY_VERSION if self.enrollment_id is None else TOKEN_VERSION,
+            **({} if self.enrollment_id is None else {"enrollment_id": self.enrollment_id.hex()}),
             "srk_handle": f"0x{self.srk_handle:08x}",
             "srk_name": self.srk_name.hex(),
             "pcr_bank": self.pcr_bank,
@@ -171,9 +176,10 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
     if doc.get("type") != TOKEN_TYPE:
         raise r.fail(f"type is {doc.get('type')!r}")
     version = doc.get("version")
-    if type(version) is not int or version != TOKEN_VERSION:  # True == 1.0 == 1 in Python
-        raise TokenError(
-            f"{where} has version {version!r}, this sealer reads version {TOKEN_VERSION}",
+    if type(version) is not int or version not in (LEGACY_VERSION, TOKEN_VERSION):
+        raise TokenError(  # (type() is int: True == 1.0 == 1 in Python)
+            f"{where} has version {version!r}, this sealer reads versions "
+            f"{LEGACY_VERSION} and {TOKEN_VERSION}",
             "upgrade sealer, or unlock with the passphrase or recovery key",
         )
     keyslots = r.get("keyslots", list)
@@ -224,8 +230,13 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
     known = {
         "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
         "sealed_public", "sealed_private", "pin_salt", "policy_keys", "approvals", "created",
-        "revocation", "enrolling", "recovery",
+        "revocation", "enrolling", "recovery", "enrollment_id",
     }  # fmt: skip
+    enrollment_id = None
+    if version == TOKEN_VERSION:
+        enrollment_id = r.hexbytes("enrollment_id")
+        if len(enrollment_id) != ENROLLMENT_ID_BYTES:
+            raise r.fail(f"enrollment_id is not {ENROLLMENT_ID_BYTES} bytes")
     return SealerToken(
         keyslot=int(keyslots[0]),
         srk_handle=srk_handle,
@@ -243,6 +254,7 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
         revocation=_revocation(r, doc.get("revocation")),
         complete=bool(r.get("keyslots", list)),
         recovery=_recovery(r, doc.get("recovery")),
+        enrollment_id=enrollment_id,
     )
 
 

@@ -9,6 +9,8 @@ check it in software first only to give a clear message instead of a TPM error c
 from __future__ import annotations
 
 import base64
+import hashlib
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +32,7 @@ EVENT_PREFIX_HEX = 16
 # Which events made up one approved boot state: PCR -> digest prefixes, in log order.
 EventRecord = Mapping[int, tuple[str, ...]]
 _PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+_TPM_BOOT_CONTEXT = b"sealer approval tpm_boot v1\x00"
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,12 @@ class Approval:
     # Not signed, and never used to decide anything: it only lets 'sealer explain' name the
     # events that differ from an approved state. One record (or None) per branch.
     events: tuple[EventRecord | None, ...] = ()
-    # Not signed either: the TPM's reset count when it was signed, which tells an approval
-    # made during this boot (an update waiting for its reboot) from older ones.
+    # The TPM's reset count when it was signed, which tells an approval made during this
+    # boot (an update waiting for its reboot) from older ones. Not part of what the TPM
+    # checks, so signed apart (``tpm_boot_signature``): 'reseal' keeps such states, and must
+    # never be made to keep a state by whoever can write the header.
     tpm_boot: int | None = None
+    tpm_boot_signature: bytes = b""
     # Signed (part of the approved policy): the release this approval is for, checked against
     # the revocation field named ``nv_name`` (PolicyNV); None in approvals made before it.
     release: int | None = None
@@ -87,10 +93,25 @@ class Approval:
     def event_record(self, branch: int) -> EventRecord | None:
         return self.events[branch] if branch < len(self.events) else None
 
+    def signed_tpm_boot(self, public_pem: str) -> int | None:
+        """``tpm_boot`` if the key ``public_pem`` signed it for this approval, else None."""
+        if self.tpm_boot is None or not self.tpm_boot_signature:
+            return None
+        try:
+            public = serialization.load_pem_public_key(public_pem.encode())
+            if not isinstance(public, ec.EllipticCurvePublicKey):
+                return None
+            public.verify(self.tpm_boot_signature, _tpm_boot_digest(self), _PREHASHED)
+        except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+            return None
+        return self.tpm_boot
+
     def to_json(self) -> dict[str, Any]:
         doc = self._signed_json()
         if self.tpm_boot is not None:
             doc["tpm_boot"] = self.tpm_boot
+            if self.tpm_boot_signature:
+                doc["tpm_boot_signature"] = base64.b64encode(self.tpm_boot_signature).decode()
         if any(record is not None for record in self.events):
             doc["events"] = [
                 None if r is None else {str(p): list(d) for p, d in sorted(r.items())}
@@ -142,7 +163,20 @@ def sign_approval(
         nv_name=b"" if release is None else release[1],
     )
     signature = key.sign(unsigned.approval_digest, _PREHASHED)
-    return Approval(**{**unsigned.__dict__, "signature": signature})
+    signed = Approval(**{**unsigned.__dict__, "signature": signature})
+    if tpm_boot is None:
+        return signed
+    return Approval(
+        **{**signed.__dict__, "tpm_boot_signature": key.sign(_tpm_boot_digest(signed), _PREHASHED)}
+    )
+
+
+def _tpm_boot_digest(approval: Approval) -> bytes:
+    """What signs an approval's tpm_boot: the approval (its aHash) and the reset count."""
+    assert approval.tpm_boot is not None
+    return hashlib.sha256(
+        _TPM_BOOT_CONTEXT + approval.approval_digest + struct.pack(">Q", approval.tpm_boot)
+    ).digest()
 
 
 def verify_approval(approval: Approval, public_pem: str) -> None:
@@ -202,11 +236,26 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
             created=str(doc.get("created", "")),
             comment=str(doc.get("comment", "")),
             events=_event_records(doc.get("events"), len(branches)),
-            tpm_boot=boot if type(boot := doc.get("tpm_boot")) is int else None,
+            tpm_boot=_tpm_boot_of(doc.get("tpm_boot")),
+            tpm_boot_signature=_optional_b64(doc.get("tpm_boot_signature")),
             **_release_of(doc, fail),
         )
     except (ValueError, TypeError, OverflowError) as exc:  # binascii.Error is a ValueError
         raise fail(str(exc)) from exc
+
+
+def _tpm_boot_of(raw: Any) -> int | None:
+    return raw if type(raw) is int and 0 <= raw < 2**32 else None  # a TPM reset count
+
+
+def _optional_b64(raw: Any) -> bytes:
+    """An unchecked optional signature: one that does not decode is no signature at all."""
+    if not isinstance(raw, str):
+        return b""
+    try:
+        return base64.b64decode(raw, validate=True)
+    except ValueError:
+        return b""
 
 
 def _release_of(doc: Mapping[str, Any], fail: Callable[[str], TokenError]) -> dict[str, Any]:

@@ -80,13 +80,6 @@ def approved_policy(bank: Bank, branches: Sequence[PcrValues]) -> bytes:
     return policy_or(digests)
 
 
-def sealed_object_policy(key_names: Sequence[bytes], policy_ref: bytes, with_pin: bool) -> bytes:
-    """The authPolicy of the sealed object: PolicyAuthorize by any trusted key [+ AuthValue]."""
-    authorized = [policy_authorize(ZERO, name, policy_ref) for name in key_names]
-    digest = authorized[0] if len(authorized) == 1 else policy_or(authorized)
-    return policy_auth_value(digest) if with_pin else digest
-
-
 def policy_nv(
     previous: bytes, nv_name: bytes, operand: bytes, offset: int, operation: int
 ) -> bytes:

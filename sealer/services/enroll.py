@@ -13,13 +13,20 @@ from pathlib import Path
 from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
-from sealer.luks.token import PolicyKeyRef, RecoveryRef, RevocationRef, SealerToken
+from sealer.luks.token import (
+    ENROLLMENT_ID_BYTES,
+    PolicyKeyRef,
+    RecoveryRef,
+    RevocationRef,
+    SealerToken,
+)
 from sealer.measure.coverage import coverage_warnings
 from sealer.measure.eventlog import FIRMWARE_LOG, EventLog, EventLogError, read_event_log
 from sealer.measure.measurements import event_record, measurements_of, replay
 from sealer.pcrs import Bank, PcrValues, format_pcrs
-from sealer.policy import digest, keys, revocation
+from sealer.policy import keys, revocation
 from sealer.policy.approval import EventRecord, sign_approval
+from sealer.policy.binding import Binding, check_cap_pcr
 from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
 from sealer.services.escrow import Escrow, escrow_key
 from sealer.services.leftovers import clear_interrupted_enrollment
@@ -81,6 +88,7 @@ def tpm_passphrase(secret: bytes) -> bytes:
 
 
 def check_request(req: EnrollRequest) -> None:
+    check_cap_pcr(req.cap_pcr)
     if req.cap_pcr in req.pcrs:
         raise UsageError(
             f"PCR {req.cap_pcr} is the capping PCR and cannot also be a bound PCR",
@@ -188,6 +196,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     # every machine of the fleet (the field's name is the same everywhere).
     authority = trusted[-1]
     field = RevocationIndex(REVOCATION_INDEX, authority.name)
+    binding = Binding(req.bank, req.pcrs, req.cap_pcr, os.urandom(ENROLLMENT_ID_BYTES))
 
     progress("sealing a new secret in the TPM")
     with connect(req.tcti) as ctx:
@@ -199,8 +208,8 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
             ctx,
             srk,
             secret,
-            digest.sealed_object_policy(
-                [k.name for k in trusted], b"", with_pin=pin_salt is not None
+            binding.object_policy(
+                [(k.role, k.name) for k in trusted], with_pin=pin_salt is not None
             ),
             auth_value,
         )
@@ -218,7 +227,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         warnings += findings
     approval = sign_approval(
         machine_key, key_name, req.bank, [approved], comment="enroll", events=[record],
-        release=(level, nv_name),
+        release=(level, nv_name), policy_ref=binding.policy_ref("machine"),
     )  # fmt: skip
 
     token = SealerToken(
@@ -237,6 +246,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         revocation=RevocationRef(field.index, nv_name, authority.role),
         complete=False,
         recovery=None if recovery_slot is None else RecoveryRef(None, pending=recovery_slot),
+        enrollment_id=binding.enrollment_id,
     )
     recovery = new_recovery_key() if recovery_slot is not None else None
     written = _write_enrollment(

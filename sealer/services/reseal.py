@@ -129,12 +129,15 @@ def _matching(approvals: Sequence[Approval], values: PcrValues) -> tuple[int, in
 
 
 def _pending(
-    approvals: Sequence[Approval], tpm_boot: int | None, skip: PcrValues
+    mine: Sequence[Approval], machine_pem: str, tpm_boot: int | None, skip: PcrValues
 ) -> list[ApprovedState]:
-    """States approved during this boot (``tpm_boot``): updates waiting for their reboot."""
+    """States this machine approved during this boot (``tpm_boot``): updates waiting for
+    their reboot. Only from ``mine`` (approvals by the machine key that still hold), and only
+    where the machine key signed the reset count too: the header says which approvals are
+    recent, and whoever can write it must not make reseal sign an old state again."""
     kept = []
-    for approval in approvals:
-        if tpm_boot is None or approval.tpm_boot != tpm_boot:
+    for approval in mine:
+        if tpm_boot is None or approval.signed_tpm_boot(machine_pem) != tpm_boot:
             continue
         for index, branch in enumerate(approval.branches):
             if dict(branch) != dict(skip):
@@ -202,6 +205,7 @@ def _write(
         events=[s.record for s in states],
         tpm_boot=tpm_boot,
         release=release,
+        policy_ref=enrollment.binding.policy_ref("machine"),
     )
     new_token = replace(token, approvals=(*others, approval.to_json()))
     if not dry_run:
@@ -264,10 +268,14 @@ def _reseal_one(
         predicted, prediction = _predicted_state(enrollment, state, boot)
         states.append(predicted)
         predictions.append(prediction)
-    states += _pending(approvals, state.tpm_boot, current_values)
+    mine = [a for a in approvals if a.key_name == key_name]
+    machine_pem = keys.public_pem(key)
+    states += _pending(
+        [a for a in holding if a.key_name == key_name], machine_pem, state.tpm_boot,
+        current_values,
+    )  # fmt: skip
     states = _dedupe(states)[: digest.MAX_OR_BRANCHES]
     progress(f"signing an approval of {len(states)} boot state(s) for token {enrollment.token_id}")
-    mine = [a for a in approvals if a.key_name == key_name]
     release = _release(enrollment, mine, state.revoked_bits)
     _write(
         enrollment, device, key, key_name, states, "reseal", req.dry_run, state.tpm_boot, release
@@ -320,7 +328,7 @@ def _prune_one(
     keep = [
         ApprovedState("this boot", approvals[a_index].branches[b_index],
                       approvals[a_index].event_record(b_index)),
-        *_pending(approvals, tpm_boot, current),
+        *_pending(approvals, keys.public_pem(key), tpm_boot, current),
     ]  # fmt: skip
     keep = _dedupe(keep)[: digest.MAX_OR_BRANCHES]
     before = sum(len(a.branches) for a in approvals)

@@ -42,17 +42,36 @@ class Match:
 
 
 def approvals_of(enrollment: Enrollment) -> list[Approval]:
-    """The token's approvals, each checked against the token's policy keys in software."""
+    """The token's approvals, each checked in software against the token's policy keys and
+    against what the enrollment binds (the TPM checks both again at unseal: this only turns
+    a refusal into a message that says why)."""
     token = enrollment.token
-    keys = {k.name: k.public_pem for k in token.policy_keys}
+    binding = enrollment.binding
+    keys = {k.name: k for k in token.policy_keys}
     found = []
     for index, doc in enumerate(token.approvals):
-        approval = parse_approval(doc, f"approval {index} of token {enrollment.token_id}")
-        pem = keys.get(approval.key_name)
-        if pem is None:
-            raise TokenError(f"approval {index} of token {enrollment.token_id} is signed by a "
-                             "key the enrollment does not trust")  # fmt: skip
-        verify_approval(approval, pem)
+        where = f"approval {index} of token {enrollment.token_id}"
+        approval = parse_approval(doc, where)
+        key = keys.get(approval.key_name)
+        if key is None:
+            raise TokenError(f"{where} is signed by a key the enrollment does not trust")
+        verify_approval(approval, key.public_pem)
+        if approval.policy_ref != binding.policy_ref(key.role):
+            raise PolicyMismatchError(
+                f"{where} was signed for another enrollment or another PCR selection (its "
+                "policyRef differs): the header was changed",
+                "unlock with the passphrase or recovery key; 'sealer reseal' writes a valid "
+                "approval of this boot",
+            )
+        misfit = binding.check_approval_fits(
+            approval.pcrs, approval.bank, [b.get(binding.cap_pcr, b"") for b in approval.branches]
+        )
+        if misfit:
+            raise PolicyMismatchError(
+                f"{where} cannot serve this enrollment: {misfit} (the header was changed)",
+                "unlock with the passphrase or recovery key; 'sealer reseal' writes a valid "
+                "approval of this boot",
+            )
         found.append(approval)
     return found
 
@@ -98,8 +117,9 @@ def mismatch_error(approvals: Sequence[Approval], current: PcrValues) -> PolicyM
 def authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy:
     approval = match.approval
     token = enrollment.token
+    binding = enrollment.binding
     pem = next(k.public_pem for k in token.policy_keys if k.name == approval.key_name)
-    names = [k.name for k in token.policy_keys]
+    authorized = binding.authorized_digests([(k.role, k.name) for k in token.policy_keys])
     return AuthorizedPolicy(
         bank=approval.bank,
         branches=approval.branches,
@@ -113,11 +133,8 @@ def authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy:
         policy_ref=approval.policy_ref,
         key_pem=pem,
         signature_rs=approval.signature_rs(),
-        authorized_digests=(
-            [digest.policy_authorize(digest.ZERO, n, approval.policy_ref) for n in names]
-            if len(names) > 1
-            else []
-        ),
+        authorized_digests=authorized if len(authorized) > 1 else [],
+        cap_check=None if binding.legacy else binding.cap_values(),
         with_pin=token.has_pin,
         release_check=_release_check(enrollment, approval),
     )

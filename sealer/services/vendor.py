@@ -38,9 +38,10 @@ from sealer.luks.token import PolicyKeyRef
 from sealer.measure.eventlog import read_event_log
 from sealer.measure.measurements import event_record
 from sealer.measure.predict import NextBoot, predict
-from sealer.pcrs import Bank, format_pcrs
+from sealer.pcrs import Bank
 from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import Approval, parse_approval, sign_approval, verify_approval
+from sealer.policy.binding import VENDOR_BINDING, Binding, check_cap_pcr
 from sealer.policy.revocation import REVOCATION_INDEX, REVOKE_REF, RevocationIndex
 from sealer.services.volume import Enrollment, require_enrollments
 from sealer.tpm.connection import connect
@@ -163,6 +164,9 @@ def sign_release(
     hardware (its event log), for release number ``release``."""
     key, pem = load_private_key(key_path)
     revocation.check_release(release)
+    # The policyRef says what is approved (bank, PCR selection, capping PCR): the fleet's
+    # sealed objects accept it only for the binding they were enrolled with.
+    binding = Binding(bank, tuple(pcrs), check_cap_pcr(cap_pcr), enrollment_id=VENDOR_BINDING)
     log = read_event_log(reference_log)
     prediction = predict(log, bank, boot)
     blocked = {p: why for p, why in prediction.unpredictable.items() if p in pcrs}
@@ -176,6 +180,7 @@ def sign_release(
     approval = sign_approval(
         key, name, bank, [values], comment=comment,
         events=[event_record(prediction.measurements, pcrs)], release=(release, field.name),
+        policy_ref=binding.policy_ref("vendor"),
     )  # fmt: skip
     return ApprovalFile(approval, pem)
 
@@ -205,12 +210,15 @@ def _vendor_key(enrollment: Enrollment, name: bytes) -> PolicyKeyRef | None:
 
 def _check_fits(enrollment: Enrollment, approval: Approval, where: str) -> None:
     token = enrollment.token
-    wanted = sorted({*token.pcrs, token.cap_pcr})
-    if approval.bank.name != token.pcr_bank or list(approval.pcrs) != wanted:
+    binding = enrollment.binding
+    cap_values = [b.get(binding.cap_pcr, b"") for b in approval.branches]
+    misfit = binding.check_approval_fits(approval.pcrs, approval.bank, cap_values)
+    if misfit or approval.policy_ref != binding.policy_ref("vendor"):
         raise RefusedError(
-            f"{where} approves {approval.bank.name} PCR {format_pcrs(approval.pcrs)}, token "
-            f"{enrollment.token_id} binds {token.pcr_bank} PCR {format_pcrs(wanted)}",
-            "sign the release for the PCRs the fleet enrolls (sealer policy sign --pcrs)",
+            f"{where} cannot serve token {enrollment.token_id}: "
+            + (misfit or "it was signed for another PCR selection or capping PCR"),
+            "sign the release for the PCRs and capping PCR the fleet enrolls "
+            "(sealer policy sign --pcrs --cap-pcr)",
         )
     if token.revocation is None or token.revocation.nv_name != approval.nv_name:
         raise RefusedError(
@@ -242,7 +250,10 @@ def install(path: Path, devices: Sequence[str]) -> list[Installed]:
             vendor = [d for d in kept if d.get("key_name") == approval.key_name.hex()]
             vendor.sort(key=lambda d: int(d.get("release", 0)))
             dropped = vendor[: max(0, len(vendor) + 1 - KEEP_VENDOR_APPROVALS)]
-            approvals = [d for d in kept if d not in dropped] + [approval.to_json()]
+            # Without its unsigned tpm_boot: 'reseal' must never take a vendor's approval for
+            # one this machine made during this boot.
+            installed = replace(approval, tpm_boot=None).to_json()
+            approvals = [d for d in kept if d not in dropped] + [installed]
             new_token = replace(token, approvals=tuple(approvals))
             cryptsetup.import_token(device, enrollment.token_id, new_token.to_json(), replace=True)
             count = len(vendor) - len(dropped) + 1

@@ -7,12 +7,34 @@ from dataclasses import dataclass
 from sealer.errors import TokenError, UsageError
 from sealer.luks.header import LuksHeader, Token
 from sealer.luks.token import TOKEN_TYPE, SealerToken, parse_token
+from sealer.pcrs import BANKS
+from sealer.policy.binding import CAP_PCRS, Binding
 
 
 @dataclass(frozen=True)
 class Enrollment:
     token_id: int
     token: SealerToken
+
+    @property
+    def binding(self) -> Binding:
+        """What the sealed object's policy fixes, as the token says: the TPM checks it."""
+        token = self.token
+        bank = BANKS.get(token.pcr_bank)
+        if bank is None:
+            raise TokenError(f"token {self.token_id} names unknown PCR bank {token.pcr_bank!r}")
+        if token.cap_pcr not in CAP_PCRS:
+            raise TokenError(
+                f"token {self.token_id} caps PCR {token.cap_pcr}, which can be reset without "
+                "a reboot: refused (the header was changed)",
+                "unlock with the passphrase or recovery key, then enroll again",
+            )
+        return Binding(bank, token.pcrs, token.cap_pcr, token.enrollment_id)
+
+    @property
+    def legacy(self) -> bool:
+        """Enrolled by a sealer whose approvals were not bound to the enrollment."""
+        return self.token.enrollment_id is None
 
 
 def enrollments(header: LuksHeader, *, interrupted: bool = False) -> list[Enrollment]:

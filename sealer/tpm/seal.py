@@ -29,6 +29,7 @@ from tpm2_pytss.types import (
 )
 
 from sealer.pcrs import Bank, PcrValues
+from sealer.policy.digest import pcr_composite
 from sealer.tpm.nv import apply_release_check, unsalted_session
 from sealer.tpm.pcr import selection
 from sealer.tpm.policykey import ecdsa_signature, loaded_policy_key, policy_key_name
@@ -65,6 +66,9 @@ class AuthorizedPolicy:
     with_pin: bool
     # The approval's release check: (revocation field's NV index, PolicyNV operand), or None.
     release_check: tuple[int, bytes] | None = None
+    # What the object itself requires after PolicyAuthorize: the capping PCR at its reset
+    # value (sealer.policy.binding); None for objects sealed before it did.
+    cap_check: PcrValues | None = None
 
 
 @contextmanager
@@ -131,6 +135,9 @@ def _apply_policy(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy, ticket
     ctx.policy_authorize(session, policy.approved_policy, key_name, ticket, policy.policy_ref)
     if len(policy.authorized_digests) > 1:
         ctx.policy_or(session, TPML_DIGEST(list(policy.authorized_digests)))
+    if policy.cap_check is not None:
+        cap = policy.cap_check
+        ctx.policy_pcr(session, pcr_composite(cap), selection(policy.bank, sorted(cap)))
     if policy.with_pin:
         ctx.policy_auth_value(session)
 

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from sealer.errors import TokenError
-from sealer.luks.token import TOKEN_TYPE, TOKEN_VERSION, PolicyKeyRef, SealerToken, parse_token
+from sealer.luks.token import (
+    LEGACY_VERSION,
+    TOKEN_TYPE,
+    TOKEN_VERSION,
+    PolicyKeyRef,
+    SealerToken,
+    parse_token,
+)
 
 PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
 APPROVAL: dict[str, Any] = {
@@ -41,6 +48,7 @@ def make_token(*, pin_salt: bytes | None = b"\x01" * 16, keys: int = 1) -> Seale
         ),
         approvals=(APPROVAL,),
         created="2024-01-02T03:04:05Z",
+        enrollment_id=b"\x5e" * 16,
     )
 
 
@@ -106,7 +114,7 @@ def test_created_is_optional(doc: dict[str, Any]) -> None:
 
 REQUIRED = [
     "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
-    "sealed_public", "sealed_private", "policy_keys", "approvals",
+    "sealed_public", "sealed_private", "policy_keys", "approvals", "enrollment_id",
 ]  # fmt: skip
 OPTIONAL = ["pin_salt", "created"]
 JUNK: list[Any] = [None, 123, [], "x"]
@@ -177,7 +185,7 @@ def test_wrong_type_string_raises_token_error(doc: dict[str, Any], token_type: s
     refuse(doc)
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, "1", "v2"])
+@pytest.mark.parametrize("version", [0, 3, 99, "1", "2", "v2", True, 2.0])
 def test_unknown_version_raises_token_error_naming_it(doc: dict[str, Any], version: Any) -> None:
     doc["version"] = version
     error = refuse(doc)
@@ -288,3 +296,20 @@ def test_non_ascii_base64_raises_token_error(doc: dict[str, Any], field: str) ->
 def test_keyslot_with_unicode_digit_raises_token_error(doc: dict[str, Any]) -> None:
     doc["keyslots"] = ["\u00b2"]
     refuse(doc)
+
+
+def test_version_2_carries_the_enrollment_id(doc: dict[str, Any]) -> None:
+    assert doc["version"] == TOKEN_VERSION == 2
+    assert parse_token(0, doc).enrollment_id == b"\x5e" * 16
+
+
+@pytest.mark.parametrize("bad", [None, "", "5e" * 15, "5e" * 17, "zz" * 16])
+def test_version_2_needs_a_16_byte_enrollment_id(doc: dict[str, Any], bad: Any) -> None:
+    doc["enrollment_id"] = bad
+    assert "enrollment_id" in refuse(doc).message
+
+
+def test_version_1_reads_as_a_legacy_token_without_id(doc: dict[str, Any]) -> None:
+    doc["version"] = LEGACY_VERSION
+    doc["enrollment_id"] = "5e" * 16  # ignored: a version 1 token has none
+    assert parse_token(0, doc).enrollment_id is None
