@@ -114,7 +114,7 @@ def _replace_token(image: Path, token_id: int, edit: dict[str, object]) -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        ({"version": 99}, "has version 99, this sealer reads version 1"),
+        ({"version": 99}, "has version 99, this sealer reads versions 1 and 2"),
         ({"sealed_private": "not base64!"}, "is corrupted (field 'sealed_private' is not base64)"),
         ({"pcrs": "4,7"}, "is corrupted (field 'pcrs' is missing or not a list)"),
         ({"policy_keys": []}, "is corrupted (it trusts no policy key)"),

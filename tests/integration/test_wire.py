@@ -36,7 +36,9 @@ SHA256 = BANKS["sha256"]
 # check), PolicyAuthorize, Unseal, and a FlushContext for each of the three handles.
 UNLOCK_COMMANDS = {
     "ReadPublic": 1, "PCR_Read": 1, "NV_ReadPublic": 1, "NV_Read": 1, "LoadExternal": 1,
-    "VerifySignature": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 1, "PolicyNV": 1,
+    # PolicyPCR twice: the approved boot state, then the sealed object's own check that the
+    # capping PCR is at its reset value (sealer.policy.binding).
+    "VerifySignature": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 2, "PolicyNV": 1,
     "PolicyAuthorize": 1, "Unseal": 1, "FlushContext": 3,
 }  # fmt: skip
 
