@@ -18,7 +18,7 @@ from sealer.clikit import (
     run_command,
     state_dir_option,
 )
-from sealer.errors import SealerError, UsageError
+from sealer.errors import UsageError
 from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list, parse_pcr_value
 
 if TYPE_CHECKING:
@@ -187,19 +187,19 @@ def enroll(
     before the enrollment is complete, and is not printed; 'sealer recovery show' or
     'openssl cms -decrypt' opens the record with the organisation's private key.
     """
-    from sealer.services.enroll import EnrollRequest
+    from sealer.services.enroll import EnrollRequest, preflight
     from sealer.services.enroll import enroll as run_enroll
     from sealer.services.secrets import read_secret
 
     def action() -> None:
         if unlock_key_file == "-" and pin_file == "-":
-            raise SealerError("only one secret can come from standard input")
+            raise UsageError("only one secret can come from standard input")
         bank = bank_named(pcr_bank)
         expected: dict[int, bytes] = {}
         for text in pcr_values:
             index, value_bank, value = parse_pcr_value(text, bank)
             if value_bank != bank:
-                raise SealerError(f"--pcr {text}: bank {value_bank.name} is not --pcr-bank")
+                raise UsageError(f"--pcr {text}: bank {value_bank.name} is not --pcr-bank")
             expected[index] = value
         # Files are checked before any prompt: a bad one must not cost a typed passphrase.
         if escrow_cert is not None and not recovery_key:
@@ -211,6 +211,7 @@ def enroll(
             from sealer.services.vendor import read_public_key  # predict, pefile: not otherwise
 
             vendor_pem = read_public_key(vendor_key)
+        preflight(device, ctx.obj.tcti, cap_pcr)
         unlock_key = read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
         new_pin = None
         if pin or pin_file:

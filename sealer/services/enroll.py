@@ -105,6 +105,16 @@ def check_request(req: EnrollRequest) -> None:
                          "add --recovery-key")  # fmt: skip
 
 
+def preflight(device: str, tcti: str | None, cap_pcr: int) -> None:
+    """What enroll can check before anyone types a secret: the capping PCR, that DEVICE is a
+    LUKS2 volume (exit 3 otherwise), and that the TPM is reachable (exit 4). A passphrase
+    typed for a command that was bound to fail is a passphrase typed in vain."""
+    check_cap_pcr(cap_pcr)
+    cryptsetup.read_header(device)
+    with connect(tcti):
+        pass  # opening the transport proves a TPM answers there; no command is sent
+
+
 def _plan_slots(header: LuksHeader, want_recovery: bool) -> tuple[int, int, int | None]:
     """(token id, TPM keyslot, recovery keyslot), or HeaderFullError before anything changes."""
     token_id = header.free_token_id()

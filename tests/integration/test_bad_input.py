@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +228,53 @@ def test_json_errors_are_machine_readable(sealer: SealerCli, tmp_path: Path) -> 
     assert result.returncode == 3
     doc = json.loads(result.stdout)
     assert doc["exit_code"] == 3 and "does not exist" in doc["error"]
+
+
+def _enroll_on_a_terminal(*args: str, tcti: str) -> tuple[int, str]:
+    """Run 'sealer enroll' with a terminal as its controlling tty, as a person would; return
+    its exit status and everything the terminal showed (within 20 s)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
+        os.execv(sys.executable, [sys.executable, "-m", "sealer", "--tcti", tcti, "enroll", *args])
+    shown = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                break
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk or b"Passphrase" in shown + chunk:
+            shown += chunk
+            break
+        shown += chunk
+    if b"Passphrase" in shown:  # it asked: the test has failed, do not leave it waiting
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_enroll_says_not_luks2_before_asking_for_the_passphrase(
+    swtpm: Swtpm, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(b"\0" * 4 * 1024 * 1024)
+    code, shown = _enroll_on_a_terminal(str(plain), tcti=swtpm.tcti)
+    assert "Passphrase" not in shown
+    assert code == 3, shown
+
+
+def test_enroll_says_no_tpm_before_asking_for_the_passphrase(
+    luks_image: Path, tmp_path: Path
+) -> None:
+    # A TCP port nothing listens on: no TPM there.
+    code, shown = _enroll_on_a_terminal(
+        str(luks_image), tcti="swtpm:host=127.0.0.1,port=9"
+    )
+    assert "Passphrase" not in shown
+    assert code == 4, shown
