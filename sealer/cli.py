@@ -453,18 +453,21 @@ def remove(ctx: click.Context, device: str, token_id: int | None, as_json: bool)
     from sealer.services.remove import remove as run_remove
 
     def action() -> None:
-        removed = run_remove(device, token_id)
+        removed = run_remove(device, token_id, ctx.obj.tcti)
         if as_json:
             emit_json(
                 {
                     "device": removed.device,
                     "token": removed.token_id,
                     "keyslots": list(removed.keyslots),
+                    "retirement_counter": removed.counter or None,
                 }
             )
         else:
             slots = ", ".join(str(s) for s in removed.keyslots) or "none left"
             click.echo(f"Removed token {removed.token_id} (keyslot {slots}) from {device}.")
+            if removed.counter:
+                click.echo(f"Its retirement counter: {removed.counter}.")
 
     run_command(ctx, as_json, action)
 

@@ -39,6 +39,15 @@ class RevocationRef:
 
 
 @dataclass(frozen=True)
+class RetirementRef:
+    """The TPM NV counter whose value retires the machine's older approvals
+    (sealer.policy.retirement)."""
+
+    nv_index: int
+    nv_name: bytes
+
+
+@dataclass(frozen=True)
 class RecoveryRef:
     """The keyslot of the volume's recovery key, and the keyslots of a rotation under way.
 
@@ -81,6 +90,7 @@ class SealerToken:
     recovery: RecoveryRef | None = None
     # Random, bound into the sealed object's policy (policyRef); None in a version 1 token.
     enrollment_id: bytes | None = None
+    retirement: RetirementRef | None = None  # None: enrolled before approvals were retired
 
     @property
     def has_pin(self) -> bool:
@@ -110,7 +120,14 @@ class SealerToken:
             **self._revocation_json(),
             **({} if self.complete else {"enrolling": {"keyslot": self.keyslot}}),
             **self._recovery_json(),
+            **self._retirement_json(),
         }
+
+    def _retirement_json(self) -> dict[str, Any]:
+        if self.retirement is None:
+            return {}
+        r = self.retirement
+        return {"retirement": {"nv_index": f"0x{r.nv_index:08x}", "nv_name": r.nv_name.hex()}}
 
     def _recovery_json(self) -> dict[str, Any]:
         if self.recovery is None:
@@ -230,7 +247,7 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
     known = {
         "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
         "sealed_public", "sealed_private", "pin_salt", "policy_keys", "approvals", "created",
-        "revocation", "enrolling", "recovery", "enrollment_id",
+        "revocation", "enrolling", "recovery", "enrollment_id", "retirement",
     }  # fmt: skip
     enrollment_id = None
     if version == TOKEN_VERSION:
@@ -255,7 +272,29 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
         complete=bool(r.get("keyslots", list)),
         recovery=_recovery(r, doc.get("recovery")),
         enrollment_id=enrollment_id,
+        retirement=_retirement(r, doc.get("retirement")),
     )
+
+
+def _nv_ref(r: _Reader, raw: Any, what: str) -> tuple[_Reader, int, bytes]:
+    """(reader, index, name) of an object naming an NV index: {"nv_index", "nv_name"}."""
+    if not isinstance(raw, dict):
+        raise r.fail(f"{what} is not an object")
+    sub = _Reader(raw, r.where)
+    try:
+        index = int(sub.get("nv_index", str), 16)
+    except ValueError as exc:
+        raise r.fail(f"{what}.nv_index is not a hex handle") from exc
+    if not 0 <= index <= 0xFFFFFFFF:  # int() takes "-1"; to_json could not write it back
+        raise r.fail(f"{what}.nv_index is not a 32-bit TPM handle")
+    return sub, index, sub.hexbytes("nv_name")
+
+
+def _retirement(r: _Reader, raw: Any) -> RetirementRef | None:
+    if raw is None:
+        return None
+    _, index, name = _nv_ref(r, raw, "retirement")
+    return RetirementRef(nv_index=index, nv_name=name)
 
 
 def _recovery(r: _Reader, raw: Any) -> RecoveryRef | None:
@@ -275,16 +314,8 @@ def _recovery(r: _Reader, raw: Any) -> RecoveryRef | None:
 def _revocation(r: _Reader, raw: Any) -> RevocationRef | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict):
-        raise r.fail("revocation is not an object")
-    sub = _Reader(raw, r.where)
-    try:
-        index = int(sub.get("nv_index", str), 16)
-    except ValueError as exc:
-        raise r.fail("revocation.nv_index is not a hex handle") from exc
-    if not 0 <= index <= 0xFFFFFFFF:  # int() takes "-1"; to_json could not write it back
-        raise r.fail("revocation.nv_index is not a 32-bit TPM handle")
+    sub, index, name = _nv_ref(r, raw, "revocation")
     authority = sub.get("authority", str)
     if authority not in ("machine", "vendor"):
         raise r.fail(f"revocation.authority is {authority!r}")
-    return RevocationRef(nv_index=index, nv_name=sub.hexbytes("nv_name"), authority=authority)
+    return RevocationRef(nv_index=index, nv_name=name, authority=authority)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from sealer.errors import PolicyMismatchError, TokenError
 from sealer.pcrs import BANKS, PCR_COUNT, Bank, PcrValues
-from sealer.policy import digest, revocation
+from sealer.policy import digest, retirement, revocation
 
 APPROVAL_VERSION = 1
 # Event records keep a digest prefix per event: enough to tell events apart, small enough for
@@ -57,13 +57,20 @@ class Approval:
     # the revocation field named ``nv_name`` (PolicyNV); None in approvals made before it.
     release: int | None = None
     nv_name: bytes = b""
+    # Signed (part of the approved policy): the machine's approvals hold only while the
+    # enrollment's retirement counter named ``epoch_nv_name`` is at most ``epoch``
+    # (sealer.policy.retirement); None in vendor approvals and in approvals made before it.
+    epoch: int | None = None
+    epoch_nv_name: bytes = b""
 
     @property
     def approved_policy(self) -> bytes:
-        pcrs = digest.approved_policy(self.bank, self.branches)
-        if self.release is None:
-            return pcrs
-        return revocation.policy_release(pcrs, self.nv_name, self.release)
+        policy = digest.approved_policy(self.bank, self.branches)
+        if self.release is not None:
+            policy = revocation.policy_release(policy, self.nv_name, self.release)
+        if self.epoch is not None:
+            policy = retirement.policy_epoch(policy, self.epoch_nv_name, self.epoch)
+        return policy
 
     @property
     def approval_digest(self) -> bytes:
@@ -123,8 +130,12 @@ class Approval:
         release = {} if self.release is None else {
             "release": self.release, "nv_name": self.nv_name.hex()
         }  # fmt: skip
+        epoch = {} if self.epoch is None else {
+            "epoch": self.epoch, "epoch_nv_name": self.epoch_nv_name.hex()
+        }  # fmt: skip
         return {
             **release,
+            **epoch,
             "version": APPROVAL_VERSION,
             "pcr_bank": self.bank.name,
             "branches": [{str(p): v.hex() for p, v in sorted(b.items())} for b in self.branches],
@@ -146,6 +157,7 @@ def sign_approval(
     events: Sequence[EventRecord | None] = (),
     tpm_boot: int | None = None,
     release: tuple[int, bytes] | None = None,  # (release number, revocation field's NV name)
+    epoch: tuple[int, bytes] | None = None,  # (epoch, retirement counter's NV name)
 ) -> Approval:
     if not 1 <= len(branches) <= digest.MAX_OR_BRANCHES:
         raise ValueError(f"an approval holds 1 to {digest.MAX_OR_BRANCHES} boot states")
@@ -161,6 +173,8 @@ def sign_approval(
         tpm_boot=tpm_boot,
         release=None if release is None else revocation.check_release(release[0]),
         nv_name=b"" if release is None else release[1],
+        epoch=None if epoch is None else epoch[0],
+        epoch_nv_name=b"" if epoch is None else epoch[1],
     )
     signature = key.sign(unsigned.approval_digest, _PREHASHED)
     signed = Approval(**{**unsigned.__dict__, "signature": signature})
@@ -239,6 +253,7 @@ def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
             tpm_boot=_tpm_boot_of(doc.get("tpm_boot")),
             tpm_boot_signature=_optional_b64(doc.get("tpm_boot_signature")),
             **_release_of(doc, fail),
+            **_epoch_of(doc, fail),
         )
     except (ValueError, TypeError, OverflowError) as exc:  # binascii.Error is a ValueError
         raise fail(str(exc)) from exc
@@ -268,6 +283,18 @@ def _release_of(doc: Mapping[str, Any], fail: Callable[[str], TokenError]) -> di
     if len(nv_name) != 34:
         raise fail("its revocation field's name is not a SHA-256 TPM name")
     return {"release": release, "nv_name": nv_name}
+
+
+def _epoch_of(doc: Mapping[str, Any], fail: Callable[[str], TokenError]) -> dict[str, Any]:
+    if "epoch" not in doc:
+        return {}
+    epoch = doc["epoch"]
+    if type(epoch) is not int or not 0 <= epoch < 2**64:
+        raise fail(f"its epoch must be a 64-bit counter value, not {epoch!r}")
+    nv_name = bytes.fromhex(str(doc.get("epoch_nv_name", "")))
+    if len(nv_name) != 34:
+        raise fail("its retirement counter's name is not a SHA-256 TPM name")
+    return {"epoch": epoch, "epoch_nv_name": nv_name}
 
 
 def _event_records(raw: Any, branches: int) -> tuple[EventRecord | None, ...]:

@@ -19,6 +19,7 @@ from sealer.pcrs import Bank
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs, reset_count
+from sealer.tpm.retirement import counter_value
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class BootState:
     live: Mapping[int, bytes] | None  # the TPM's values of the PCRs read; None offline
     tpm_boot: int | None = None  # the TPM's reset count: which boot this is; None offline
     revoked_bits: int | None = None  # the revocation field, when asked for and online
+    epoch_counter: int | None = None  # the retirement counter, when asked for and online
 
     @property
     def verified(self) -> bool:
@@ -60,19 +62,21 @@ def read_boot_state(
     tcti: str | None,
     offline: bool,
     revocation_index: int | None = None,
+    retirement_index: int | None = None,
 ) -> BootState:
     """The event log (``log_path`` or this boot's) and, unless offline, ``pcrs`` read live
     (and the revocation field at ``revocation_index``)."""
     log = read_event_log(log_path)
     measurements = measurements_of(log, bank)
     live = None
-    tpm_boot = bits = None
+    tpm_boot = bits = counter = None
     if not offline:
         with connect(tcti) as ctx:
             live = read_pcrs(ctx, bank, sorted(set(pcrs)))
             tpm_boot = reset_count(ctx)
             if revocation_index is not None:
                 bits = read_revoked_bits(ctx, revocation_index)
+            counter = counter_value(ctx, retirement_index)
     return BootState(
         log=log,
         bank=bank,
@@ -81,4 +85,5 @@ def read_boot_state(
         live=live,
         tpm_boot=tpm_boot,
         revoked_bits=bits,
+        epoch_counter=counter,
     )

@@ -17,6 +17,7 @@ from sealer.luks.token import (
     ENROLLMENT_ID_BYTES,
     PolicyKeyRef,
     RecoveryRef,
+    RetirementRef,
     RevocationRef,
     SealerToken,
 )
@@ -27,15 +28,17 @@ from sealer.pcrs import Bank, PcrValues, format_pcrs
 from sealer.policy import keys, revocation
 from sealer.policy.approval import EventRecord, sign_approval
 from sealer.policy.binding import Binding, check_cap_pcr
+from sealer.policy.retirement import counter_tag
 from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
 from sealer.services.escrow import Escrow, escrow_key
-from sealer.services.leftovers import clear_interrupted_enrollment
+from sealer.services.leftovers import clear_interrupted_enrollment, free_counter
 from sealer.services.secrets import new_recovery_key, pin_auth_value
 from sealer.services.volume import Enrollment, enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import ensure_revocation_index, read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.policykey import policy_key_name
+from sealer.tpm.retirement import define_counter
 from sealer.tpm.seal import seal
 from sealer.tpm.srk import SRK_HANDLE, ensure_srk
 
@@ -173,12 +176,13 @@ def _log_findings(
     return warnings, event_record(measurements, req.pcrs)
 
 
-def _clear_interrupted(header: LuksHeader, progress: Progress) -> LuksHeader:
+def _clear_interrupted(header: LuksHeader, tcti: str | None, progress: Progress) -> LuksHeader:
     """Clear what an interrupted enrollment left (this run redoes it); the header after."""
     leftovers = [e for e in enrollments(header, interrupted=True) if not e.token.complete]
     for enrollment in leftovers:
         progress(f"clearing token {enrollment.token_id}, left by an interrupted enrollment")
         clear_interrupted_enrollment(header, enrollment)
+        free_counter(enrollment.token_id, enrollment.token.to_json(), tcti)
     return cryptsetup.read_header(header.device) if leftovers else header
 
 
@@ -186,7 +190,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     check_request(req)
     header = cryptsetup.read_header(req.device)
     log, log_warnings = _boot_log(req)  # before any change: a bad --eventlog changes nothing
-    header = _clear_interrupted(header, progress)
+    header = _clear_interrupted(header, req.tcti, progress)
     token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
 
     machine_key = keys.load_or_create_machine_key(req.state_dir)
@@ -206,13 +210,15 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     # every machine of the fleet (the field's name is the same everywhere).
     authority = trusted[-1]
     field = RevocationIndex(REVOCATION_INDEX, authority.name)
-    binding = Binding(req.bank, req.pcrs, req.cap_pcr, os.urandom(ENROLLMENT_ID_BYTES))
+    enrollment_id = os.urandom(ENROLLMENT_ID_BYTES)
+    binding = Binding(req.bank, req.pcrs, req.cap_pcr, enrollment_id)
 
     progress("sealing a new secret in the TPM")
     with connect(req.tcti) as ctx:
         srk = ensure_srk(ctx, SRK_HANDLE)
         nv_name = ensure_revocation_index(ctx, field)
         level = revocation.level_of(read_revoked_bits(ctx, field.index) or 0)
+        counter = define_counter(ctx, counter_tag(enrollment_id))
         current = read_pcrs(ctx, req.bank, [*req.pcrs, req.cap_pcr])
         blob = seal(
             ctx,
@@ -238,6 +244,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     approval = sign_approval(
         machine_key, key_name, req.bank, [approved], comment="enroll", events=[record],
         release=(level, nv_name), policy_ref=binding.policy_ref("machine"),
+        epoch=(counter.value, counter.name),
     )  # fmt: skip
 
     token = SealerToken(
@@ -257,6 +264,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         complete=False,
         recovery=None if recovery_slot is None else RecoveryRef(None, pending=recovery_slot),
         enrollment_id=binding.enrollment_id,
+        retirement=RetirementRef(counter.index, counter.name),
     )
     recovery = new_recovery_key() if recovery_slot is not None else None
     written = _write_enrollment(
@@ -348,5 +356,6 @@ def _write_enrollment(
         with contextlib.suppress(SealerError):
             now = cryptsetup.read_header(req.device)
             clear_interrupted_enrollment(now, Enrollment(token_id, token))
+            free_counter(token_id, token.to_json(), req.tcti)
         raise
     return _Written(warnings, record)

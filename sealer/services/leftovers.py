@@ -8,12 +8,17 @@ sealer made (``LuksHeader.is_sealer_made``): never a keyslot a person added in t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
+from sealer.errors import SealerError, TokenError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
-from sealer.luks.token import RecoveryRef
+from sealer.luks.token import RecoveryRef, parse_token
 from sealer.services.volume import Enrollment
+from sealer.tpm.connection import connect
+from sealer.tpm.retirement import undefine_counter
 
 
 def drop_keyslot_if_sealer_made(header: LuksHeader, slot: int | None) -> bool:
@@ -55,3 +60,21 @@ def finish_interrupted_rotation(header: LuksHeader, enrollment: Enrollment) -> E
     token = replace(enrollment.token, recovery=RecoveryRef(keyslot=recovery.keyslot))
     cryptsetup.import_token(header.device, enrollment.token_id, token.to_json(), replace=True)
     return Enrollment(enrollment.token_id, token)
+
+
+def free_counter(token_id: int, doc: Mapping[str, Any], tcti: str | None) -> str:
+    """Free the retirement counter of a removed enrollment's token (``doc``), if this TPM
+    holds it; what became of it, "" when it had none. Never fails: the enrollment is gone
+    already, and a counter left behind only costs NV space."""
+    try:
+        ref = parse_token(token_id, doc).retirement
+    except TokenError:
+        return "left in the TPM (the token was corrupted)"
+    if ref is None:
+        return ""
+    try:
+        with connect(tcti) as ctx:
+            freed = undefine_counter(ctx, ref.nv_index, ref.nv_name)
+    except SealerError as error:
+        return f"left in the TPM ({error.message})"
+    return "freed" if freed else "not in this TPM (enrolled on another machine, or gone)"

@@ -30,7 +30,7 @@ from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
 from sealer.policy.approval import Approval
 from sealer.services.bootstate import BootState, read_boot_state
-from sealer.services.unlock import approvals_of, find_match, not_revoked, pcrs_to_read
+from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
 from sealer.services.volume import Enrollment
 
 # The update hook's defaults (initramfs-hook/update/reseal-hook), overridden there, and here,
@@ -275,6 +275,7 @@ class NextBootCheck:
             bank, bound, log_path=self.request.log_path, tcti=self.request.tcti,
             offline=self.request.offline,
             revocation_index=nv_field.nv_index if nv_field else None,
+            retirement_index=enrollment.counter_index,
         )  # fmt: skip
         prediction = self._predict(state, boot)
         unpredictable = {p: why for p, why in prediction.unpredictable.items() if p in bound}
@@ -306,7 +307,7 @@ class _Judge:
     def _holds(self) -> Callable[[Approval], bool]:
         if not self.state.verified:
             return lambda approval: True  # offline the field is unknown; the TPM checks it
-        return not_revoked(self.enrollment, self.state.revoked_bits)
+        return still_holds(self.enrollment, self.state.revoked_bits, self.state.epoch_counter)
 
     def judge(self, predicted: Mapping[int, bytes], now: Mapping[int, bytes]) -> Verdict:
         try:

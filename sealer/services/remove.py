@@ -8,6 +8,7 @@ from sealer.errors import RefusedError, TokenError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader, Token
 from sealer.luks.token import RecoveryRef, parse_token
+from sealer.services.leftovers import free_counter
 from sealer.services.volume import select_tokens
 
 
@@ -16,6 +17,9 @@ class Removed:
     device: str
     token_id: int
     keyslots: tuple[int, ...]
+    # The enrollment's retirement counter in TPM NV memory: "freed", or why it was left
+    # ("" when the enrollment had none).
+    counter: str = ""
 
 
 def _unfinished_slots(header: LuksHeader, token: Token) -> tuple[int, ...]:
@@ -29,7 +33,7 @@ def _unfinished_slots(header: LuksHeader, token: Token) -> tuple[int, ...]:
     return tuple(s for s in candidates if s is not None and header.is_sealer_made(s))
 
 
-def remove(device: str, token_id: int | None) -> Removed:
+def remove(device: str, token_id: int | None, tcti: str | None = None) -> Removed:
     header = cryptsetup.read_header(device)
     # Raw tokens, not parsed ones: a corrupted or half-removed token must still be removable.
     tokens = select_tokens(header, token_id)
@@ -55,4 +59,5 @@ def remove(device: str, token_id: int | None) -> Removed:
     remaining = cryptsetup.read_header(device)
     if token.token_id in remaining.tokens:
         cryptsetup.remove_token(device, token.token_id)
-    return Removed(device=device, token_id=token.token_id, keyslots=slots)
+    counter = free_counter(token.token_id, token.data, tcti)
+    return Removed(device=device, token_id=token.token_id, keyslots=slots, counter=counter)

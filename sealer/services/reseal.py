@@ -32,12 +32,13 @@ from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import Approval, EventRecord, sign_approval
 from sealer.services.bootstate import BootState, read_boot_state
-from sealer.services.unlock import approvals_of, not_revoked
+from sealer.services.unlock import approvals_of, not_retired, still_holds
 from sealer.services.volume import Enrollment, require_enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs, reset_count
 from sealer.tpm.policykey import policy_key_name
+from sealer.tpm.retirement import counter_value, increment_counter, read_counter
 
 Progress = Callable[[str], None]
 
@@ -158,11 +159,14 @@ def _dedupe(states: Sequence[ApprovedState]) -> list[ApprovedState]:
     return unique
 
 
-def _holds(enrollment: Enrollment, bits: int | None, approval: Approval) -> bool:
-    """False for an approval the revocation field revokes; unknown bits revoke nothing."""
+def _holds(
+    enrollment: Enrollment, bits: int | None, counter: int | None, approval: Approval
+) -> bool:
+    """False for an approval the revocation field revokes or the retirement counter retired;
+    what was not read (offline) revokes nothing here: the TPM still checks it at unlock."""
     if bits is None or enrollment.token.revocation is None:
-        return True
-    return not_revoked(enrollment, bits)(approval)
+        return not_retired(counter)(approval)
+    return still_holds(enrollment, bits, counter)(approval)
 
 
 def _release(
@@ -179,37 +183,66 @@ def _release(
     return (max(used) if used else 0), field.nv_name
 
 
-def _write(
-    enrollment: Enrollment,
-    device: str,
-    key: ec.EllipticCurvePrivateKey,
-    key_name: bytes,
-    states: Sequence[ApprovedState],
-    comment: str,
-    dry_run: bool,
-    tpm_boot: int | None,
-    release: tuple[int, bytes] | None,
-) -> None:
-    """Replace the approvals signed by ``key`` with one approval of ``states``."""
+@dataclass(frozen=True)
+class _Rewrite:
+    """One rewrite of the machine's approvals of an enrollment."""
+
+    enrollment: Enrollment
+    device: str
+    key: ec.EllipticCurvePrivateKey
+    key_name: bytes
+    comment: str
+    dry_run: bool
+    tpm_boot: int | None
+    release: tuple[int, bytes] | None
+    tcti: str | None
+    offline: bool = False
+
+
+def _write(rewrite: _Rewrite, states: Sequence[ApprovedState], mine: Sequence[Approval]) -> None:
+    """Replace the approvals signed by the machine key with one approval of ``states``, and
+    retire every approval it signed before: the new one is signed for the next epoch of the
+    enrollment's retirement counter, written, and then the counter moves on to it. Stopped in
+    between, the old approvals still hold until the next rewrite: nothing is lost."""
+    index = rewrite.enrollment.counter_index
+    if index is None or rewrite.offline:
+        # Offline the counter cannot move: sign for the epoch in force (the newest used).
+        epochs = [a.epoch for a in mine if a.epoch is not None]
+        epoch = None if index is None or not epochs else max(epochs)
+        _sign_and_write(rewrite, states, epoch)
+        return
+    with connect(rewrite.tcti) as ctx:
+        next_epoch = read_counter(ctx, index).value + 1
+        _sign_and_write(rewrite, states, next_epoch)
+        if not rewrite.dry_run:
+            increment_counter(ctx, index)
+
+
+def _sign_and_write(rewrite: _Rewrite, states: Sequence[ApprovedState], epoch: int | None) -> None:
+    enrollment = rewrite.enrollment
     token = enrollment.token
     others = [
         doc for doc, approval in zip(token.approvals, approvals_of(enrollment), strict=True)
-        if approval.key_name != key_name
+        if approval.key_name != rewrite.key_name
     ]  # fmt: skip
+    counter = token.retirement
     approval = sign_approval(
-        key,
-        key_name,
+        rewrite.key,
+        rewrite.key_name,
         _bank_of(enrollment),
         [s.values for s in states],
-        comment=comment,
+        comment=rewrite.comment,
         events=[s.record for s in states],
-        tpm_boot=tpm_boot,
-        release=release,
+        tpm_boot=rewrite.tpm_boot,
+        release=rewrite.release,
         policy_ref=enrollment.binding.policy_ref("machine"),
+        epoch=None if epoch is None or counter is None else (epoch, counter.nv_name),
     )
     new_token = replace(token, approvals=(*others, approval.to_json()))
-    if not dry_run:
-        cryptsetup.import_token(device, enrollment.token_id, new_token.to_json(), replace=True)
+    if not rewrite.dry_run:
+        cryptsetup.import_token(
+            rewrite.device, enrollment.token_id, new_token.to_json(), replace=True
+        )
 
 
 def _predicted_state(
@@ -241,6 +274,7 @@ def _reseal_one(
     state = read_boot_state(
         _bank_of(enrollment), token.pcrs, log_path=req.log_path, tcti=req.tcti,
         offline=req.offline, revocation_index=field.nv_index if field else None,
+        retirement_index=enrollment.counter_index,
     )  # fmt: skip
     current_values = _with_cap(enrollment, state.values(token.pcrs))
     warnings = []
@@ -248,7 +282,9 @@ def _reseal_one(
         warnings.append("the event log was not checked against a TPM (--offline)")
     # A revoked approval does not make this boot approved: re-signing it would undo the
     # revocation. Offline the field cannot be read; the TPM still checks it at unlock.
-    holding = [a for a in approvals if _holds(enrollment, state.revoked_bits, a)]
+    holding = [
+        a for a in approvals if _holds(enrollment, state.revoked_bits, state.epoch_counter, a)
+    ]
     if _matching(holding, current_values) is None:
         if not req.approve_current:
             differing = min((a.differing_pcrs(current_values) for a in approvals), key=len)
@@ -277,9 +313,11 @@ def _reseal_one(
     states = _dedupe(states)[: digest.MAX_OR_BRANCHES]
     progress(f"signing an approval of {len(states)} boot state(s) for token {enrollment.token_id}")
     release = _release(enrollment, mine, state.revoked_bits)
-    _write(
-        enrollment, device, key, key_name, states, "reseal", req.dry_run, state.tpm_boot, release
-    )
+    rewrite = _Rewrite(
+        enrollment, device, key, key_name, "reseal", req.dry_run, state.tpm_boot, release,
+        req.tcti, offline=req.offline,
+    )  # fmt: skip
+    _write(rewrite, states, mine)
     return VolumeApproval(
         device=device,
         token_id=enrollment.token_id,
@@ -312,9 +350,10 @@ def _prune_one(
         live = read_pcrs(ctx, _bank_of(enrollment), list(token.pcrs))
         tpm_boot = reset_count(ctx)
         bits = read_revoked_bits(ctx, token.revocation.nv_index) if token.revocation else None
+        counter = counter_value(ctx, enrollment.counter_index)
     approvals = [
         a for a in approvals_of(enrollment)
-        if a.key_name == key_name and _holds(enrollment, bits, a)
+        if a.key_name == key_name and _holds(enrollment, bits, counter, a)
     ]  # fmt: skip
     current = _with_cap(enrollment, live)
     match = _matching(approvals, current)
@@ -335,7 +374,10 @@ def _prune_one(
     changed = before != len(keep)
     if changed:
         release = _release(enrollment, approvals, bits)
-        _write(enrollment, device, key, key_name, keep, "prune", dry_run, tpm_boot, release)
+        rewrite = _Rewrite(
+            enrollment, device, key, key_name, "prune", dry_run, tpm_boot, release, tcti
+        )
+        _write(rewrite, keep, approvals)
     return VolumeApproval(
         device=device,
         token_id=enrollment.token_id,

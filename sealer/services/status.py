@@ -15,12 +15,13 @@ from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
 from sealer.services.escrow import DEFAULT_ESCROW_DIR, escrowed
-from sealer.services.unlock import approvals_of, find_match, not_revoked, pcrs_to_read
+from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
 from sealer.services.volume import Enrollment, enrollments, interrupted_error
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
+from sealer.tpm.retirement import counter_value
 from sealer.tpm.srk import read_srk
 
 
@@ -43,13 +44,14 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
         bank, wanted = pcrs_to_read(enrollment, approvals)
     except SealerError as exc:
         return {"tpm_error": exc.one_line()}
-    bits = None
+    bits = counter = None
     try:
         with connect(tcti) as ctx:
             srk = read_srk(ctx, token.srk_handle)
             current = read_pcrs(ctx, bank, wanted)
             if token.revocation is not None:
                 bits = read_revoked_bits(ctx, token.revocation.nv_index)
+            counter = counter_value(ctx, enrollment.counter_index)
     except SealerError as exc:
         return {"tpm_error": exc.one_line()}
     if token.revocation is not None:
@@ -62,7 +64,7 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
     view["srk_matches"] = srk is not None and srk.name == token.srk_name
     view["current_pcrs"] = {str(p): v.hex() for p, v in sorted(current.items())}
     try:
-        match = find_match(approvals, current, not_revoked(enrollment, bits))
+        match = find_match(approvals, current, still_holds(enrollment, bits, counter))
     except SealerError as exc:  # the revocation field is gone: nothing unlocks
         view["tpm_error"] = exc.one_line()
         match = None

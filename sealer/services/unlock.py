@@ -11,7 +11,7 @@ from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
-from sealer.policy import digest, revocation
+from sealer.policy import digest, retirement, revocation
 from sealer.policy.approval import Approval, parse_approval, verify_approval
 from sealer.services.secrets import pin_auth_value
 from sealer.services.volume import Enrollment, default_mapping_name, require_enrollments
@@ -19,6 +19,7 @@ from sealer.tpm.connection import connect
 from sealer.tpm.lockout import refuse_if_locked_out
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs
+from sealer.tpm.retirement import read_counter
 from sealer.tpm.seal import AuthorizedPolicy, SealedBlob, unseal
 from sealer.tpm.srk import require_srk
 
@@ -137,6 +138,7 @@ def authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy:
         cap_check=None if binding.legacy else binding.cap_values(),
         with_pin=token.has_pin,
         release_check=_release_check(enrollment, approval),
+        epoch_check=_epoch_check(enrollment, approval),
     )
 
 
@@ -150,6 +152,44 @@ def _release_check(enrollment: Enrollment, approval: Approval) -> tuple[int, byt
             "enrollment does not have"
         )
     return field.nv_index, revocation.release_operand(approval.release)
+
+
+def _epoch_check(enrollment: Enrollment, approval: Approval) -> tuple[int, bytes] | None:
+    if approval.epoch is None:
+        return None
+    counter = enrollment.token.retirement
+    if counter is None or counter.nv_name != approval.epoch_nv_name:
+        raise TokenError(
+            f"an approval of token {enrollment.token_id} checks a retirement counter the "
+            "enrollment does not have"
+        )
+    return counter.nv_index, retirement.epoch_operand(approval.epoch)
+
+
+def retired_error(approval: Approval, counter: int) -> PolicyMismatchError:
+    return PolicyMismatchError(
+        f"the approval that matches this boot was retired (signed for epoch {approval.epoch}, "
+        f"the enrollment's retirement counter is at {counter}): an older copy of the header, "
+        "or of its approvals, was put back",
+        "unlock with the passphrase or recovery key; 'sealer reseal' approves this boot "
+        "again if you trust it",
+    )
+
+
+def not_retired(counter: int | None) -> Callable[[Approval], bool]:
+    """Whether an approval still holds, given the retirement counter (None: not read)."""
+    if counter is None:
+        return lambda approval: True
+    return lambda a: a.epoch is None or a.epoch >= counter
+
+
+def still_holds(
+    enrollment: Enrollment, bits: int | None, counter: int | None
+) -> Callable[[Approval], bool]:
+    """Neither revoked (the revocation field's ``bits``) nor retired (the ``counter``)."""
+    unrevoked = not_revoked(enrollment, bits)
+    unretired = not_retired(counter)
+    return lambda approval: unrevoked(approval) and unretired(approval)
 
 
 def revoked_error(approval: Approval, bits: int) -> PolicyMismatchError:
@@ -181,29 +221,52 @@ def release(
     token = enrollment.token
     approvals = approvals_of(enrollment)
     bank, wanted = pcrs_to_read(enrollment, approvals)
-    with connect(tcti) as ctx:
-        srk = require_srk(ctx, token.srk_handle, token.srk_name)
-        current = read_pcrs(ctx, bank, wanted)
-        bits = None
-        if token.revocation is not None:
-            bits = read_revoked_bits(ctx, token.revocation.nv_index)
-        match = find_match(approvals, current, not_revoked(enrollment, bits))
-        if match is None:
-            revoked_match = find_match(approvals, current)
-            if revoked_match is not None and bits is not None:
-                raise revoked_error(revoked_match.approval, bits)
-            raise mismatch_error(approvals, current)
-        # The PIN is asked for only now: a boot state the TPM would refuse anyway must not
-        # cost the user a PIN attempt, and neither must a TPM in lockout, which refuses
-        # even the right PIN (and would make the person wait for nothing).
-        auth_value = b""
-        if token.pin_salt is not None:
-            refuse_if_locked_out(ctx)
-            auth_value = pin_auth_value(read_pin(), token.pin_salt)
-        policy = authorized_policy(enrollment, match)
-        blob = SealedBlob(public=token.sealed_public, private=token.sealed_private)
-        secret = unseal(ctx, srk, blob, policy, auth_value)
+    unsealing: Match | None = None  # set once only the TPM's own checks are left
+    try:
+        with connect(tcti) as ctx:
+            srk = require_srk(ctx, token.srk_handle, token.srk_name)
+            current = read_pcrs(ctx, bank, wanted)
+            bits = None
+            if token.revocation is not None:
+                bits = read_revoked_bits(ctx, token.revocation.nv_index)
+            match = find_match(approvals, current, not_revoked(enrollment, bits))
+            if match is None:
+                revoked_match = find_match(approvals, current)
+                if revoked_match is not None and bits is not None:
+                    raise revoked_error(revoked_match.approval, bits)
+                raise mismatch_error(approvals, current)
+            # The PIN is asked for only now: a boot state the TPM would refuse anyway must
+            # not cost the user a PIN attempt, and neither must a TPM in lockout, which
+            # refuses even the right PIN (and would make the person wait for nothing).
+            auth_value = b""
+            if token.pin_salt is not None:
+                refuse_if_locked_out(ctx)
+                auth_value = pin_auth_value(read_pin(), token.pin_salt)
+            policy = authorized_policy(enrollment, match)
+            blob = SealedBlob(public=token.sealed_public, private=token.sealed_private)
+            unsealing = match
+            secret = unseal(ctx, srk, blob, policy, auth_value)
+    except PolicyMismatchError as error:
+        if unsealing is None:
+            raise
+        raise _explained(enrollment, unsealing.approval, tcti) or error from error
     return base64.b64encode(secret), match
+
+
+def _explained(
+    enrollment: Enrollment, approval: Approval, tcti: str | None
+) -> PolicyMismatchError | None:
+    """Why the TPM refused ``approval``, when the retirement counter is the reason. Read
+    only after a refusal: a successful unlock need not spend the commands."""
+    counter = enrollment.token.retirement
+    if approval.epoch is None or counter is None:
+        return None
+    try:
+        with connect(tcti) as ctx:
+            value = read_counter(ctx, counter.nv_index).value
+    except SealerError:
+        return None
+    return retired_error(approval, value) if value > approval.epoch else None
 
 
 @dataclass(frozen=True)

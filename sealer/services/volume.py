@@ -32,6 +32,11 @@ class Enrollment:
         return Binding(bank, token.pcrs, token.cap_pcr, token.enrollment_id)
 
     @property
+    def counter_index(self) -> int | None:
+        """The TPM NV index of the enrollment's retirement counter (None: a legacy token)."""
+        return None if self.token.retirement is None else self.token.retirement.nv_index
+
+    @property
     def legacy(self) -> bool:
         """Enrolled by a sealer whose approvals were not bound to the enrollment."""
         return self.token.enrollment_id is None

@@ -33,7 +33,7 @@ _FIELD_BYTES = 8
 _HANDLES: weakref.WeakKeyDictionary[ESAPI, dict[int, ESYS_TR]] = weakref.WeakKeyDictionary()
 
 
-def _handle(ctx: ESAPI, index: int) -> ESYS_TR | None:
+def nv_handle(ctx: ESAPI, index: int) -> ESYS_TR | None:
     known = _HANDLES.setdefault(ctx, {})
     if index in known:
         return known[index]
@@ -45,6 +45,11 @@ def _handle(ctx: ESAPI, index: int) -> ESYS_TR | None:
         raise
     known[index] = handle
     return handle
+
+
+def forget_handle(ctx: ESAPI, index: int) -> None:
+    """Drop a cached handle: its index was undefined."""
+    _HANDLES.get(ctx, {}).pop(index, None)
 
 
 @contextmanager
@@ -69,7 +74,7 @@ def ensure_revocation_index(ctx: ESAPI, wanted: RevocationIndex) -> bytes:
     An index already there is used only if its public area is exactly the one wanted: an
     index of another authority, or of another program, is never taken over.
     """
-    handle = _handle(ctx, wanted.index)
+    handle = nv_handle(ctx, wanted.index)
     if handle is None:
         public = TPM2B_NV_PUBLIC(
             nvPublic=TPMS_NV_PUBLIC(
@@ -110,7 +115,7 @@ def ensure_revocation_index(ctx: ESAPI, wanted: RevocationIndex) -> bytes:
 
 def read_revoked_bits(ctx: ESAPI, index: int) -> int | None:
     """The field's bits; None when the index does not exist (or was never written)."""
-    handle = _handle(ctx, index)
+    handle = nv_handle(ctx, index)
     if handle is None:
         return None
     try:
@@ -132,7 +137,7 @@ def set_revoked_bits(
     """Set ``bits`` under a statement signed by the index's authority (``key_pem``)."""
     name = index.name
     statement = digest.policy_cp_hash(digest.ZERO, digest.nv_set_bits_cp_hash(name, bits))
-    handle = _handle(ctx, index.index)
+    handle = nv_handle(ctx, index.index)
     if handle is None:
         raise RefusedError(f"TPM NV index 0x{index.index:08x} (the revocation field) is missing")
     with loaded_policy_key(ctx, key_pem) as key:
@@ -149,7 +154,7 @@ def set_revoked_bits(
 
 def apply_release_check(ctx: ESAPI, session: ESYS_TR, index: int, operand: bytes) -> None:
     """PolicyNV in ``session``: the release's bit is clear in the field."""
-    handle = _handle(ctx, index)
+    handle = nv_handle(ctx, index)
     if handle is None:
         raise RefusedError(f"TPM NV index 0x{index:08x} (the revocation field) is missing")
     ctx.policy_nv(

@@ -33,6 +33,7 @@ from sealer.policy.digest import pcr_composite
 from sealer.tpm.nv import apply_release_check, unsalted_session
 from sealer.tpm.pcr import selection
 from sealer.tpm.policykey import ecdsa_signature, loaded_policy_key, policy_key_name
+from sealer.tpm.retirement import apply_epoch_check
 from sealer.tpm.srk import Srk
 
 _AES128_CFB = TPMT_SYM_DEF(
@@ -66,6 +67,8 @@ class AuthorizedPolicy:
     with_pin: bool
     # The approval's release check: (revocation field's NV index, PolicyNV operand), or None.
     release_check: tuple[int, bytes] | None = None
+    # The approval's epoch check: (retirement counter's NV index, PolicyNV operand), or None.
+    epoch_check: tuple[int, bytes] | None = None
     # What the object itself requires after PolicyAuthorize: the capping PCR at its reset
     # value (sealer.policy.binding); None for objects sealed before it did.
     cap_check: PcrValues | None = None
@@ -124,8 +127,11 @@ def _apply_pcr_branches(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy) 
 
 
 def _apply_release_check(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy) -> None:
+    """The approval's NV checks, in the order its approved policy has them."""
     if policy.release_check is not None:
         apply_release_check(ctx, session, *policy.release_check)
+    if policy.epoch_check is not None:
+        apply_epoch_check(ctx, session, *policy.epoch_check)
 
 
 def _apply_policy(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy, ticket: object) -> None:

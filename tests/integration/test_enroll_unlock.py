@@ -163,7 +163,9 @@ def test_remove_takes_the_keyslot_and_token_away(sealer: SealerCli, luks_image: 
     assert sealer.enroll(luks_image).returncode == 0
     removed = sealer("remove", "--json", str(luks_image))
     assert removed.returncode == 0, removed.stderr
-    assert json.loads(removed.stdout) == {"device": str(luks_image), "token": 0, "keyslots": [1]}
+    assert json.loads(removed.stdout) == {
+        "device": str(luks_image), "token": 0, "keyslots": [1], "retirement_counter": "freed"
+    }
     report = json.loads(sealer("status", "--json", str(luks_image)).stdout)
     assert report["enrollments"] == []
     assert [k["slot"] for k in report["keyslots"]] == [0]

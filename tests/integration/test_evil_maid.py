@@ -12,12 +12,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import eventlogs
 import pytest
-from conftest import PASSPHRASE, SealerCli
+from conftest import PASSPHRASE, SealerCli, SealerMachine
 from header_edit import edit_token, token_doc, write_token
 from luks_image import make_luks_image, opens_with
 from swtpm import Swtpm
@@ -84,6 +86,11 @@ def test_the_tpm_itself_refuses_a_moved_approval(
     root, data = root_and_data
     foreign = parse_approval(token_doc(data)["approvals"][0])
     enrollment = require_enrollments(cryptsetup.read_header(str(root)))[0]
+    # Its PolicyNV checks the data volume's retirement counter: let the policy name that one.
+    data_token = require_enrollments(cryptsetup.read_header(str(data)))[0].token
+    enrollment = replace(
+        enrollment, token=replace(enrollment.token, retirement=data_token.retirement)
+    )
     policy = authorized_policy(enrollment, Match(0, foreign, 0))
     token = enrollment.token
     with connect(swtpm.tcti) as ctx:
@@ -258,3 +265,82 @@ def test_reseal_does_not_sign_a_revoked_state_again(
     assert revoked_state not in approved_states(luks_image)
     doc = token_doc(luks_image)["approvals"]
     assert all(a.get("release") == 1 for a in doc), json.dumps(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# A pruned or superseded approval put back from an old copy of the header
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Iterator[SealerMachine]:
+    machine = SealerMachine(tmp_path / "machine")
+    yield machine
+    machine.stop()
+
+
+KERNEL_2 = SHA256.hash(b"kernel 2")
+
+
+def test_an_old_approval_put_back_does_not_unlock_the_old_boot(
+    machine: SealerMachine, luks_image: Path
+) -> None:
+    sealer = machine.sealer
+    machine.boot([])  # kernel 1: PCR 4 at its reset value
+    assert sealer.enroll(luks_image, "--pcrs", "4").returncode == 0
+    old_header = token_doc(luks_image)
+    machine.boot([(4, KERNEL_2)])  # the update: the user approves kernel 2 (kernel 1 dropped)
+    reseal(sealer, luks_image)
+    assert sealer("unlock", "--test", str(luks_image)).returncode == 0
+    # The evil maid puts the old header back and boots the old (vulnerable) kernel 1.
+    write_token(luks_image, 0, old_header)
+    machine.boot([])
+    result = sealer("unlock", "--test", str(luks_image))
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "was retired" in result.stderr
+    assert opens_with(luks_image, PASSPHRASE)
+
+
+def test_deleting_and_redefining_the_retirement_counter_does_not_bring_it_back(
+    machine: SealerMachine, luks_image: Path, tmp_path: Path
+) -> None:
+    """A counter defined again starts above every count the TPM ever had, so an owner (the
+    empty owner authorization of every Linux machine) cannot undo a retirement."""
+    sealer = machine.sealer
+    machine.boot([])
+    assert sealer.enroll(luks_image, "--pcrs", "4").returncode == 0
+    old_header = token_doc(luks_image)
+    counter = old_header["retirement"]["nv_index"]
+    machine.boot([(4, KERNEL_2)])
+    reseal(sealer, luks_image)
+    write_token(luks_image, 0, old_header)
+    machine.boot([])
+    # The attacker redefines the counter with the same public area (same name), then
+    # writes it once, as PolicyNV needs.
+    public = read_nv_public(machine, counter)
+    tools = ["-T", machine.tcti]
+    subprocess.run(["tpm2_nvundefine", *tools, counter], check=True, capture_output=True)
+    policy = tmp_path / "tag"
+    policy.write_bytes(public.tag)
+    subprocess.run(
+        ["tpm2_nvdefine", *tools, counter, "-C", "o", "-s", "8", "-a",
+         "nt=counter|authwrite|authread|no_da", "-L", str(policy)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(["tpm2_nvincrement", *tools, counter], check=True, capture_output=True)
+    assert read_nv_public(machine, counter).name == public.name
+    result = sealer("unlock", "--test", str(luks_image))
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "was retired" in result.stderr
+
+
+@dataclass(frozen=True)
+class NvPublic:
+    name: bytes
+    tag: bytes  # the authPolicy
+
+
+def read_nv_public(machine: SealerMachine, index: str) -> NvPublic:
+    with connect(machine.tcti) as ctx:
+        handle = ctx.tr_from_tpmpublic(int(index, 16))
+        public, name = ctx.nv_read_public(handle)
+    return NvPublic(bytes(name), bytes(public.nvPublic.authPolicy))
