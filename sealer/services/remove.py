@@ -56,8 +56,9 @@ def remove(device: str, token_id: int | None, tcti: str | None = None) -> Remove
     # keyslot that looks like a passphrase.
     for slot in slots:
         cryptsetup.kill_keyslot(device, slot)
+    # The counter before the token, which names it: stopped in between, a rerun finds it.
+    counter = free_counter(token.token_id, token.data, tcti)
     remaining = cryptsetup.read_header(device)
     if token.token_id in remaining.tokens:
         cryptsetup.remove_token(device, token.token_id)
-    counter = free_counter(token.token_id, token.data, tcti)
     return Removed(device=device, token_id=token.token_id, keyslots=slots, counter=counter)
