@@ -291,12 +291,15 @@ class Volume:
 
     def add_controls(self, audit: WireAudit, machine: str) -> None:
         """Bytes of the enrollment that travel in clear: the sealed object's private blob
-        (encrypted by the TPM under the SRK), the SRK's name and the revocation field's."""
+        (encrypted by the TPM under the SRK), the SRK's name, the revocation field's and the
+        retirement counter's."""
         token = self.enrollment().token
         audit.controls[f"sealed blob {self.label}"] = token.sealed_private
         audit.controls[f"SRK name ({machine})"] = token.srk_name
         if token.revocation is not None:
             audit.controls[f"revocation field name ({machine})"] = token.revocation.nv_name
+        if token.retirement is not None:  # remove reads it back (NV_ReadPublic) to free it
+            audit.controls[f"retirement counter name ({self.label})"] = token.retirement.nv_name
 
 
 def _released(volume: Volume, tcti: str, pin: bytes = b"") -> bytes:

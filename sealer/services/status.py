@@ -60,6 +60,10 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
             "authority": token.revocation.authority,
             "revoked_below": None if bits is None else revocation.level_of(bits),
         }
+    if enrollment.token.retirement is not None:
+        view["retirement"] = {
+            "nv_index": f"0x{enrollment.token.retirement.nv_index:08x}", "counter": counter,
+        }  # fmt: skip
     view["srk_present"] = srk is not None
     view["srk_matches"] = srk is not None and srk.name == token.srk_name
     view["current_pcrs"] = {str(p): v.hex() for p, v in sorted(current.items())}
@@ -80,6 +84,8 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
             "release": a.release,
             "revoked": bits is not None and a.release is not None
             and revocation.is_revoked(bits, a.release),
+            "epoch": a.epoch,
+            "retired": counter is not None and a.epoch is not None and a.epoch < counter,
             "differing_pcrs": a.differing_pcrs(current),
         }
         for i, a in enumerate(approvals)
@@ -179,6 +185,9 @@ def _describe(
             "srk_name": sealed.srk_name.hex(),
             "policy_keys": [{"role": k.role, "name": k.name.hex()} for k in sealed.policy_keys],
             "created": sealed.created,
+            # False: enrolled by a sealer whose approvals were not bound to their enrollment
+            # (an approval of another volume of the machine would unlock it): enroll again.
+            "approvals_bound": not enrollment.legacy,
         }
         if sealed.complete:
             entry.update(_tpm_view(enrollment, tcti))
@@ -249,6 +258,12 @@ def render(report: dict[str, Any]) -> str:
             )
             lines.append(f"    recovery key: keyslot {e['recovery']['keyslot']}{escrow}")
         lines.append(f"    SRK {e['srk_handle']} name {e['srk_name'][:16]}...")
+        if not e["approvals_bound"]:
+            lines.append(
+                "    WARNING: enrolled by an older sealer: its approvals are not bound to it "
+                "and retired ones can be put back; run 'sealer enroll' again, then "
+                "'sealer remove --token N' for this one"
+            )
         if "tpm_error" in e:
             lines.append(f"    TPM: {e['tpm_error']}")
             lines += _next_boot_lines(e)
@@ -265,6 +280,8 @@ def render(report: dict[str, Any]) -> str:
             )
             if a.get("revoked"):
                 state = f"revoked (release {a['release']})"
+            elif a.get("retired"):
+                state = f"retired (epoch {a['epoch']}, replaced by a newer approval)"
             lines.append(
                 f"    approval {a['index']} ({a['comment']}, {a['created']}, "
                 f"{a['boot_states']} boot state(s)): {state}"
