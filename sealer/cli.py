@@ -117,7 +117,8 @@ def main(ctx: click.Context, tcti: str | None, debug: bool) -> None:
     default=15,
     show_default=True,
     type=click.IntRange(0, 23),
-    help="PCR extended after unlock at boot; every approval requires its pre-cap value.",
+    help="PCR extended after unlock at boot (0-15: 16-23 can be reset without a reboot); "
+    "the sealed object requires its pre-cap value.",
 )
 @click.option(
     "--pin", is_flag=True, help="Also require a PIN (checked by the TPM, with lockout)."

@@ -220,4 +220,77 @@ def revoke(
     run_command(ctx, as_json, action)
 
 
-COMMANDS = (policy, revoke)
+@click.group()
+def key() -> None:
+    """The machine's policy key, which signs this machine's approvals.
+
+    \b
+      sealer key rotate /dev/nvme0n1p3 /dev/sda2   # new key; the old one's approvals dead
+    """
+
+
+@key.command("rotate")
+@click.argument("devices", nargs=-1)
+@click.option(
+    "--unlock-key-file", metavar="PATH",
+    help="Read the passphrase or recovery key from PATH ('-' for standard input) instead of "
+    "prompting for each volume. Never give it on the command line.",
+)  # fmt: skip
+@click.option("--pin-file", metavar="PATH",
+              help="Read the new PIN of enrollments that have one from PATH ('-': stdin).")
+@state_dir_option("The state directory holding the machine's policy key.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@click.pass_context
+def rotate_key(
+    ctx: click.Context, devices: tuple[str, ...], unlock_key_file: str | None,
+    pin_file: str | None, state_dir: Path, as_json: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Replace the machine's policy key, and retire everything the old one signed.
+
+    Whoever holds a copy of the old key (an old backup of the state directory) could sign
+    approvals for this machine's volumes. The sealed object names the key it trusts, so each
+    enrollment of DEVICES is made again under a new key (authorised by the passphrase or
+    recovery key, asked for each volume), keeping its PCRs, vendor key and recovery key;
+    then the old enrollment, its keyslot and its retirement counter are removed, and the new
+    key replaces the old one. Give every volume enrolled on this machine: a volume left out
+    keeps trusting the old key, and 'sealer reseal' can no longer sign for it. Safe to
+    interrupt: run it again with the same volumes to finish.
+    """
+    from sealer.clikit import progress
+    from sealer.services.keyrotate import RotateRequest, check, rotate
+    from sealer.services.secrets import read_secret
+
+    def secrets(device: str, needs_pin: bool) -> tuple[bytes, bytes | None]:
+        unlock = read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
+        if not needs_pin:
+            return unlock, None
+        return unlock, read_secret(pin_file, f"New TPM PIN for {device}", confirm=True)
+
+    def action() -> None:
+        if unlock_key_file == "-" and pin_file == "-":
+            raise UsageError("only one secret can come from standard input")
+        req = RotateRequest(devices, state_dir, ctx.obj.tcti)
+        found = check(req)  # before any secret is asked for
+        results = rotate(req, found, secrets, progress(quiet or as_json))
+        if as_json:
+            emit_json([
+                {"device": r.device, "enrolled_tokens": list(r.enrolled),
+                 "removed_tokens": list(r.removed), "warnings": r.warnings}
+                for r in results
+            ])  # fmt: skip
+            return
+        for r in results:
+            for warning in r.warnings:
+                click.echo(f"sealer: warning: {warning}", err=True)
+            click.echo(
+                f"{r.device}: enrolled under the new key as token(s) "
+                f"{', '.join(map(str, r.enrolled)) or '(done earlier)'}; removed token(s) "
+                f"{', '.join(map(str, r.removed)) or 'none'}"
+            )
+        click.echo(f"The new policy key is {state_dir}/policy-key.pem; the old one is gone.")
+
+    run_command(ctx, as_json, action)
+
+
+COMMANDS = (policy, revoke, key)

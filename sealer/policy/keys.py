@@ -6,6 +6,7 @@ holding only the disk cannot sign an approval for a boot chain of their own.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -57,8 +58,10 @@ def _state_hint(state_dir: Path, error: int | None = None) -> str:
     return directory_hint(state_dir, "--state-dir", error)
 
 
-def load_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey | None:
-    path = state_dir / MACHINE_KEY_FILE
+def load_machine_key(
+    state_dir: Path, name: str = MACHINE_KEY_FILE
+) -> ec.EllipticCurvePrivateKey | None:
+    path = state_dir / name
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -75,8 +78,10 @@ def load_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey | None:
     return key
 
 
-def load_or_create_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
-    key = load_machine_key(state_dir)
+def load_or_create_machine_key(
+    state_dir: Path, name: str = MACHINE_KEY_FILE
+) -> ec.EllipticCurvePrivateKey:
+    key = load_machine_key(state_dir, name)
     if key is not None:
         return key
     key = ec.generate_private_key(ec.SECP256R1())
@@ -85,8 +90,25 @@ def load_or_create_machine_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_private_file(state_dir, MACHINE_KEY_FILE, data)
+    _write_private_file(state_dir, name, data)
     return key
+
+
+def promote_machine_key(state_dir: Path, name: str) -> None:
+    """Make ``state_dir/name`` the machine key, replacing the current one in one rename."""
+    before_write(f"state: replace {MACHINE_KEY_FILE} with {name}")
+    try:
+        os.replace(state_dir / name, state_dir / MACHINE_KEY_FILE)
+        fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the rename itself must survive a power loss
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StateError(
+            f"cannot replace the policy key in {state_dir}: {exc.strerror}",
+            _state_hint(state_dir, exc.errno),
+        ) from exc
 
 
 def _write_private_file(state_dir: Path, name: str, data: bytes) -> None:

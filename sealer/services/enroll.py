@@ -66,6 +66,11 @@ class EnrollRequest:
     vendor_key_pem: str | None = None
     # Escrow the recovery key to the organisation (checked already); needs recovery_key.
     escrow: Escrow | None = None
+    # The machine key's file in state_dir ('sealer key rotate' enrolls with the next key).
+    machine_key_file: str = keys.MACHINE_KEY_FILE
+    # A recovery keyslot an earlier enrollment recorded, which the new token takes over
+    # ('sealer key rotate'); never together with recovery_key.
+    keep_recovery: RecoveryRef | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,11 @@ def preflight(device: str, tcti: str | None, cap_pcr: int) -> None:
     typed for a command that was bound to fail is a passphrase typed in vain."""
     check_cap_pcr(cap_pcr)
     cryptsetup.read_header(device)
+    require_tpm(tcti)
+
+
+def require_tpm(tcti: str | None) -> None:
+    """TPMUnavailableError (exit 4) unless a TPM can be reached at ``tcti``."""
     with connect(tcti):
         pass  # opening the transport proves a TPM answers there; no command is sent
 
@@ -193,7 +203,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     header = _clear_interrupted(header, req.tcti, progress)
     token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
 
-    machine_key = keys.load_or_create_machine_key(req.state_dir)
+    machine_key = keys.load_or_create_machine_key(req.state_dir, req.machine_key_file)
     key_pem = keys.public_pem(machine_key)
     key_name = policy_key_name(key_pem)
     pin_salt = os.urandom(PIN_SALT_BYTES) if req.pin is not None else None
@@ -262,7 +272,9 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         revocation=RevocationRef(field.index, nv_name, authority.role),
         complete=False,
-        recovery=None if recovery_slot is None else RecoveryRef(None, pending=recovery_slot),
+        recovery=(
+            req.keep_recovery if recovery_slot is None else RecoveryRef(None, pending=recovery_slot)
+        ),
         enrollment_id=binding.enrollment_id,
         retirement=RetirementRef(counter.index, counter.name),
     )

@@ -113,6 +113,22 @@ def ensure_revocation_index(ctx: ESAPI, wanted: RevocationIndex) -> bytes:
     return bytes(name)
 
 
+def undefine_revocation_index(ctx: ESAPI, index: RevocationIndex) -> bool:
+    """Delete the field if it is exactly ``index`` (its authority's); False if it is not."""
+    handle = nv_handle(ctx, index.index)
+    if handle is None:
+        return False
+    _, name = ctx.nv_read_public(handle)
+    if bytes(name) != index.name:
+        return False
+    before_write(f"tpm: undefine NV index 0x{index.index:08x}")
+    try:
+        ctx.nv_undefine_space(handle, ESYS_TR.OWNER, session1=ESYS_TR.PASSWORD)
+    finally:
+        forget_handle(ctx, index.index)
+    return True
+
+
 def read_revoked_bits(ctx: ESAPI, index: int) -> int | None:
     """The field's bits; None when the index does not exist (or was never written)."""
     handle = nv_handle(ctx, index)

@@ -37,6 +37,8 @@ from simboot import SimulatedMachine, captured_boot, make_uki
 from swtpm import Swtpm
 
 from sealer.luks import cryptsetup
+from sealer.policy import keys
+from sealer.tpm.policykey import policy_key_name
 
 pytestmark = pytest.mark.integration
 INJECTOR = ROOT / "swtpm-fixtures" / "faultinject.py"
@@ -138,6 +140,20 @@ def _completed_revocation(machine: Machine, rerun: Result, report: dict[str, Any
     assert enrollment["revocation"]["revoked_below"] == 1 and not enrollment["unlocks_now"]
 
 
+def _completed_rotation(machine: Machine, rerun: Result, report: dict[str, Any]) -> None:
+    """One enrollment, under the key now in the state directory; the recovery key kept."""
+    [enrollment] = report["enrollments"]
+    assert enrollment["complete"] and enrollment["unlocks_now"]
+    key = keys.load_machine_key(machine.sealer.state_dir)
+    assert key is not None
+    machine_name = policy_key_name(keys.public_pem(key)).hex()
+    assert [k["name"] for k in enrollment["policy_keys"]] == [machine_name]
+    recovery_slot = enrollment["recovery"]["keyslot"]
+    assert cryptsetup.test_key(str(machine.image), machine.held[1], recovery_slot)
+    assert len(report["keyslots"]) == 3  # the passphrase, the TPM and the recovery key
+    assert not (machine.sealer.state_dir / "policy-key.next.pem").exists()
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str
@@ -177,6 +193,12 @@ OPERATIONS = [
     Operation(
         "remove", lambda m: ["remove", "--json", str(m.image)], _completed_removal,
         prepare=Machine.enroll,
+    ),
+    Operation(
+        "key rotate",
+        lambda m: ["key", "rotate", "--unlock-key-file", "-", "--state-dir",
+                   str(m.sealer.state_dir), "--json", str(m.image)],
+        _completed_rotation, prepare=Machine.enroll, stdin=PASSPHRASE,
     ),
     Operation(
         "revoke",
