@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob
 import json
 import re
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from sealer import privatefile
 from sealer.checkpoint import before_write
 from sealer.errors import StateError, TokenError, UsageError
+from sealer.luks.header import is_uuid, require_uuid
 from sealer.privatefile import write_private_file
 
 RECORD_TYPE = "sealer-escrow"
@@ -60,7 +60,11 @@ class EscrowRecord:
 
 
 def record_name(machine_id: str, volume_uuid: str, keyslot: int) -> str:
-    return f"{machine_id}-{volume_uuid}-keyslot{keyslot}.json"
+    """The record's file name; DeviceError (UsageError for the machine id) before a UUID or
+    machine id that is not one could make the name a path out of the escrow directory."""
+    if not MACHINE_ID.fullmatch(machine_id):
+        raise UsageError(f"{machine_id!r} is not a machine id", "give one with --machine-id")
+    return f"{machine_id}-{require_uuid(volume_uuid, 'the volume')}-keyslot{keyslot}.json"
 
 
 def parse_record(doc: object) -> EscrowRecord:
@@ -82,10 +86,8 @@ def parse_record(doc: object) -> EscrowRecord:
     )}  # fmt: skip
     if not MACHINE_ID.fullmatch(texts["machine_id"]):
         raise TokenError("its machine_id is not a machine id")
-    try:
-        uuid.UUID(texts["volume_uuid"])
-    except ValueError:
-        raise TokenError("its volume_uuid is not a UUID") from None
+    if not is_uuid(texts["volume_uuid"]):
+        raise TokenError("its volume_uuid is not a UUID")
     if not _SHA256_HEX.fullmatch(texts["certificate_sha256"]):
         raise TokenError("its certificate_sha256 is not 64 lowercase hex digits")
     try:
@@ -166,7 +168,9 @@ def find_records(
 ) -> list[EscrowRecord]:
     """The valid records in ``directory`` for this volume's keyslot (any machine id); with
     ``salt``, only those of the key now in it (a record without a salt cannot say)."""
-    found = []
+    found: list[EscrowRecord] = []
+    if not is_uuid(volume_uuid):
+        return found  # no record is ever written for it, and it is no glob to expand
     for path in sorted(directory.glob(f"*-{glob.escape(volume_uuid)}-keyslot{keyslot}.json")):
         try:
             record = read_record(path)
