@@ -56,7 +56,7 @@ def rewrite_header_uuid(path: Path, uuid: bytes) -> None:
         for offset in (0, hdr_size):
             handle.seek(offset)
             area = bytearray(handle.read(hdr_size))
-            if area[:6] not in (b"LUKS\xba\xbe", b"SKUL\xba\xbe"):
+            if bytes(area[:6]) not in (b"LUKS\xba\xbe", b"SKUL\xba\xbe"):
                 raise ValueError(f"no LUKS2 header copy at offset {offset} of {path}")
             if area[72:80] != b"sha256\0\0":
                 raise ValueError("only sha256 header checksums are rewritten here")
