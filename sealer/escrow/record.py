@@ -1,8 +1,12 @@
 """The escrow record: one JSON file per recovery key, holding its CMS envelope.
 
-    {"type": "sealer-escrow", "version": 1, "machine_id": ..., "hostname": ...,
+    {"type": "sealer-escrow", "version": 2, "machine_id": ..., "hostname": ...,
      "device": ..., "volume_uuid": ..., "token": N, "keyslot": M, "created": ISO-8601 UTC,
      "certificate_sha256": hex, "certificate_subject": RFC 4514, "cms": "-----BEGIN CMS-----..."}
+
+Version 2 records hold an AuthEnvelopedData (RSA-OAEP, AES-256-GCM; sealer.escrow.cms), version
+1 records (sealer before issue 15) an EnvelopedData (RSA PKCS#1 v1.5, AES-256-CBC): both are
+read, only version 2 is written. Nothing else differs between the two.
 
 It is named ``<machine_id>-<volume_uuid>-keyslot<M>.json``, so the keyslot number tells the
 records of successive keys apart. A record is replaced only by a new key in the same keyslot,
@@ -27,7 +31,8 @@ from sealer.luks.header import is_uuid, require_uuid
 from sealer.privatefile import write_private_file
 
 RECORD_TYPE = "sealer-escrow"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # the version written
+READABLE_VERSIONS = (1, 2)
 MAX_RECORD_BYTES = 64 * 1024  # a record is about 1 KiB; anything far larger is not one
 # Safe in a file name, and what /etc/machine-id holds (32 hex digits) fits.
 MACHINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -50,13 +55,15 @@ class EscrowRecord:
     # The keyslot's KDF salt when the key was escrowed: a later key in a keyslot of the same
     # number has another salt, so an old record never vouches for it ("": not recorded).
     keyslot_salt: str = ""
+    # 2: the envelope is an AuthEnvelopedData (RSA-OAEP, AES-GCM), 1: EnvelopedData (older).
+    version: int = RECORD_VERSION
 
     @property
     def file_name(self) -> str:
         return record_name(self.machine_id, self.volume_uuid, self.keyslot)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": RECORD_TYPE, "version": RECORD_VERSION, **asdict(self)}
+        return {"type": RECORD_TYPE, **asdict(self)}
 
 
 def record_name(machine_id: str, volume_uuid: str, keyslot: int) -> str:
@@ -77,9 +84,10 @@ def parse_record(doc: object) -> EscrowRecord:
     if doc.get("type") != RECORD_TYPE:
         raise TokenError(f"its type is {doc.get('type')!r}, not {RECORD_TYPE!r}")
     version = doc.get("version")
-    if version != RECORD_VERSION:
-        raise TokenError(f"it has version {version!r}; this sealer reads version "
-                         f"{RECORD_VERSION}", "use a newer sealer")  # fmt: skip
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise TokenError(f"it has version {version!r}; this sealer reads versions "
+                         f"{' and '.join(map(str, READABLE_VERSIONS))}",
+                         "use a newer sealer")  # fmt: skip
     texts = {name: _text(doc, name) for name in (
         "machine_id", "hostname", "device", "volume_uuid", "created", "certificate_sha256",
         "certificate_subject", "cms",
@@ -102,8 +110,9 @@ def parse_record(doc: object) -> EscrowRecord:
     if not isinstance(salt, str):
         raise TokenError("its keyslot_salt is not a string")
     return EscrowRecord(
-        token=_slot(doc, "token"), keyslot=_slot(doc, "keyslot"), keyslot_salt=salt, **texts
-    )
+        token=_slot(doc, "token"), keyslot=_slot(doc, "keyslot"), keyslot_salt=salt,
+        version=version, **texts,
+    )  # fmt: skip
 
 
 def _text(doc: dict[str, Any], name: str) -> str:

@@ -43,8 +43,13 @@ def test_the_json_has_exactly_the_documented_fields_and_reads_back() -> None:
         "type", "version", "machine_id", "hostname", "device", "volume_uuid", "token",
         "keyslot", "created", "certificate_sha256", "certificate_subject", "cms", "keyslot_salt",
     }  # fmt: skip
-    assert doc["type"] == "sealer-escrow" and doc["version"] == 1
+    assert doc["type"] == "sealer-escrow" and doc["version"] == 2
     assert parse_record(json.loads(json.dumps(doc))) == record
+
+
+def test_version_1_records_still_read() -> None:
+    doc = {**a_record().to_json(), "version": 1}
+    assert parse_record(doc) == a_record(version=1)
 
 
 def test_the_file_name_carries_machine_volume_and_keyslot() -> None:
@@ -62,8 +67,9 @@ def test_unknown_fields_are_ignored() -> None:
     [
         ({"type": "sealer-tpm2"}, "its type is 'sealer-tpm2'"),
         ({"type": None}, "its type is None"),
-        ({"version": 2}, "it has version 2"),
+        ({"version": 3}, "it has version 3; this sealer reads versions 1 and 2"),
         ({"version": "1"}, "it has version '1'"),
+        ({"version": True}, "it has version True"),
         ({"machine_id": ""}, "its machine_id is missing"),
         ({"machine_id": "../../etc/passwd"}, "its machine_id is not a machine id"),
         ({"hostname": 7}, "its hostname is missing or not a string"),
