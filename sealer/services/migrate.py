@@ -74,8 +74,7 @@ def _enroll_with(
 def _refuse_no_pcrs(req: MigrateRequest, binding: ForeignBinding) -> None:
     """A binding to no PCRs would become an approval of the cap PCR alone, whose pre-cap value
     every boot of this machine reaches: it would unlock whatever booted. --pcrs must say."""
-    pcrs = req.pcrs if req.pcrs is not None else binding.pcrs
-    if not set(pcrs) - {req.cap_pcr}:
+    if req.pcrs is None and not binding.pcrs:  # --pcrs itself is checked by enroll
         raise UsageError(
             f"the {binding.tool} binding of {req.device} is bound to no PCRs, and a sealer "
             f"enrollment bound to the cap PCR {req.cap_pcr} alone would unlock on any boot "
@@ -101,7 +100,7 @@ def migrate(req: MigrateRequest, read_pin: PinReader, progress: Progress) -> Mig
     header = cryptsetup.read_header(req.device)
     enrolling = not header.tokens_of_type(TOKEN_TYPE)
     readable, _ = foreign_bindings(header)
-    if enrolling and readable and req.pcrs is None and all(not b.pcrs for b in readable):
+    if enrolling and readable and all(not b.pcrs for b in readable):
         _refuse_no_pcrs(req, readable[0])  # before the TPM (and maybe a PIN) is asked
     progress("asking the TPM for the key of the existing binding")
     old = release_foreign(header, req.tcti, read_pin)
