@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sealer import checkpoint
-from sealer.errors import StateError, TokenError, UsageError
+from sealer.errors import DeviceError, StateError, TokenError, UsageError
 from sealer.escrow.record import (
     MAX_RECORD_BYTES,
     EscrowRecord,
@@ -166,3 +166,16 @@ def test_find_records_only_valid_ones_for_that_volume_and_keyslot(tmp_path: Path
     assert [r.machine_id for r in find_records(tmp_path, UUID, 3)] == ["other"]
     assert find_records(tmp_path, UUID, 5) == []
     assert find_records(tmp_path, UUID, 4) == []
+
+
+@pytest.mark.parametrize("hostile", ["/../../../escaped", "*", UUID + "/..", UUID.replace("-", "")])
+def test_a_uuid_that_is_not_one_never_names_a_record(hostile: str, tmp_path: Path) -> None:
+    """Issue 15: the UUID comes from an attacker-writable header; read_header refuses it, and
+    the record's name and the search for records refuse it again."""
+    with pytest.raises(DeviceError, match="is not a UUID"):
+        record_name(MACHINE, hostile, 2)
+    with pytest.raises(DeviceError):
+        write_record(tmp_path / "escrow", a_record(volume_uuid=hostile))
+    assert not (tmp_path / "escrow").exists() and list(tmp_path.rglob("*.json")) == []
+    write_record(tmp_path / "escrow", a_record())
+    assert find_records(tmp_path / "escrow", "*", 2) == []
