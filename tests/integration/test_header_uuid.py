@@ -1,7 +1,7 @@
 """A LUKS2 UUID is 40 header bytes an attacker chooses: sealer must never let it name a path.
 
 The image's UUID is rewritten in both binary header copies with valid SHA-256 checksums
-(``luk_image.rewrite_header_uuid``), so cryptsetup itself reads the header as sound and prints
+(``luks_image.rewrite_header_uuid``), so cryptsetup itself reads the header as sound and prints
 the hostile UUID; only sealer's own check stands between it and the escrow record's file name
 (and the default ``luks-UUID`` device-mapper name).
 """
