@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import subprocess
+import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 SUBJECT = "CN=Example Org recovery-key escrow,O=Example Org"
@@ -113,7 +116,25 @@ def bad_certificates(directory: Path) -> dict[str, Path]:
 
 
 def decrypt_record(record: Path, org: OrgKeys) -> bytes:
-    """The key in an escrow record, opened by cryptography's own CMS code (not sealer's)."""
-    pem = json.loads(record.read_text())["cms"]
-    body = "".join(line for line in pem.strip().splitlines()[1:-1])
-    return pkcs7.pkcs7_decrypt_der(base64.b64decode(body), org.certificate, org.private_key, [])
+    """The key in an escrow record, opened by OpenSSL's own CMS code (not sealer's).
+
+    cryptography's ``pkcs7_decrypt_der`` did this for version 1 records; it cannot read the
+    AuthEnvelopedData (RSA-OAEP, AES-GCM) of version 2, which ``openssl cms`` does.
+    """
+    pem = str(json.loads(record.read_text())["cms"])
+    return subprocess.run(
+        ["openssl", "cms", "-decrypt", "-inform", "PEM", "-inkey", str(org.key)],
+        input=pem.encode(), capture_output=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def legacy_envelope(org: OrgKeys, content: bytes) -> str:
+    """A version 1 envelope, made as sealer made it before issue 15: cryptography's
+    EnvelopedData, RSA PKCS#1 v1.5 key transport, AES-256-CBC."""
+    der = (
+        pkcs7.PKCS7EnvelopeBuilder().set_data(content).add_recipient(org.certificate)
+        .set_content_encryption_algorithm(algorithms.AES256)
+        .encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    )  # fmt: skip
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
+    return f"-----BEGIN CMS-----\n{body}\n-----END CMS-----\n"

@@ -1,18 +1,22 @@
-"""CMS EnvelopedData to an organisation's RSA certificate: the only envelope crypto in sealer.
+"""CMS envelopes to an organisation's RSA certificate: the only envelope crypto in sealer.
 
-Encryption is cryptography's ``PKCS7EnvelopeBuilder``: RSA PKCS#1 v1.5 key transport to the
-certificate and AES-256-CBC content encryption, as RFC 5652 EnvelopedData that
-``openssl cms -decrypt -inkey org.key`` opens with no other tool.
+Encryption makes an RFC 5083 AuthEnvelopedData: RSAES-OAEP key transport (SHA-256, MGF1 with
+SHA-256; RFC 4055) to the certificate and AES-256-GCM content encryption (RFC 5084), which
+OpenSSL 3's ``openssl cms -decrypt -inkey org.key`` opens with no other tool. cryptography
+has no builder for it (its ``PKCS7EnvelopeBuilder`` only does PKCS#1 v1.5 and CBC), so the few
+DER fields are written here; every cipher operation is still cryptography's.
 
-Decryption is done here rather than by ``pkcs7_decrypt_der``, because that function also
-wants the recipient's certificate, and the help desk may hold only the private key. It reads
-the few DER fields it needs, and every cipher operation is still cryptography's.
+Decryption reads both that and the RFC 5652 EnvelopedData (RSA PKCS#1 v1.5, AES-CBC) that
+version 1 records hold. It is done here rather than by ``pkcs7_decrypt_der``, because that
+function also wants the recipient's certificate, and the help desk may hold only the private
+key.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.padding import PKCS7 as PKCS7Padding
-from cryptography.hazmat.primitives.serialization import pkcs7
 
 from sealer.errors import AuthError, TokenError, UsageError
 
@@ -35,15 +39,35 @@ PEM_LABEL = "CMS"  # what openssl cms writes and reads (it also reads "PKCS7")
 _CERT_HINT = "give the organisation's escrow certificate (PEM or DER) with --escrow-cert"
 _RSA_HINT = f"ask for an RSA certificate ({MIN_RSA_BITS} bits or more) that allows keyEncipherment"
 
-# DER contents of the object identifiers read when decrypting.
+# DER contents of the object identifiers written or read.
 _ENVELOPED_DATA = bytes.fromhex("2a864886f70d010703")  # 1.2.840.113549.1.7.3
-_RSA_ENCRYPTION = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1
+_AUTH_ENVELOPED_DATA = bytes.fromhex("2a864886f70d0109100117")  # 1.2.840.113549.1.9.16.1.23
+_DATA = bytes.fromhex("2a864886f70d010701")  # 1.2.840.113549.1.7.1
+_RSA_ENCRYPTION = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1 (PKCS#1 v1.5)
+_RSAES_OAEP = bytes.fromhex("2a864886f70d010107")  # 1.2.840.113549.1.1.7
+_MGF1 = bytes.fromhex("2a864886f70d010108")  # 1.2.840.113549.1.1.8
+_SHA256 = bytes.fromhex("608648016503040201")  # 2.16.840.1.101.3.4.2.1
+_AES256_GCM = bytes.fromhex("60864801650304012e")  # 2.16.840.1.101.3.4.1.46
+_AES_GCM = {  # 2.16.840.1.101.3.4.1.{6,26,46}: key length in bytes
+    bytes.fromhex("608648016503040106"): 16,
+    bytes.fromhex("60864801650304011a"): 24,
+    _AES256_GCM: 32,
+}
+_GCM_NONCE, _GCM_TAG = 12, 16
 _AES_CBC = {  # 2.16.840.1.101.3.4.1.{2,22,42}: key length in bytes
     bytes.fromhex("608648016503040102"): 16,
     bytes.fromhex("608648016503040116"): 24,
     bytes.fromhex("60864801650304012a"): 32,
 }
 _SEQUENCE, _SET, _OID, _OCTETS, _CONTEXT0, _CONTEXT0_PRIMITIVE = 0x30, 0x31, 0x06, 0x04, 0xA0, 0x80
+_INTEGER, _CONTEXT1 = 0x02, 0xA1
+# RSAES-OAEP-params with SHA-256 and MGF1-SHA-256 and the default (empty) label, RFC 4055; the
+# hash AlgorithmIdentifiers without parameters, as OpenSSL writes them.
+_SHA256_ID = bytes([_SEQUENCE, 11, _OID, 9]) + _SHA256
+_OAEP_PARAMS = (
+    bytes([_SEQUENCE, 43, _CONTEXT0, 13]) + _SHA256_ID
+    + bytes([_CONTEXT1, 26, _SEQUENCE, 24, _OID, 9]) + _MGF1 + _SHA256_ID
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,15 +177,58 @@ def _usages(usage: x509.KeyUsage) -> str:
 
 
 def encrypt(certificate: EscrowCertificate, data: bytes) -> str:
-    """``data`` as a PEM "CMS" EnvelopedData that only the certificate's private key opens."""
-    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(data).add_recipient(certificate.certificate)
-    # AES-256 where cryptography lets us choose (45 and later); its default is AES-128-CBC.
-    if hasattr(builder, "set_content_encryption_algorithm"):
-        builder = builder.set_content_encryption_algorithm(algorithms.AES256)
-    # Binary: the content as it is. Without it the builder turns "\n" into "\r\n" (S/MIME).
-    der = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    """``data`` as a PEM "CMS" AuthEnvelopedData that only the certificate's private key opens.
+
+    RSAES-OAEP (SHA-256) wraps a fresh AES-256 key; AES-256-GCM encrypts and authenticates
+    ``data`` as it is (no S/MIME line-ending changes).
+    """
+    public_key = certificate.certificate.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):  # load_certificate lets only RSA through
+        raise UsageError("escrow needs an RSA certificate", _RSA_HINT)
+    content_key, nonce = AESGCM.generate_key(256), os.urandom(_GCM_NONCE)
+    sealed = AESGCM(content_key).encrypt(nonce, data, None)  # ciphertext + 16-byte tag
+    ciphertext, tag = sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
+    wrapped = public_key.encrypt(content_key, _OAEP)
+    issuer, serial = _issuer_and_serial(certificate.certificate)
+    recipient = _der(_SEQUENCE, _der(_INTEGER, b"\0") + _der(_SEQUENCE, issuer + serial)
+                     + _der(_SEQUENCE, _der(_OID, _RSAES_OAEP) + _OAEP_PARAMS)
+                     + _der(_OCTETS, wrapped))  # fmt: skip
+    gcm = _der(_SEQUENCE, _der(_OID, _AES256_GCM)
+               + _der(_SEQUENCE, _der(_OCTETS, nonce) + _der(_INTEGER, bytes([_GCM_TAG]))))
+    content_info = _der(_SEQUENCE, _der(_OID, _DATA) + gcm
+                        + _der(_CONTEXT0_PRIMITIVE, ciphertext))  # fmt: skip
+    auth_enveloped = _der(_SEQUENCE, _der(_INTEGER, b"\0") + _der(_SET, recipient)
+                          + content_info + _der(_OCTETS, tag))  # fmt: skip
+    der = _der(_SEQUENCE, _der(_OID, _AUTH_ENVELOPED_DATA) + _der(_CONTEXT0, auth_enveloped))
     body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
     return f"-----BEGIN {PEM_LABEL}-----\n{body}\n-----END {PEM_LABEL}-----\n"
+
+
+_OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def _der(tag: int, value: bytes) -> bytes:
+    """One DER element (definite, minimal length)."""
+    n = len(value)
+    if n < 0x80:
+        return bytes([tag, n]) + value
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + value
+
+
+def _issuer_and_serial(certificate: x509.Certificate) -> tuple[bytes, bytes]:
+    """The certificate's issuer Name and serial INTEGER, as the DER bytes it holds them in."""
+    try:
+        tbs, _ = _read(certificate.tbs_certificate_bytes, 0)
+        fields = _children(tbs.value)
+        if fields and fields[0].tag == _CONTEXT0:
+            fields = fields[1:]  # the version
+        if len(fields) < 3 or fields[0].tag != _INTEGER or fields[2].tag != _SEQUENCE:
+            raise _Malformed("unexpected TBSCertificate")
+    except _Malformed as exc:
+        raise UsageError(f"the escrow certificate {certificate.subject.rfc4514_string()} "
+                         "cannot be read", _CERT_HINT) from exc  # fmt: skip
+    return _der(_SEQUENCE, fields[2].value), _der(_INTEGER, fields[0].value)
 
 
 def pem_to_der(text: str) -> bytes:
@@ -207,13 +274,71 @@ def load_private_key(
 
 
 def decrypt(pem_text: str, key: rsa.RSAPrivateKey) -> bytes:
-    """The content of a PEM CMS EnvelopedData, decrypted with ``key``.
+    """The content of a PEM CMS AuthEnvelopedData (or a version-1 EnvelopedData), decrypted
+    with ``key``.
 
     TokenError: the envelope is malformed or uses what sealer never writes. AuthError: no
     RSA recipient in it opens with this key.
     """
-    cipher_len, iv, ciphertext, wrapped_keys = _parse_enveloped(pem_to_der(pem_text))
-    for wrapped in wrapped_keys:
+    der = pem_to_der(pem_text)
+    try:
+        content_type, content = _content_info(der)
+        if content_type == _AUTH_ENVELOPED_DATA:
+            found = _open_authenticated(_auth_enveloped_fields(content), key)
+        else:
+            found = _open_legacy(_enveloped_fields(content), key)
+    except _Malformed as exc:
+        raise TokenError(f"the envelope is not a CMS envelope sealer can read: {exc}") from exc
+    if found is None:
+        raise AuthError("the private key does not open this envelope")
+    return found
+
+
+def is_authenticated(pem_text: str) -> bool:
+    """Is this a PEM AuthEnvelopedData (what version 2 records hold)? TokenError if no CMS."""
+    try:
+        return _content_info(pem_to_der(pem_text))[0] == _AUTH_ENVELOPED_DATA
+    except _Malformed as exc:
+        raise TokenError(f"the envelope is not a CMS envelope sealer can read: {exc}") from exc
+
+
+class _Malformed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    key_length: int  # the AES content key's length in bytes
+    iv: bytes  # CBC IV or GCM nonce
+    ciphertext: bytes
+    wrapped_keys: list[bytes]  # the content key, encrypted to each RSA recipient
+    tag: bytes = b""  # GCM only
+
+
+def _open_authenticated(envelope: _Envelope, key: rsa.RSAPrivateKey) -> bytes | None:
+    for wrapped in envelope.wrapped_keys:
+        try:
+            content_key = key.decrypt(wrapped, _OAEP)
+        except ValueError:
+            continue
+        if len(content_key) != envelope.key_length:
+            continue
+        try:
+            decryptor = Cipher(
+                algorithms.AES(content_key),
+                modes.GCM(envelope.iv, envelope.tag, min_tag_length=len(envelope.tag)),
+            ).decryptor()
+            return decryptor.update(envelope.ciphertext) + decryptor.finalize()
+        except InvalidTag:
+            # OAEP checks its own padding, so a wrong private key fails above, not here:
+            # the key was right and the content or its tag was changed.
+            raise _Malformed("its content was changed (the AES-GCM tag does not match)") from None
+    return None
+
+
+def _open_legacy(envelope: _Envelope, key: rsa.RSAPrivateKey) -> bytes | None:
+    """Version 1 records: PKCS#1 v1.5 key transport, AES-CBC (unauthenticated)."""
+    for wrapped in envelope.wrapped_keys:
         # A wrong key fails here, or (OpenSSL's implicit rejection of PKCS#1 v1.5 returns a
         # random key instead of failing) at the length or the CBC padding check below; the
         # caller also checks what the content is.
@@ -221,76 +346,116 @@ def decrypt(pem_text: str, key: rsa.RSAPrivateKey) -> bytes:
             content_key = key.decrypt(wrapped, padding.PKCS1v15())
         except ValueError:
             continue
-        if len(content_key) != cipher_len:
+        if len(content_key) != envelope.key_length:
             continue
-        decryptor = Cipher(algorithms.AES(content_key), modes.CBC(iv)).decryptor()
-        padded = decryptor.update(ciphertext) + decryptor.finalize()
+        decryptor = Cipher(algorithms.AES(content_key), modes.CBC(envelope.iv)).decryptor()
+        padded = decryptor.update(envelope.ciphertext) + decryptor.finalize()
         unpadder = PKCS7Padding(128).unpadder()
         try:
             return unpadder.update(padded) + unpadder.finalize()
         except ValueError:
             continue
-    raise AuthError("the private key does not open this envelope")
+    return None
 
 
-class _Malformed(Exception):
-    pass
-
-
-def _parse_enveloped(der: bytes) -> tuple[int, bytes, bytes, list[bytes]]:
-    """(content key length, IV, ciphertext, RSA-wrapped content keys) of a DER EnvelopedData."""
-    try:
-        return _enveloped_fields(der)
-    except _Malformed as exc:
-        raise TokenError(f"the envelope is not a CMS EnvelopedData sealer can read: {exc}") from exc
-
-
-def _enveloped_fields(der: bytes) -> tuple[int, bytes, bytes, list[bytes]]:
+def _content_info(der: bytes) -> tuple[bytes, _Tlv]:
+    """(content type OID, the content) of a DER ContentInfo."""
     content_info, rest = _read(der, 0)
     if rest != len(der) or content_info.tag != _SEQUENCE:
         raise _Malformed("not one DER SEQUENCE")
     content_type, explicit = _fields(content_info, 2, "ContentInfo")
-    if content_type.value != _ENVELOPED_DATA or explicit.tag != _CONTEXT0:
-        raise _Malformed("its content type is not envelopedData")
-    [enveloped] = _fields(explicit, 1, "content")
-    parts = _children(enveloped.value)
+    if content_type.tag != _OID or explicit.tag != _CONTEXT0:
+        raise _Malformed("it is not a ContentInfo")
+    if content_type.value not in (_ENVELOPED_DATA, _AUTH_ENVELOPED_DATA):
+        raise _Malformed("its content type is not envelopedData or authEnvelopedData")
+    [content] = _fields(explicit, 1, "content")
+    if content.tag != _SEQUENCE:
+        raise _Malformed("its content is not a SEQUENCE")
+    return content_type.value, content
+
+
+def _recipients_and_content(parts: list[_Tlv]) -> tuple[list[_Tlv], list[_Tlv], list[_Tlv]]:
+    """RecipientInfos, the EncryptedContentInfo's fields and what follows it, after version
+    and (optional) originatorInfo."""
     if len(parts) > 1 and parts[1].tag == _CONTEXT0:
         parts = [parts[0], *parts[2:]]  # originatorInfo: certificates, nothing to decrypt
     if len(parts) < 3 or parts[1].tag != _SET or parts[2].tag != _SEQUENCE:
-        raise _Malformed("EnvelopedData lacks recipientInfos or encryptedContentInfo")
-    wrapped = [k for k in map(_rsa_wrapped_key, _children(parts[1].value)) if k is not None]
-    if not wrapped:
-        raise _Malformed("no recipient uses RSA key transport")
+        raise _Malformed("it lacks recipientInfos or encryptedContentInfo")
     eci = _children(parts[2].value)
     if len(eci) != 3 or eci[1].tag != _SEQUENCE:
         raise _Malformed("encryptedContentInfo has no (attached) encrypted content")
+    return _children(parts[1].value), eci, parts[3:]
+
+
+def _encrypted_content(element: _Tlv) -> bytes:
+    if element.tag == _CONTEXT0_PRIMITIVE:
+        return element.value
+    if element.tag == _CONTEXT0:  # constructed: the octets in pieces
+        return b"".join(piece.value for piece in _children(element.value))
+    raise _Malformed("encryptedContent has an unexpected tag")
+
+
+def _auth_enveloped_fields(content: _Tlv) -> _Envelope:
+    recipients, eci, tail = _recipients_and_content(_children(content.value))
+    if tail and tail[0].tag == _CONTEXT1:
+        raise _Malformed("it has authenticated attributes, which sealer never writes")
+    if not tail or tail[0].tag != _OCTETS:
+        raise _Malformed("it has no MAC")
+    wrapped = [k for k in (_wrapped_key(r, _RSAES_OAEP) for r in recipients) if k is not None]
+    if not wrapped:
+        raise _Malformed("no recipient uses RSA-OAEP (SHA-256) key transport")
+    algorithm = _children(eci[1].value)
+    if len(algorithm) != 2 or algorithm[0].tag != _OID or algorithm[0].value not in _AES_GCM:
+        raise _Malformed("the content is not encrypted with AES-GCM")
+    if algorithm[1].tag != _SEQUENCE:
+        raise _Malformed("the AES-GCM parameters are malformed")
+    params = _children(algorithm[1].value)
+    tag_length = 12  # GCMParameters' aes-ICVlen DEFAULT
+    if len(params) == 2 and params[1].tag == _INTEGER and len(params[1].value) == 1:
+        tag_length = params[1].value[0]
+    elif len(params) != 1:
+        raise _Malformed("the AES-GCM parameters are malformed")
+    if params[0].tag != _OCTETS or len(params[0].value) != _GCM_NONCE:
+        raise _Malformed(f"the AES-GCM nonce is not {_GCM_NONCE} bytes")
+    mac = tail[0].value
+    if not 12 <= tag_length <= 16 or len(mac) != tag_length:
+        raise _Malformed("the MAC's length is not the one the GCM parameters give")
+    ciphertext = _encrypted_content(eci[2])
+    return _Envelope(_AES_GCM[algorithm[0].value], params[0].value, ciphertext, wrapped, mac)
+
+
+def _enveloped_fields(content: _Tlv) -> _Envelope:
+    recipients, eci, _ = _recipients_and_content(_children(content.value))
+    wrapped = [k for k in (_wrapped_key(r, _RSA_ENCRYPTION) for r in recipients) if k is not None]
+    if not wrapped:
+        raise _Malformed("no recipient uses RSA key transport")
     algorithm = _children(eci[1].value)
     if len(algorithm) != 2 or algorithm[0].tag != _OID or algorithm[0].value not in _AES_CBC:
         raise _Malformed("the content is not encrypted with AES-CBC")
     iv = algorithm[1]
     if iv.tag != _OCTETS or len(iv.value) != 16:
         raise _Malformed("the AES-CBC IV is not 16 bytes")
-    if eci[2].tag == _CONTEXT0_PRIMITIVE:
-        ciphertext = eci[2].value
-    elif eci[2].tag == _CONTEXT0:  # constructed: the octets in pieces
-        ciphertext = b"".join(piece.value for piece in _children(eci[2].value))
-    else:
-        raise _Malformed("encryptedContent has an unexpected tag")
+    ciphertext = _encrypted_content(eci[2])
     if not ciphertext or len(ciphertext) % 16:
         raise _Malformed("the encrypted content is not whole AES blocks")
-    return _AES_CBC[algorithm[0].value], iv.value, ciphertext, wrapped
+    return _Envelope(_AES_CBC[algorithm[0].value], iv.value, ciphertext, wrapped)
 
 
-def _rsa_wrapped_key(recipient: _Tlv) -> bytes | None:
-    """The encrypted content key of a KeyTransRecipientInfo to an RSA key, else None."""
+def _wrapped_key(recipient: _Tlv, algorithm_oid: bytes) -> bytes | None:
+    """The encrypted content key of a KeyTransRecipientInfo whose key encryption algorithm
+    is ``algorithm_oid`` (for RSAES-OAEP: with SHA-256 and MGF1-SHA-256 only), else None."""
     if recipient.tag != _SEQUENCE:  # key agreement, KEK, password: other [n] choices
         return None
     fields = _children(recipient.value)
     if len(fields) != 4 or fields[2].tag != _SEQUENCE or fields[3].tag != _OCTETS:
         raise _Malformed("a KeyTransRecipientInfo is malformed")
     algorithm = _children(fields[2].value)
-    if not algorithm or algorithm[0].value != _RSA_ENCRYPTION:
-        return None  # e.g. RSAES-OAEP, which sealer never writes
+    if not algorithm or algorithm[0].value != algorithm_oid:
+        return None
+    if algorithm_oid == _RSAES_OAEP and (
+        len(algorithm) != 2 or _der(algorithm[1].tag, algorithm[1].value) != _OAEP_PARAMS
+    ):
+        return None  # OAEP with SHA-1 (its defaults) or other parameters: not sealer's
     return fields[3].value
 
 

@@ -1,8 +1,12 @@
 """The escrow record: one JSON file per recovery key, holding its CMS envelope.
 
-    {"type": "sealer-escrow", "version": 1, "machine_id": ..., "hostname": ...,
+    {"type": "sealer-escrow", "version": 2, "machine_id": ..., "hostname": ...,
      "device": ..., "volume_uuid": ..., "token": N, "keyslot": M, "created": ISO-8601 UTC,
      "certificate_sha256": hex, "certificate_subject": RFC 4514, "cms": "-----BEGIN CMS-----..."}
+
+Version 2 records hold an AuthEnvelopedData (RSA-OAEP, AES-256-GCM; sealer.escrow.cms), version
+1 records (sealer before issue 15) an EnvelopedData (RSA PKCS#1 v1.5, AES-256-CBC): both are
+read, only version 2 is written. Nothing else differs between the two.
 
 It is named ``<machine_id>-<volume_uuid>-keyslot<M>.json``, so the keyslot number tells the
 records of successive keys apart. A record is replaced only by a new key in the same keyslot,
@@ -15,7 +19,6 @@ from __future__ import annotations
 import glob
 import json
 import re
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,10 +27,12 @@ from typing import Any
 from sealer import privatefile
 from sealer.checkpoint import before_write
 from sealer.errors import StateError, TokenError, UsageError
+from sealer.luks.header import is_uuid, require_uuid
 from sealer.privatefile import write_private_file
 
 RECORD_TYPE = "sealer-escrow"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # the version written
+READABLE_VERSIONS = (1, 2)
 MAX_RECORD_BYTES = 64 * 1024  # a record is about 1 KiB; anything far larger is not one
 # Safe in a file name, and what /etc/machine-id holds (32 hex digits) fits.
 MACHINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -50,17 +55,23 @@ class EscrowRecord:
     # The keyslot's KDF salt when the key was escrowed: a later key in a keyslot of the same
     # number has another salt, so an old record never vouches for it ("": not recorded).
     keyslot_salt: str = ""
+    # 2: the envelope is an AuthEnvelopedData (RSA-OAEP, AES-GCM), 1: EnvelopedData (older).
+    version: int = RECORD_VERSION
 
     @property
     def file_name(self) -> str:
         return record_name(self.machine_id, self.volume_uuid, self.keyslot)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": RECORD_TYPE, "version": RECORD_VERSION, **asdict(self)}
+        return {"type": RECORD_TYPE, **asdict(self)}
 
 
 def record_name(machine_id: str, volume_uuid: str, keyslot: int) -> str:
-    return f"{machine_id}-{volume_uuid}-keyslot{keyslot}.json"
+    """The record's file name; DeviceError (UsageError for the machine id) before a UUID or
+    machine id that is not one could make the name a path out of the escrow directory."""
+    if not MACHINE_ID.fullmatch(machine_id):
+        raise UsageError(f"{machine_id!r} is not a machine id", "give one with --machine-id")
+    return f"{machine_id}-{require_uuid(volume_uuid, 'the volume')}-keyslot{keyslot}.json"
 
 
 def parse_record(doc: object) -> EscrowRecord:
@@ -73,19 +84,18 @@ def parse_record(doc: object) -> EscrowRecord:
     if doc.get("type") != RECORD_TYPE:
         raise TokenError(f"its type is {doc.get('type')!r}, not {RECORD_TYPE!r}")
     version = doc.get("version")
-    if version != RECORD_VERSION:
-        raise TokenError(f"it has version {version!r}; this sealer reads version "
-                         f"{RECORD_VERSION}", "use a newer sealer")  # fmt: skip
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise TokenError(f"it has version {version!r}; this sealer reads versions "
+                         f"{' and '.join(map(str, READABLE_VERSIONS))}",
+                         "use a newer sealer")  # fmt: skip
     texts = {name: _text(doc, name) for name in (
         "machine_id", "hostname", "device", "volume_uuid", "created", "certificate_sha256",
         "certificate_subject", "cms",
     )}  # fmt: skip
     if not MACHINE_ID.fullmatch(texts["machine_id"]):
         raise TokenError("its machine_id is not a machine id")
-    try:
-        uuid.UUID(texts["volume_uuid"])
-    except ValueError:
-        raise TokenError("its volume_uuid is not a UUID") from None
+    if not is_uuid(texts["volume_uuid"]):
+        raise TokenError("its volume_uuid is not a UUID")
     if not _SHA256_HEX.fullmatch(texts["certificate_sha256"]):
         raise TokenError("its certificate_sha256 is not 64 lowercase hex digits")
     try:
@@ -100,8 +110,9 @@ def parse_record(doc: object) -> EscrowRecord:
     if not isinstance(salt, str):
         raise TokenError("its keyslot_salt is not a string")
     return EscrowRecord(
-        token=_slot(doc, "token"), keyslot=_slot(doc, "keyslot"), keyslot_salt=salt, **texts
-    )
+        token=_slot(doc, "token"), keyslot=_slot(doc, "keyslot"), keyslot_salt=salt,
+        version=version, **texts,
+    )  # fmt: skip
 
 
 def _text(doc: dict[str, Any], name: str) -> str:
@@ -166,7 +177,9 @@ def find_records(
 ) -> list[EscrowRecord]:
     """The valid records in ``directory`` for this volume's keyslot (any machine id); with
     ``salt``, only those of the key now in it (a record without a salt cannot say)."""
-    found = []
+    found: list[EscrowRecord] = []
+    if not is_uuid(volume_uuid):
+        return found  # no record is ever written for it, and it is no glob to expand
     for path in sorted(directory.glob(f"*-{glob.escape(volume_uuid)}-keyslot{keyslot}.json")):
         try:
             record = read_record(path)

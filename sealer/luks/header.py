@@ -6,6 +6,7 @@ Pure functions only; running cryptsetup is ``cryptsetup.py``'s job.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ _VERSION = struct.Struct(">H")
 _UUID_OFFSET = 168
 _UUID_LENGTH = 40
 PROBE_LENGTH = _UUID_OFFSET + _UUID_LENGTH
+
+# RFC 4122's textual form, the only one cryptsetup writes (it parses others, then prints this).
+# The UUID is 40 header bytes an attacker may choose, and it becomes part of file names (escrow
+# records) and device-mapper names (luks-UUID): nothing else may pass.
+_UUID_TEXT = re.compile("-".join(f"[0-9a-fA-F]{{{n}}}" for n in (8, 4, 4, 4, 12)))
 
 MAX_KEYSLOTS = 32
 MAX_TOKENS = 32
@@ -49,7 +55,25 @@ def probe(device: str, first_bytes: bytes) -> Probe:
         )
     if version != 2:
         raise DeviceError(f"{device} has an unknown LUKS version {version}")
-    return Probe(version=version, uuid=uuid.decode("ascii", "replace"))
+    return Probe(version=version, uuid=require_uuid(uuid.decode("ascii", "replace"), device))
+
+
+def is_uuid(text: str) -> bool:
+    """Is ``text`` a UUID in RFC 4122's textual form (8-4-4-4-12 hex digits), nothing else?"""
+    return _UUID_TEXT.fullmatch(text) is not None
+
+
+def require_uuid(text: str, device: str) -> str:
+    """``text`` if it is a UUID (see is_uuid), else DeviceError: it came from a LUKS2 header
+    that someone altered, and sealer puts it in file and device-mapper names."""
+    if not is_uuid(text):
+        raise DeviceError(
+            f"{device}: the LUKS2 header's UUID {text[:40]!r} is not a UUID (the header was "
+            "altered)",
+            "restore a header backup (cryptsetup luksHeaderRestore), or give the volume a new "
+            "UUID with 'cryptsetup luksUUID --uuid $(uuidgen)'; its passphrase still opens it",
+        )
+    return text
 
 
 @dataclass(frozen=True)

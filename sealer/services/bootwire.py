@@ -356,8 +356,61 @@ def prune_unit_text(template: bytes, python: str) -> bytes:
     return template.replace(b"@SEALER_PYTHON@", interpreter.encode())
 
 
+def check_install_is_roots(python: str) -> None:
+    """Refuse an interpreter or sealer install that anyone but root could change.
+
+    The initramfs hook bundles what this interpreter imports (sealer, its dependencies, the
+    standard library) and the prune unit runs it as root at every boot: whoever can write the
+    interpreter, a ``.pth`` file in its site-packages or the sealer package runs code as root,
+    in the initramfs too, before the cap. So each of those files and directories, and every
+    directory above them, must be owned by root and not writable by group or others (a
+    sticky directory such as /tmp is fine: others cannot replace what root put there).
+    """
+    import importlib.util
+    import site
+    import stat
+
+    places = [Path(os.path.abspath(python)), Path(os.path.realpath(python)),
+              Path(os.__file__).parent, *map(Path, site.getsitepackages())]  # fmt: skip
+    for module in ("sealer", "cryptography", "tpm2_pytss"):
+        spec = importlib.util.find_spec(module)
+        if spec is not None and spec.origin:
+            package = Path(spec.origin).resolve().parent
+            places += [package, package.parent]
+    checked: set[Path] = set()
+    for place in places:
+        for path in (place, *place.parents):
+            if path in checked:
+                continue
+            checked.add(path)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue  # a site-packages directory that does not exist: nothing in it runs
+            except OSError as exc:
+                raise SystemFilesError(f"cannot check who owns {path}: {exc.strerror}") from exc
+            if stat.S_ISLNK(info.st_mode):
+                continue  # its target and the directories above it are checked themselves
+            sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+            if info.st_uid != 0:
+                problem = f"is owned by uid {info.st_uid}, not root"
+            elif info.st_mode & 0o022 and not sticky:
+                problem = f"is writable by group or others (mode {info.st_mode & 0o7777:o})"
+            else:
+                continue
+            raise SystemFilesError(
+                f"{path} {problem}, and the initramfs and the prune unit would run the "
+                f"Python or sealer under it as root ({os.path.abspath(python)}; nothing was "
+                "changed)",
+                "install sealer as root where only root can write (e.g. a venv under "
+                "/opt/sealer, 'chown -R root: DIR; chmod -R go-w DIR') and run 'sealer boot "
+                "enable' with its python",
+            )
+
+
 def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_problem) -> Plan:
     """What ``sealer boot enable`` would change; nothing is written."""
+    check_install_is_roots(request.python)
     crypttab = _crypttab_path(request)
     table, data, stat = _read_crypttab(crypttab)
     source = find_hook_source(request.hook_source)

@@ -143,6 +143,10 @@ def recover(record_path: Path, key_path: Path, read_password: Callable[[], bytes
         f"(SHA-256 {record.certificate_sha256[:16]}...)",
     )
     try:
+        if record.version >= 2 and not cms.is_authenticated(record.cms):
+            # Version 2 promises RSA-OAEP and AES-GCM: an older envelope in it is a downgrade.
+            raise TokenError(f"its version is {record.version} but its envelope is not an "
+                             "AuthEnvelopedData (RSA-OAEP, AES-GCM)")  # fmt: skip
         content = cms.decrypt(record.cms, key)
     except TokenError as exc:
         raise TokenError(f"{record_path} is not a sealer escrow record: {exc.message}",

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sealer.errors import RefusedError, TokenError
+from sealer.errors import RefusedError, TokenError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import bank_named
 from sealer.services.enroll import EnrollRequest, EnrollResult, enroll
-from sealer.services.foreign import PinReader, release_foreign
+from sealer.services.foreign import ForeignBinding, PinReader, foreign_bindings, release_foreign
 from sealer.services.unlock import release_key
 
 Progress = Callable[[str], None]
@@ -55,7 +55,9 @@ def _enroll_with(
         EnrollRequest(
             device=req.device,
             unlock_key=key,  # the old TPM keyslot authorises the new one
-            bank=bank_named(bank),
+            # A clevis binding to no PCRs names no bank: then --pcrs chose the PCRs, and the
+            # bank is sealer enroll's default.
+            bank=bank_named(bank or "sha256"),
             pcrs=tuple(req.pcrs if req.pcrs is not None else pcrs),
             expected={},
             cap_pcr=req.cap_pcr,
@@ -67,6 +69,19 @@ def _enroll_with(
         ),
         progress,
     )
+
+
+def _refuse_no_pcrs(req: MigrateRequest, binding: ForeignBinding) -> None:
+    """A binding to no PCRs would become an approval of the cap PCR alone, whose pre-cap value
+    every boot of this machine reaches: it would unlock whatever booted. --pcrs must say."""
+    if req.pcrs is None and not binding.pcrs:  # --pcrs itself is checked by enroll
+        raise UsageError(
+            f"the {binding.tool} binding of {req.device} is bound to no PCRs, and a sealer "
+            f"enrollment bound to the cap PCR {req.cap_pcr} alone would unlock on any boot "
+            "(nothing was changed)",
+            "choose the PCRs to bind with --pcrs, e.g. 'sealer migrate --pcrs 7' for the "
+            "Secure Boot state",
+        )
 
 
 def _check_sealer_releases(req: MigrateRequest, read_pin: PinReader) -> None:
@@ -83,19 +98,24 @@ def _check_sealer_releases(req: MigrateRequest, read_pin: PinReader) -> None:
 
 def migrate(req: MigrateRequest, read_pin: PinReader, progress: Progress) -> Migrated:
     header = cryptsetup.read_header(req.device)
+    enrolling = not header.tokens_of_type(TOKEN_TYPE)
+    readable, _ = foreign_bindings(header)
+    if enrolling and readable and all(not b.pcrs for b in readable):
+        _refuse_no_pcrs(req, readable[0])  # before the TPM (and maybe a PIN) is asked
     progress("asking the TPM for the key of the existing binding")
     old = release_foreign(header, req.tcti, read_pin)
     binding = old.binding
-    if header.tokens_of_type(TOKEN_TYPE):
-        # An earlier migrate stopped after enrolling: finish it, if that enrollment works.
-        enrolled = None
-        _check_sealer_releases(req, read_pin)
-        warnings: list[str] = []
-    else:
+    if enrolling:
+        _refuse_no_pcrs(req, binding)
         enrolled = _enroll_with(req, old.key, binding.pcr_bank, binding.pcrs, progress)
         progress("checking that the TPM releases the new key")
         _check_sealer_releases(req, read_pin)
         warnings = list(enrolled.warnings)
+    else:
+        # An earlier migrate stopped after enrolling: finish it, if that enrollment works.
+        enrolled = None
+        _check_sealer_releases(req, read_pin)
+        warnings = []
     if req.keep_old:
         return Migrated(req.device, binding.kind, binding.token_id, binding.keyslots, False,
                         enrolled, warnings)  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sealer.errors import TokenError, UsageError
-from sealer.luks.header import LuksHeader, Token
+from sealer.luks.header import LuksHeader, Token, require_uuid
 from sealer.luks.token import TOKEN_TYPE, SealerToken, parse_token
 from sealer.pcrs import BANKS
 from sealer.policy.binding import CAP_PCRS, Binding
@@ -94,4 +94,5 @@ def require_enrollments(header: LuksHeader, token_id: int | None = None) -> list
 
 
 def default_mapping_name(header: LuksHeader) -> str:
-    return f"luks-{header.uuid}"
+    # The UUID comes from the header: only a real UUID may name /dev/mapper/luks-UUID.
+    return f"luks-{require_uuid(header.uuid, header.device)}"

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,83 @@ def test_a_file_that_cannot_be_written_is_exit_13_and_crypttab_stays(
     one_line_error(result, 13, "usr/lib/sealer")
     # crypttab is written last: it never names a keyscript that is not in place.
     assert (root / "etc" / "crypttab").read_bytes() == crypttab_before
+
+
+def _fake_venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A virtualenv at tmp_path/venv whose python is this one's base interpreter, whose
+    site-packages loads this checkout's (through a .pth), and a copy of the sealer package
+    ahead of it: (its python, the copied sealer package). Everything root-owned, 0755."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    base = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+    (venv / "pyvenv.cfg").write_text(f"home = {base.parent}\ninclude-system-site-packages = "
+                                     "false\n")  # fmt: skip
+    (venv / "bin" / "python3").symlink_to(base)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = venv / "lib" / version / "site-packages"
+    site_packages.mkdir(parents=True)
+    packages = tmp_path / "packages"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "sealer", packages / "sealer",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    ours = next(Path(p) for p in sys.path if p.endswith("site-packages"))
+    (site_packages / "zz-test.pth").write_text(
+        f"import site, sys; site.addsitedir({str(ours)!r}); sys.path.insert(0, "
+        f"{str(packages)!r})\n"
+    )
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755)
+    return venv / "bin" / "python3", packages / "sealer"
+
+
+def _other_owner(python: Path, package: Path) -> None:
+    os.chown(python.parent, 65534, 65534)  # the venv's bin/: nobody's
+
+
+def _world_writable_site_packages(python: Path, package: Path) -> None:
+    next(python.parents[1].glob("lib/python3*/site-packages")).chmod(0o777)
+
+
+def _group_writable_package(python: Path, package: Path) -> None:
+    package.chmod(0o775)
+
+
+UNSAFE: dict[str, Callable[[Path, Path], None]] = {
+    "venv owned by another user": _other_owner,
+    "site-packages world-writable": _world_writable_site_packages,
+    "sealer package group-writable": _group_writable_package,
+}
+
+
+@pytest.mark.parametrize("fault", sorted(UNSAFE))
+def test_enable_refuses_an_install_others_can_write(
+    fault: str, root: Path, source: Path, tmp_path: Path
+) -> None:
+    """Issue 15: the initramfs and the prune unit run this Python as root: refuse one that
+    anyone but root could change (and show that the same root-owned install is accepted)."""
+    python, package = _fake_venv(tmp_path / "install")
+    args = ("boot", "enable", "--root", str(root), "--name", "cryptroot", "--hook-source",
+            str(source))  # fmt: skip
+
+    def run_it() -> Result:
+        proc = subprocess.run([str(python), "-m", "sealer", *args], capture_output=True,
+                              timeout=120, cwd=tmp_path)  # fmt: skip
+        return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+    where = subprocess.run([str(python), "-c", "import sealer, sys; print(sealer.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
+    assert where.stdout.strip() == str(package / "__init__.py")  # the copy is what runs
+    before = tree(root)
+    UNSAFE[fault](python, package)
+    refused = run_it()
+    one_line_error(refused, 13, "the initramfs and the prune unit would run the Python")
+    assert tree(root) == before  # nothing written: no conf naming that interpreter
+    # The same install made root's again is accepted, and recorded.
+    for path in [tmp_path / "install", *(tmp_path / "install").rglob("*")]:
+        if not path.is_symlink():
+            os.chown(path, 0, 0)
+            path.chmod(0o755)
+    accepted = run_it()
+    assert accepted.returncode == 0, accepted.stderr
+    conf = (root / "etc" / "sealer" / "initramfs.conf").read_text()
+    assert f"SEALER_PYTHON={python}\n" in conf

@@ -7,6 +7,7 @@ Interruptions at each write of an escrowed enroll and rotate are in test_interru
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -19,7 +20,14 @@ from typing import Any
 
 import pytest
 from conftest import PASSPHRASE, Result, SealerCli
-from escrow_certs import SUBJECT, OrgKeys, bad_certificates, decrypt_record, org_pair
+from escrow_certs import (
+    SUBJECT,
+    OrgKeys,
+    bad_certificates,
+    decrypt_record,
+    legacy_envelope,
+    org_pair,
+)
 from luks_image import opens_with
 
 from sealer.luks import cryptsetup
@@ -87,7 +95,7 @@ def test_enroll_escrows_the_key_which_openssl_alone_recovers(
     cms_pem = record.pop("cms")
     assert cms_pem.startswith("-----BEGIN CMS-----\n")
     assert record == {
-        "type": "sealer-escrow", "version": 1, "machine_id": MACHINE,
+        "type": "sealer-escrow", "version": 2, "machine_id": MACHINE,
         "hostname": socket.gethostname(), "device": str(luks_image), "volume_uuid": uuid,
         "token": 0, "keyslot": 2, "certificate_sha256": fingerprint,
         "certificate_subject": SUBJECT,
@@ -304,3 +312,76 @@ def test_a_record_that_cannot_be_written_leaves_no_unescrowed_key(
     assert rotated.returncode == EXIT_STATE and rotated.stdout == ""
     assert cryptsetup.read_header(str(luks_image)) == before
     assert [p.name for p in escrow_dir.iterdir() if p.is_file()] == [blocker.name]
+
+
+README_HELP_DESK = 'jq -r .cms "$0" | openssl cms -decrypt -inform PEM -inkey "$1"; echo'
+
+
+def readme_help_desk_line() -> str:
+    """The help desk's openssl command as the README's escrow section prints it."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    [line] = [x for x in readme.splitlines() if x.startswith("jq -r .cms RECORD.json | openssl")]
+    return line
+
+
+def test_the_envelope_is_rsa_oaep_and_aes_gcm_and_openssl_still_opens_it(
+    sealer: SealerCli, luks_image: Path, org: OrgKeys
+) -> None:
+    """Issue 15: no PKCS#1 v1.5 key transport, no unauthenticated CBC; the help desk's
+    openssl command (the README's, word for word) keeps working."""
+    assert escrowed_enroll(sealer, luks_image, org).returncode == 0
+    [record] = (sealer.state_dir / "escrow").iterdir()
+    doc = json.loads(record.read_text())
+    assert doc["version"] == 2
+    printed = subprocess.run(["openssl", "cms", "-cmsout", "-print", "-inform", "PEM"],
+                             input=doc["cms"].encode(), capture_output=True,
+                             check=True).stdout.decode()  # fmt: skip
+    assert "contentType: id-smime-ct-authEnvelopedData" in printed
+    assert "algorithm: rsaesOaep" in printed and "rsaEncryption" not in printed
+    assert "algorithm: aes-256-gcm" in printed and "cbc" not in printed.lower()
+    assert readme_help_desk_line() == README_HELP_DESK.replace('"$0"', "RECORD.json").replace(
+        '"$1"', "org.key"
+    )
+    readme = subprocess.run(["bash", "-c", README_HELP_DESK, str(record), str(org.key)],
+                            capture_output=True, check=True)  # fmt: skip
+    key = readme.stdout.rstrip(b"\n")
+    assert RECOVERY_KEY.fullmatch(key.decode()) and opens_with(luks_image, key)
+    shown = sealer("recovery", "show", "--key", str(org.key), str(record))
+    assert shown.returncode == 0 and shown.stdout.splitlines()[-1] == key.decode()
+
+    # One changed byte of the encrypted content: openssl and sealer both refuse it.
+    der = bytearray(base64.b64decode("".join(doc["cms"].strip().splitlines()[1:-1])))
+    der[-(16 + 2 + 1)] ^= 1  # the last byte of the encrypted content, before the MAC
+    pem = f"-----BEGIN CMS-----\n{base64.b64encode(bytes(der)).decode()}\n-----END CMS-----\n"
+    changed = record.with_name("changed.json")
+    changed.write_text(json.dumps({**doc, "cms": pem}))
+    tampered = subprocess.run(["bash", "-c", README_HELP_DESK, str(changed), str(org.key)],
+                              capture_output=True)  # fmt: skip
+    assert tampered.stdout == b"\n" and b"rror" in tampered.stderr
+    refused = sealer("recovery", "show", "--key", str(org.key), str(changed))
+    assert refused.returncode == EXIT_TOKEN and refused.stdout == ""
+    assert "its content was changed" in one_line(refused)
+
+
+def test_a_version_1_record_still_opens_and_a_downgraded_version_2_does_not(
+    sealer: SealerCli, luks_image: Path, org: OrgKeys, tmp_path: Path
+) -> None:
+    assert escrowed_enroll(sealer, luks_image, org).returncode == 0
+    [record] = (sealer.state_dir / "escrow").iterdir()
+    doc = json.loads(record.read_text())
+    key = decrypt_record(record, org)
+    # A record as sealer wrote it before issue 15: version 1, PKCS#1 v1.5 and AES-256-CBC.
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps({**doc, "version": 1, "cms": legacy_envelope(org, key)}))
+    shown = sealer("recovery", "show", "--key", str(org.key), str(old))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1] == key.decode()
+    readme = subprocess.run(["bash", "-c", README_HELP_DESK, str(old), str(org.key)],
+                            capture_output=True, check=True)  # fmt: skip
+    assert readme.stdout == key + b"\n"
+    # Version 2 promises OAEP and GCM: the old envelope under it is refused as a downgrade.
+    downgraded = tmp_path / "downgraded.json"
+    downgraded.write_text(json.dumps({**doc, "cms": legacy_envelope(org, key)}))
+    refused = sealer("recovery", "show", "--key", str(org.key), str(downgraded))
+    assert refused.returncode == EXIT_TOKEN and refused.stdout == ""
+    assert "its version is 2 but its envelope is not an AuthEnvelopedData" in one_line(refused)

@@ -12,7 +12,7 @@ faultinject.py). After every stop:
 - running the same command again completes the operation, leaving no stray keyslot.
 
 With --escrow-cert the owner is the organisation: the recovery keys it holds are those in the
-escrow records that exist, decrypted with its private key (by cryptography, not by sealer).
+escrow records that exist, decrypted with its private key (by openssl cms, not by sealer).
 """
 
 from __future__ import annotations

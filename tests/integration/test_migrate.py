@@ -110,3 +110,50 @@ def test_migrate_with_changed_pcrs_changes_nothing(
     result = sealer("migrate", "--state-dir", str(sealer.state_dir), str(luks_image))
     assert result.returncode == EXIT_POLICY and "Traceback" not in result.stderr
     assert luks_image.read_bytes() == before
+
+
+EXIT_USAGE = 2
+
+
+def bind_without_pcrs(kind: str, tpm: Swtpm, image: Path) -> None:
+    """The other tool's binding to no PCRs at all: its TPM releases the key on any boot."""
+    if kind == "systemd-tpm2":
+        argv = ["systemd-cryptenroll", f"--tpm2-device=swtpm:host=127.0.0.1,port={tpm.port}",
+                "--tpm2-pcrs=", str(image)]  # fmt: skip
+        subprocess.run(argv, env={**os.environ, "PASSWORD": PASSPHRASE.decode()}, check=True,
+                       capture_output=True)  # fmt: skip
+    else:
+        tcti = f"swtpm:host=127.0.0.1,port={tpm.port}"
+        subprocess.run(["clevis", "luks", "bind", "-y", "-k", "-", "-d", str(image), "tpm2",
+                        '{"pcr_bank":"sha256"}'], input=PASSPHRASE,
+                       env={**os.environ, "TPM2TOOLS_TCTI": tcti}, check=True,
+                       capture_output=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(BINDERS))
+def test_migrate_of_a_binding_to_no_pcrs_needs_pcrs(
+    kind: str, sealer: SealerCli, swtpm: Swtpm, luks_image: Path
+) -> None:
+    """Issue 15: no PCRs would become an approval of the cap PCR alone, which every boot
+    satisfies; migrate refuses it unless --pcrs chooses the PCRs."""
+    bind_without_pcrs(kind, swtpm, luks_image)
+    [old] = cryptsetup.read_header(str(luks_image)).tokens_of_type(kind)
+    before = luks_image.read_bytes()
+    result = sealer("migrate", "--state-dir", str(sealer.state_dir), str(luks_image))
+    assert result.returncode == EXIT_USAGE, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("sealer: the ") and "is bound to no PCRs" in lines[0]
+    assert "--pcrs" in lines[0]
+    assert luks_image.read_bytes() == before  # nothing was changed
+    # --pcrs 7: the new binding holds PCR 7, so a changed PCR 7 no longer unlocks.
+    chosen = sealer("migrate", "--json", "--pcrs", "7", "--state-dir", str(sealer.state_dir),
+                    str(luks_image))  # fmt: skip
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["pcrs"] == [7]
+    header = cryptsetup.read_header(str(luks_image))
+    assert not header.tokens_of_type(kind) and old.token_id not in header.tokens
+    extend_pcr7(swtpm)
+    refused = sealer("unlock", "--test", str(luks_image))
+    assert refused.returncode == EXIT_POLICY, refused.stderr
+    assert opens_with(luks_image, PASSPHRASE)

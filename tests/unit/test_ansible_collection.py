@@ -119,3 +119,16 @@ def test_every_host_is_in_the_report_with_its_state() -> None:
     for host in hosts:
         assert f"\n{host} " in text
     assert "stale /dev/sda2: next boot: why" in text
+
+
+def test_escrow_record_lookup_takes_only_a_uuid(tmp_path: Path) -> None:
+    """Issue 15: the UUID comes from the LUKS2 header; as a glob it could reach elsewhere."""
+    escrow = tmp_path / "escrow"
+    escrow.mkdir()
+    uuid = "564fedb6-c653-4f75-9d78-8a760590c397"
+    record = escrow / f"m-{uuid}-keyslot2.json"
+    record.write_text("{}")
+    (tmp_path / "x-keyslot2.json").write_text("{}")  # outside the escrow directory
+    assert sealer_cli.escrow_record(str(escrow), "m", uuid, 2) == str(record)
+    for hostile in ("/../../x", "*", "../*", uuid + "/"):
+        assert sealer_cli.escrow_record(str(escrow), None, hostile, 2) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from escrow_certs import SUBJECT, OrgKeys, bad_certificates, make_certificate, org_pair
+from escrow_certs import (
+    SUBJECT,
+    OrgKeys,
+    bad_certificates,
+    legacy_envelope,
+    make_certificate,
+    org_pair,
+)
 
 from sealer.errors import AuthError, TokenError, UsageError
 from sealer.escrow import cms
@@ -75,16 +83,80 @@ def test_validity_is_judged_at_the_given_moment(org: OrgKeys) -> None:
         cms.load_certificate(org.cert, now=later)
 
 
-def test_round_trip_and_cryptographys_own_decryption(org: OrgKeys) -> None:
+def test_round_trip_is_rsa_oaep_and_aes_gcm(org: OrgKeys, tmp_path: Path) -> None:
     checked = cms.load_certificate(org.cert)
     pem = cms.encrypt(checked, KEY)
     assert pem.startswith("-----BEGIN CMS-----\n") and pem.endswith("-----END CMS-----\n")
     assert all(len(line) <= 64 for line in pem.splitlines())
-    assert cms.decrypt(pem, org.private_key) == KEY
-    der = cms.pem_to_der(pem)
-    # The content is byte for byte (no S/MIME CRLF), and AES-256-CBC was chosen.
-    assert pkcs7.pkcs7_decrypt_der(der, org.certificate, org.private_key, []) == KEY
-    assert bytes.fromhex("60864801650304012a") in der
+    assert cms.decrypt(pem, org.private_key) == KEY and cms.is_authenticated(pem)
+    # What OpenSSL's own parser sees (issue 15: no PKCS#1 v1.5, no unauthenticated CBC).
+    printed = openssl_print(pem)
+    assert "contentType: id-smime-ct-authEnvelopedData" in printed
+    assert "algorithm: rsaesOaep" in printed and "rsaEncryption" not in printed
+    assert printed.count(":sha256") == 2 and ":mgf1" in printed  # OAEP hash and MGF1 hash
+    assert "algorithm: aes-256-gcm" in printed and "cbc" not in printed.lower()
+    assert "prim:  INTEGER           :10\n" in printed  # the 16-byte GCM tag
+    # The content is byte for byte (no S/MIME CRLF), and openssl decrypts it.
+    (tmp_path / "e.pem").write_text(pem)
+    assert openssl_decrypt(tmp_path / "e.pem", org) == KEY
+
+
+def openssl_print(pem: str) -> str:
+    return subprocess.run(["openssl", "cms", "-cmsout", "-print", "-inform", "PEM"],
+                          input=pem.encode(), capture_output=True, check=True).stdout.decode()
+
+
+def openssl_decrypt(path: Path, org: OrgKeys) -> bytes:
+    result = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "PEM", "-in", str(path),
+                             "-inkey", str(org.key)], capture_output=True)  # fmt: skip
+    return result.stdout if result.returncode == 0 else b"openssl refused"
+
+
+def test_a_changed_byte_anywhere_in_the_content_or_tag_is_refused(
+    org: OrgKeys, tmp_path: Path
+) -> None:
+    """GCM authenticates: no byte of the ciphertext or the tag changes unnoticed (CBC let a
+    changed byte through as different content)."""
+    der = bytearray(cms.pem_to_der(cms.encrypt(cms.load_certificate(org.cert), KEY)))
+    # The encrypted content ([0], primitive) is the KEY's length, right before the 16-byte MAC.
+    tail = len(der) - (2 + 16) - len(KEY)
+    assert der[tail - 2 : tail] == bytes([0x80, len(KEY)])
+    for pos in [*range(tail, tail + len(KEY)), *range(len(der) - 16, len(der))]:
+        changed = bytearray(der)
+        changed[pos] ^= 0x01
+        pem = "-----BEGIN CMS-----\n" + base64.b64encode(changed).decode() + "\n-----END CMS-----\n"
+        with pytest.raises(TokenError, match="its content was changed"):
+            cms.decrypt(pem, org.private_key)
+        if pos in (tail, len(der) - 1):  # openssl agrees (two runs are enough)
+            (tmp_path / "t.pem").write_text(pem)
+            assert openssl_decrypt(tmp_path / "t.pem", org) == b"openssl refused"
+
+
+def test_oaep_with_sha1_made_by_openssl_is_not_sealers(org: OrgKeys, tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(KEY)
+    made = subprocess.run(
+        ["openssl", "cms", "-encrypt", "-binary", "-aes-256-gcm", "-recip", str(org.cert),
+         "-keyopt", "rsa_padding_mode:oaep", "-outform", "PEM", "-in", str(tmp_path / "k")],
+        capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    with pytest.raises(TokenError, match="no recipient uses RSA-OAEP"):
+        cms.decrypt(made.replace("PKCS7", "CMS"), org.private_key)
+
+
+def test_oaep_sha256_and_gcm_made_by_openssl_opens(org: OrgKeys, tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(KEY)
+    made = subprocess.run(
+        ["openssl", "cms", "-encrypt", "-binary", "-aes-256-gcm", "-recip", str(org.cert),
+         "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256",
+         "-keyopt", "rsa_mgf1_md:sha256", "-outform", "PEM", "-in", str(tmp_path / "k")],
+        capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    assert cms.decrypt(made, org.private_key) == KEY
+
+
+def test_version_1_envelopes_still_open(org: OrgKeys) -> None:
+    pem = legacy_envelope(org, KEY)  # what sealer wrote before issue 15
+    assert cms.decrypt(pem, org.private_key) == KEY and not cms.is_authenticated(pem)
 
 
 def test_aes128_envelopes_made_elsewhere_open_too(org: OrgKeys) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sealer import checkpoint
-from sealer.errors import StateError, TokenError, UsageError
+from sealer.errors import DeviceError, StateError, TokenError, UsageError
 from sealer.escrow.record import (
     MAX_RECORD_BYTES,
     EscrowRecord,
@@ -43,8 +43,13 @@ def test_the_json_has_exactly_the_documented_fields_and_reads_back() -> None:
         "type", "version", "machine_id", "hostname", "device", "volume_uuid", "token",
         "keyslot", "created", "certificate_sha256", "certificate_subject", "cms", "keyslot_salt",
     }  # fmt: skip
-    assert doc["type"] == "sealer-escrow" and doc["version"] == 1
+    assert doc["type"] == "sealer-escrow" and doc["version"] == 2
     assert parse_record(json.loads(json.dumps(doc))) == record
+
+
+def test_version_1_records_still_read() -> None:
+    doc = {**a_record().to_json(), "version": 1}
+    assert parse_record(doc) == a_record(version=1)
 
 
 def test_the_file_name_carries_machine_volume_and_keyslot() -> None:
@@ -62,8 +67,9 @@ def test_unknown_fields_are_ignored() -> None:
     [
         ({"type": "sealer-tpm2"}, "its type is 'sealer-tpm2'"),
         ({"type": None}, "its type is None"),
-        ({"version": 2}, "it has version 2"),
+        ({"version": 3}, "it has version 3; this sealer reads versions 1 and 2"),
         ({"version": "1"}, "it has version '1'"),
+        ({"version": True}, "it has version True"),
         ({"machine_id": ""}, "its machine_id is missing"),
         ({"machine_id": "../../etc/passwd"}, "its machine_id is not a machine id"),
         ({"hostname": 7}, "its hostname is missing or not a string"),
@@ -160,3 +166,16 @@ def test_find_records_only_valid_ones_for_that_volume_and_keyslot(tmp_path: Path
     assert [r.machine_id for r in find_records(tmp_path, UUID, 3)] == ["other"]
     assert find_records(tmp_path, UUID, 5) == []
     assert find_records(tmp_path, UUID, 4) == []
+
+
+@pytest.mark.parametrize("hostile", ["/../../../escaped", "*", UUID + "/..", UUID.replace("-", "")])
+def test_a_uuid_that_is_not_one_never_names_a_record(hostile: str, tmp_path: Path) -> None:
+    """Issue 15: the UUID comes from an attacker-writable header; read_header refuses it, and
+    the record's name and the search for records refuse it again."""
+    with pytest.raises(DeviceError, match="is not a UUID"):
+        record_name(MACHINE, hostile, 2)
+    with pytest.raises(DeviceError):
+        write_record(tmp_path / "escrow", a_record(volume_uuid=hostile))
+    assert not (tmp_path / "escrow").exists() and list(tmp_path.rglob("*.json")) == []
+    write_record(tmp_path / "escrow", a_record())
+    assert find_records(tmp_path / "escrow", "*", 2) == []

@@ -38,15 +38,35 @@ def test_probe_accepts_exactly_probe_length_bytes() -> None:
     assert probe("img", luks_bytes(2, length=208)).uuid == UUID
 
 
-def test_probe_reads_a_uuid_that_fills_all_forty_bytes() -> None:
-    uuid = "u" * 40
-    assert probe("img", luks_bytes(2, uuid=uuid)).uuid == uuid
+@pytest.mark.parametrize(
+    "uuid",
+    [
+        "u" * 40,  # fills all forty bytes
+        "../../../../../../tmp/x",  # a path (issue 15): it would name the escrow record
+        UUID[:8],  # stopped at a NUL
+        UUID + "/",
+        UUID.replace("-", ""),  # parses as a UUID elsewhere, but is not RFC 4122's text
+        "{" + UUID[:-2] + "}",
+        UUID[:-1] + "\n",
+        "",
+    ],
+)
+def test_probe_refuses_a_uuid_that_is_not_one(uuid: str) -> None:
+    with pytest.raises(DeviceError, match=r"UUID .* is not a UUID") as info:
+        probe("img", luks_bytes(2, uuid=uuid))
+    assert info.value.hint is not None and "luksUUID" in info.value.hint
+    assert "\n" not in info.value.one_line()
+
+
+def test_probe_accepts_an_upper_case_uuid() -> None:
+    assert probe("img", luks_bytes(2, uuid=UUID.upper())).uuid == UUID.upper()
 
 
 def test_probe_stops_the_uuid_at_the_first_nul() -> None:
     raw = bytearray(luks_bytes(2))
     raw[168 + 8] = 0
-    assert probe("img", bytes(raw)).uuid == UUID[:8]
+    with pytest.raises(DeviceError, match=f"UUID '{UUID[:8]}' is not a UUID"):
+        probe("img", bytes(raw))
 
 
 def test_probe_refuses_luks1_naming_it() -> None:

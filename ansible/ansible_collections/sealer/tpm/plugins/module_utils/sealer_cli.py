@@ -10,9 +10,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Any
 
 DEFAULT_STATE_DIR = "/var/lib/sealer"
+# A LUKS2 UUID comes from an attacker-writable header: only RFC 4122 text may name a file.
+_UUID = re.compile("-".join(f"[0-9a-fA-F]{{{n}}}" for n in (8, 4, 4, 4, 12)))
 
 # Parameters every module that talks to sealer accepts.
 COMMON_ARGS: dict[str, dict[str, Any]] = {
@@ -114,6 +117,8 @@ def escrow_dir(params: dict[str, Any]) -> str:
 
 def escrow_record(directory: str, machine_id: str | None, uuid: str, keyslot: int) -> str | None:
     """The escrow record of a volume's recovery keyslot, if it is in ``directory``."""
+    if not _UUID.fullmatch(uuid):
+        return None  # sealer refuses such a volume; never a pattern for elsewhere
     pattern = f"{glob.escape(machine_id) if machine_id else '*'}-{uuid}-keyslot{keyslot}.json"
     found = sorted(glob.glob(os.path.join(glob.escape(directory), pattern)))
     return found[-1] if found else None
