@@ -10,6 +10,7 @@ systemd-cryptenroll and clevis keep working on the same TPM.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -330,7 +331,7 @@ def test_systemd_cryptenroll_and_clevis_still_enroll_and_unlock(
         assert result.returncode == 0, result.stderr
         [token] = cryptsetup.read_header(str(image)).tokens_of_type(systemd.TOKEN_TYPE)
         parsed = systemd.parse(token.token_id, dict(token.data))
-        key = systemd.passphrase(parsed, swtpm.tcti, lambda p=pin: p or b"")
+        key = systemd.passphrase(parsed, swtpm.tcti, functools.partial(bytes, pin or b""))
         assert opens_with(image, key)
         subprocess.run(["tpm2_flushcontext", "-T", swtpm.tcti, "-l"], check=True)
 
