@@ -62,6 +62,19 @@ SOMEONE_ELSES = (
 )
 
 
+def new_lockout_auth() -> bytes:
+    """32 random bytes, none of them 0 (255.8 bits of entropy).
+
+    tpm2-tools reads ``-p file:PATH`` as a C string, so an authorization with a 0 byte would
+    be cut short there (one in 8 would have one); the TPM also drops trailing 0 bytes of an
+    authorization value.
+    """
+    auth = b""
+    while len(auth) < LOCKOUT_AUTH_BYTES:
+        auth += bytes(b for b in os.urandom(LOCKOUT_AUTH_BYTES) if b)
+    return auth[:LOCKOUT_AUTH_BYTES]
+
+
 def _auth_path(state_dir: Path) -> Path:
     return state_dir / LOCKOUT_AUTH_FILE
 
@@ -166,7 +179,7 @@ def _take(
     )
     set_da_parameters(ctx, b"")
     if auth is None:
-        auth = os.urandom(LOCKOUT_AUTH_BYTES)
+        auth = new_lockout_auth()
         _write_pending(state_dir, auth)
     if escrow is not None:
         _escrow(escrow, auth, progress)
