@@ -285,6 +285,28 @@ def test_a_deleted_revocation_field_fails_closed(
     assert opens_with(luks_image, PASSPHRASE)
 
 
+def test_only_the_platform_can_define_an_index_deletable_by_policy_alone(
+    swtpm: Swtpm, tmp_path: Path
+) -> None:
+    """Why sealer cannot make its field undeletable: TPMA_NV_POLICY_DELETE (deletion only
+    through NV_UndefineSpaceSpecial and the index's policy) is refused for an owner index,
+    and TPMA_NV_PLATFORMCREATE needs the platform authorization, which firmware keeps from
+    the OS (swtpm's is empty, so the last command works here and nowhere real)."""
+    policy = tmp_path / "policy.bin"
+    policy.write_bytes(bytes(32))
+
+    def define(hierarchy: str, attributes: str, index: str) -> subprocess.CompletedProcess[str]:
+        return tools(swtpm, "tpm2_nvdefine", "-C", hierarchy, "-s", "8", "-a", attributes,
+                     "-L", str(policy), index)  # fmt: skip
+
+    owner = define("o", "authread|authwrite|policydelete", "0x01335ea2")
+    assert "Esys_NV_DefineSpace(0x2C2) - tpm:parameter(2):inconsistent attributes" in owner.stderr
+    owner = define("o", "authread|authwrite|policydelete|platformcreate", "0x01335ea2")
+    assert "Esys_NV_DefineSpace(0x182) - tpm:handle(1):inconsistent attributes" in owner.stderr
+    platform = define("p", "authread|authwrite|policydelete|platformcreate", "0x01800010")
+    assert platform.returncode == 0, platform.stderr
+
+
 def test_a_redefined_revocation_field_resets_revocation_known_limit(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
 ) -> None:
