@@ -32,7 +32,7 @@ from sealer.luks import cryptsetup
 
 pytestmark = pytest.mark.integration
 PIN = b"2468"
-EXIT_TPM_MISMATCH, EXIT_LOCKOUT, EXIT_STATE = 7, 8, 11
+EXIT_AUTH, EXIT_TPM_MISMATCH, EXIT_LOCKOUT, EXIT_STATE = 6, 7, 8, 11
 AUTH_FILE = "tpm-lockout.auth"
 INJECTOR = ROOT / "swtpm-fixtures" / "faultinject.py"
 # The injector runs as a script (sys.path[0] is swtpm-fixtures/): this checkout's sealer must
@@ -130,6 +130,27 @@ def test_clear_lockout_without_a_kept_authorization_says_so(
         "not exist): give the state directory it was kept in with --state-dir, or ask whoever "
         "set the TPM's lockout authorization\n"
     )
+
+
+def test_a_kept_authorization_that_is_no_longer_in_force_is_named(
+    sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
+) -> None:
+    assert sealer.enroll(luks_image).returncode == 0
+    kept = sealer.state_dir / AUTH_FILE
+    changed = tools(swtpm, "tpm2_changeauth", "-c", "l", "-p", f"file:{kept}", "hex:" + "cd" * 16)
+    assert changed.returncode == 0, changed.stderr
+    args = ("tpm", "clear-lockout", "--state-dir", str(sealer.state_dir))
+    wrong = sealer(*args)
+    assert (wrong.returncode, wrong.stderr) == (EXIT_AUTH, (
+        "sealer: the TPM rejected the lockout authorization: it is not the one in force: someone "
+        "changed it since sealer set it; ask whoever did, or use the escrowed copy\n"
+    ))  # fmt: skip
+    again = sealer(*args)  # the TPM now refuses every lockout authorization for 600 s
+    assert (again.returncode, again.stderr) == (EXIT_LOCKOUT, (
+        "sealer: the TPM refuses lockout authorizations for now: a wrong one was tried earlier: "
+        "wait for the TPM's lockout recovery time (see 'sealer tpm status'), or reboot if it "
+        "is 0\n"
+    ))  # fmt: skip
 
 
 def test_status_reports_the_tpms_hygiene(
