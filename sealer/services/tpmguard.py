@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sealer.checkpoint import before_write
-from sealer.errors import StateError
+from sealer.errors import AuthError, LockoutError, StateError
 from sealer.policy.revocation import REVOCATION_INDEX
 from sealer.privatefile import directory_hint, write_private_file
 from sealer.tpm.connection import connect
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 DEFAULT_STATE_DIR = Path("/var/lib/sealer")
 LOCKOUT_AUTH_FILE = "tpm-lockout.auth"
 PENDING_SUFFIX = ".new"
+REJECTED_SUFFIX = ".not-in-force"
 ESCROW_SUFFIX = "-tpm-lockout.cms"  # not .json: the recovery keys' records stay apart
 
 Progress = Callable[[str], None]
@@ -138,6 +139,23 @@ def _confirm(state_dir: Path) -> None:
         ) from exc
 
 
+def _rejected_path(state_dir: Path) -> Path:
+    return state_dir / (LOCKOUT_AUTH_FILE + REJECTED_SUFFIX)
+
+
+def _set_aside(state_dir: Path) -> None:
+    """The pending authorization is not the TPM's: keep it, under a name never tried."""
+    pending, aside = _pending_path(state_dir), _rejected_path(state_dir)
+    before_write(f"state: rename {pending.name} to {aside.name}")
+    try:
+        os.rename(pending, aside)
+    except OSError as exc:
+        raise StateError(
+            f"cannot rename {pending} to {aside}: {exc.strerror}",
+            directory_hint(state_dir, "--state-dir", exc.errno),
+        ) from exc
+
+
 def _escrow_path(escrow: Escrow) -> Path:
     return escrow.directory / f"{escrow.machine_id}{ESCROW_SUFFIX}"
 
@@ -192,8 +210,22 @@ def secure_tpm(
 ) -> list[str]:
     """Make sure no one without a secret can reset or reconfigure the DA lockout.
 
-    ``srk`` salts the session that carries the new authorization. Returns warnings.
+    ``srk`` salts the session that carries the new authorization. Returns warnings: a TPM
+    that refuses lockout authorizations for now (someone tried a wrong one) does not stop
+    the enrollment; the next 'sealer enroll' closes the hierarchy.
     """
+    try:
+        return _secure(ctx, srk, state_dir, escrow, progress)
+    except (AuthError, LockoutError) as exc:
+        return [
+            f"the TPM's lockout hierarchy was not closed ({exc.message}): until it is, anyone "
+            "can reset or switch off the PIN lockout; run 'sealer enroll' again later"
+        ]
+
+
+def _secure(
+    ctx: Tpm, srk: Srk, state_dir: Path, escrow: Escrow | None, progress: Progress
+) -> list[str]:
     hierarchies = read_hierarchies(ctx)
     pending = _read(_pending_path(state_dir))
     held = held_lockout_auth(state_dir)
@@ -207,7 +239,9 @@ def secure_tpm(
         if lockout_auth_in_force(ctx, pending):
             _confirm(state_dir)
             return []
-        return [f"{SOMEONE_ELSES} ({_pending_path(state_dir)} is not it)"]
+        _set_aside(state_dir)  # never tried again: each wrong try locks the hierarchy
+        return [f"{SOMEONE_ELSES} (an interrupted enrollment's value is not it: kept as "
+                f"{_rejected_path(state_dir)})"]  # fmt: skip
     if held is not None:  # sealer set it; escrowed now if it was not yet to this directory
         if escrow is not None and not _escrow_path(escrow).exists():
             _escrow(escrow, held, progress)

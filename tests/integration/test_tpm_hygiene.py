@@ -212,6 +212,49 @@ def test_a_lockout_authorization_set_by_someone_else_is_left_alone(
     assert mine.returncode == 0, mine.stderr
 
 
+def test_a_pending_authorization_that_is_not_the_tpms_is_tried_once(
+    sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
+) -> None:
+    """An interrupted run left ``.new``, and meanwhile someone else set the authorization."""
+    sealer.state_dir.mkdir(mode=0o700)
+    (sealer.state_dir / (AUTH_FILE + ".new")).write_bytes(b"\x01" * 32)
+    theirs = tools(swtpm, "tpm2_changeauth", "-c", "l", "hex:" + "ab" * 16)
+    assert theirs.returncode == 0, theirs.stderr
+    first = sealer("enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir),
+                   str(luks_image), stdin=PASSPHRASE)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    aside = sealer.state_dir / (AUTH_FILE + ".not-in-force")
+    assert f"an interrupted enrollment's value is not it: kept as {aside})" in first.stderr
+    assert aside.read_bytes() == b"\x01" * 32
+    assert sorted(p.name for p in sealer.state_dir.iterdir() if "lockout" in p.name) == [
+        aside.name
+    ]
+    other = make_luks_image(tmp_path / "other.img", PASSPHRASE)
+    second = sealer("enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir),
+                    str(other), stdin=PASSPHRASE)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert "set by someone else" in second.stderr and "interrupted" not in second.stderr
+
+
+def test_a_lockout_hierarchy_locked_by_a_wrong_try_does_not_stop_enrollment(
+    sealer: SealerCli, swtpm: Swtpm, luks_image: Path
+) -> None:
+    """Someone tried a wrong lockout authorization first: the TPM refuses every one (the
+    empty one too) for lockoutRecovery; enroll goes on, says so, and leaves it open."""
+    assert tools(swtpm, "tpm2_dictionarylockout", "-c", "-p", "wrong").returncode != 0
+    enrolled = sealer("enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir),
+                      str(luks_image), stdin=PASSPHRASE)  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert (
+        "sealer: warning: the TPM's lockout hierarchy was not closed (the TPM refuses lockout "
+        "authorizations for now: a wrong one was tried earlier): until it is, anyone can reset "
+        "or switch off the PIN lockout; run 'sealer enroll' again later\n"
+    ) in enrolled.stderr
+    assert properties(swtpm)["lockoutAuthSet"] == 0
+    assert not (sealer.state_dir / AUTH_FILE).exists()
+    assert sealer("unlock", "--test", str(luks_image)).returncode == 0
+
+
 def test_the_lockout_authorization_is_escrowed_with_the_recovery_key(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
 ) -> None:
