@@ -274,7 +274,7 @@ def tpm_hygiene(ctx: Tpm, state_dir: Path) -> dict[str, Any]:
         held = None  # unreadable here (not root?): unknown
     pending = _pending_path(state_dir).exists()
     if not hierarchies.lockout_auth_set:
-        holder = "nobody (empty)"
+        holder = "nobody"
     elif pending and not held:
         holder = "unknown (an enrollment was interrupted: the next 'sealer enroll' decides)"
     elif held:

@@ -160,7 +160,7 @@ def test_status_reports_the_tpms_hygiene(
     before = json.loads(sealer("status", "--json", "--state-dir", state, str(luks_image)).stdout)
     assert before["tpm"]["hygiene"] == {
         "owner_auth_set": False, "endorsement_auth_set": False, "lockout_auth_set": False,
-        "disable_clear": False, "lockout_auth_holder": "nobody (empty)",
+        "disable_clear": False, "lockout_auth_holder": "nobody",
         "sealer_lockout_auth_file": None,
         "revocation_field": {"nv_index": "0x01335ea1", "present": False},
     }  # fmt: skip
