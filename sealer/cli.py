@@ -380,11 +380,13 @@ _FILE = click.Path(path_type=Path, dir_okay=False)
     show_default=True,
     help="Where escrow records are: status says whether each recovery key has one.",
 )
+@state_dir_option("Where sealer keeps the TPM's lockout authorization: status says whether "
+                  "it holds the one in force.")  # fmt: skip
 @click.pass_context
 def status(
     ctx: click.Context, devices: tuple[str, ...], as_json: bool, next_boot: bool,
     uki: Path | None, kernel: Path | None, initrd: Path | None, log_path: Path | None,
-    offline: bool, etc_dir: Path, boot_dir: Path, escrow_dir: Path,
+    offline: bool, etc_dir: Path, boot_dir: Path, escrow_dir: Path, state_dir: Path,
 ) -> None:  # fmt: skip
     """Show keyslots, tokens and whether the TPM would release the key now.
 
@@ -413,7 +415,7 @@ def status(
                 "add --next-boot",
             )
         names = list(devices) or discover_luks2_devices()
-        reports = [volume_status(d, ctx.obj.tcti, check, escrow_dir) for d in names]
+        reports = [volume_status(d, ctx.obj.tcti, check, escrow_dir, state_dir) for d in names]
         if as_json:
             emit_json(reports[0] if len(devices) == 1 else reports)
         elif not reports:
@@ -703,11 +705,11 @@ def boot_disable(
 
 
 def _register_commands() -> None:
-    from sealer import cli_interop, cli_measured, cli_policy, cli_recovery
+    from sealer import cli_interop, cli_measured, cli_policy, cli_recovery, cli_tpm
 
     for command in (
         *cli_measured.COMMANDS, *cli_policy.COMMANDS, *cli_interop.COMMANDS,
-        *cli_recovery.COMMANDS,
+        *cli_recovery.COMMANDS, *cli_tpm.COMMANDS,
     ):  # fmt: skip
         main.add_command(command)
 

@@ -20,7 +20,8 @@ from types import TracebackType
 # Names of the TPM 2.0 command codes sealer and the tests send (TPM 2.0 Part 2, 6.5.2).
 COMMAND_NAMES = {
     0x11F: "NV_UndefineSpaceSpecial", 0x120: "EvictControl", 0x121: "HierarchyControl",
-    0x122: "NV_UndefineSpace", 0x12A: "NV_DefineSpace", 0x131: "CreatePrimary",
+    0x122: "NV_UndefineSpace", 0x129: "HierarchyChangeAuth", 0x12A: "NV_DefineSpace",
+    0x131: "CreatePrimary",
     0x134: "NV_Increment", 0x135: "NV_SetBits", 0x137: "NV_Write",
     0x139: "DictionaryAttackLockReset", 0x13A: "DictionaryAttackParameters", 0x144: "Startup",
     0x145: "Shutdown", 0x149: "PolicyNV", 0x14E: "NV_Read", 0x151: "PolicySecret",

@@ -38,6 +38,7 @@ from sealer.boot.capping import CAP_EVENT
 from sealer.luks import cryptsetup
 from sealer.policy.keys import MACHINE_KEY_FILE
 from sealer.services.secrets import pin_auth_value
+from sealer.services.tpmguard import LOCKOUT_AUTH_FILE as LOCKOUT_AUTH
 from sealer.services.unlock import release
 from sealer.services.volume import Enrollment, enrollments
 
@@ -391,9 +392,12 @@ def run_lifecycle(directory: Path) -> WireAudit:
             volume.add_controls(audit, "machine 1")
         with audit.operation(REMOVE):
             one.sealer("remove", str(a.image))
+        one.sealer("tpm", "clear-lockout", "--state-dir", state)  # in the whole log's search
         audit.needles["policy key scalar (machine 1)"] = _key_scalar(
             one.state_dir / MACHINE_KEY_FILE
         )
+        # Set by the first enrollment (HierarchyChangeAuth), used by clear-lockout.
+        audit.needles["TPM lockout auth (machine 1)"] = (one.state_dir / LOCKOUT_AUTH).read_bytes()
     finally:
         one.stop()
 
@@ -419,6 +423,7 @@ def run_lifecycle(directory: Path) -> WireAudit:
         audit.needles["policy key scalar (machine 2)"] = _key_scalar(
             two.state_dir / MACHINE_KEY_FILE
         )
+        audit.needles["TPM lockout auth (machine 2)"] = (two.state_dir / LOCKOUT_AUTH).read_bytes()
         audit.needles["vendor key scalar"] = _key_scalar(vendor)
     finally:
         two.stop()

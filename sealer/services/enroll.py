@@ -33,6 +33,7 @@ from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
 from sealer.services.escrow import Escrow, escrow_key
 from sealer.services.leftovers import clear_interrupted_enrollment, free_counter
 from sealer.services.secrets import new_recovery_key, pin_auth_value
+from sealer.services.tpmguard import secure_tpm
 from sealer.services.volume import Enrollment, enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import ensure_revocation_index, read_revoked_bits
@@ -226,6 +227,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     progress("sealing a new secret in the TPM")
     with connect(req.tcti) as ctx:
         srk = ensure_srk(ctx, SRK_HANDLE)
+        warnings += secure_tpm(ctx, srk, req.state_dir, req.escrow, progress)
         nv_name = ensure_revocation_index(ctx, field)
         level = revocation.level_of(read_revoked_bits(ctx, field.index) or 0)
         counter = define_counter(ctx, counter_tag(enrollment_id))

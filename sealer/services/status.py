@@ -15,6 +15,7 @@ from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
 from sealer.services.escrow import DEFAULT_ESCROW_DIR, escrowed
+from sealer.services.tpmguard import DEFAULT_STATE_DIR, render_hygiene, tpm_hygiene
 from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
 from sealer.services.volume import Enrollment, enrollments, interrupted_error
 from sealer.tpm.connection import connect
@@ -99,19 +100,21 @@ CheckNextBoot = Callable[[str, Enrollment], dict[str, Any]]
 
 def volume_status(
     device: str, tcti: str | None, next_boot: CheckNextBoot | None = None,
-    escrow_dir: Path = DEFAULT_ESCROW_DIR,
+    escrow_dir: Path = DEFAULT_ESCROW_DIR, state_dir: Path = DEFAULT_STATE_DIR,
 ) -> dict[str, Any]:  # fmt: skip
     header = cryptsetup.read_header(device)
     report = _describe(header, tcti, next_boot, escrow_dir)
-    report["tpm"] = _tpm_state(tcti)
+    report["tpm"] = _tpm_state(tcti, state_dir)
     return report
 
 
-def _tpm_state(tcti: str | None) -> dict[str, Any]:
-    """The TPM's own state, which every PIN enrollment shares: its dictionary-attack lockout."""
+def _tpm_state(tcti: str | None, state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
+    """The TPM's own state, which every enrollment shares: its dictionary-attack lockout, and
+    who can reconfigure it (services/tpmguard.py)."""
     try:
         with connect(tcti) as ctx:
-            return {"lockout": read_lockout(ctx).to_json()}
+            return {"lockout": read_lockout(ctx).to_json(),
+                    "hygiene": tpm_hygiene(ctx, state_dir)}  # fmt: skip
     except SealerError as exc:
         return {"error": exc.one_line()}
 
@@ -298,6 +301,8 @@ def render(report: dict[str, Any]) -> str:
     tpm = report.get("tpm", {})
     if "lockout" in tpm or (tpm and not report["enrollments"]):  # else each enrollment says
         lines.append(_render_tpm(tpm))
+    if "hygiene" in tpm:
+        lines += render_hygiene(tpm["hygiene"], tpm.get("lockout"))
     return "\n".join(lines)
 
 

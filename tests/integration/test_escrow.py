@@ -135,7 +135,7 @@ def test_rotate_escrows_the_new_key_and_keeps_the_old_record(
 ) -> None:
     assert escrowed_enroll(sealer, luks_image, org).returncode == 0
     escrow_dir = sealer.state_dir / "escrow"
-    [old_record] = escrow_dir.iterdir()
+    [old_record] = escrow_dir.glob("*.json")  # (and the TPM lockout auth's .cms)
     old_key = decrypt_record(old_record, org)
     rotated = sealer("recovery", "rotate", "--json", "--escrow-cert", str(org.cert),
                      "--escrow-dir", str(escrow_dir), "--machine-id", MACHINE, str(luks_image))
@@ -165,7 +165,7 @@ def test_a_record_of_an_earlier_key_in_the_same_keyslot_number_does_not_count(
     for _ in range(2):  # rotations without escrow: keyslot 3, then keyslot 2 again
         assert sealer("recovery", "rotate", "--quiet", str(luks_image)).returncode == 0
     recovery = status(sealer, luks_image, escrow_dir)["enrollments"][0]["recovery"]
-    assert recovery["keyslot"] == 2 and [r.name[-13:] for r in escrow_dir.iterdir()] == [
+    assert recovery["keyslot"] == 2 and [r.name[-13:] for r in escrow_dir.glob("*.json")] == [
         "keyslot2.json"
     ]
     assert recovery["escrowed"] is False  # the record is of the first key, long removed
@@ -176,7 +176,7 @@ def test_text_output_hides_the_key_unless_asked(
 ) -> None:
     enrolled = escrowed_enroll(sealer, luks_image, org)
     assert enrolled.returncode == 0, enrolled.stderr
-    [record] = (sealer.state_dir / "escrow").iterdir()
+    [record] = (sealer.state_dir / "escrow").glob("*.json")
     key = decrypt_record(record, org).decode()
     assert key not in enrolled.stdout + enrolled.stderr
     assert f"escrowed to {record}" in enrolled.stdout and "not shown" in enrolled.stdout
@@ -253,7 +253,7 @@ def test_recovery_show_refuses_wrong_keys_and_bad_records(
     sealer: SealerCli, luks_image: Path, org: OrgKeys, tmp_path: Path
 ) -> None:
     assert escrowed_enroll(sealer, luks_image, org).returncode == 0
-    [record] = (sealer.state_dir / "escrow").iterdir()
+    [record] = (sealer.state_dir / "escrow").glob("*.json")
     wrong = tmp_path / "wrong.key"
     subprocess.run(["openssl", "genrsa", "-out", str(wrong), "2048"], check=True,
                    capture_output=True)  # fmt: skip
@@ -311,7 +311,7 @@ def test_a_record_that_cannot_be_written_leaves_no_unescrowed_key(
                      str(escrow_dir), "--machine-id", MACHINE, str(luks_image))  # fmt: skip
     assert rotated.returncode == EXIT_STATE and rotated.stdout == ""
     assert cryptsetup.read_header(str(luks_image)) == before
-    assert [p.name for p in escrow_dir.iterdir() if p.is_file()] == [blocker.name]
+    assert [p.name for p in escrow_dir.glob("*.json") if p.is_file()] == [blocker.name]
 
 
 README_HELP_DESK = 'jq -r .cms "$0" | openssl cms -decrypt -inform PEM -inkey "$1"; echo'
@@ -330,7 +330,7 @@ def test_the_envelope_is_rsa_oaep_and_aes_gcm_and_openssl_still_opens_it(
     """Issue 15: no PKCS#1 v1.5 key transport, no unauthenticated CBC; the help desk's
     openssl command (the README's, word for word) keeps working."""
     assert escrowed_enroll(sealer, luks_image, org).returncode == 0
-    [record] = (sealer.state_dir / "escrow").iterdir()
+    [record] = (sealer.state_dir / "escrow").glob("*.json")
     doc = json.loads(record.read_text())
     assert doc["version"] == 2
     printed = subprocess.run(["openssl", "cms", "-cmsout", "-print", "-inform", "PEM"],
@@ -367,7 +367,7 @@ def test_a_version_1_record_still_opens_and_a_downgraded_version_2_does_not(
     sealer: SealerCli, luks_image: Path, org: OrgKeys, tmp_path: Path
 ) -> None:
     assert escrowed_enroll(sealer, luks_image, org).returncode == 0
-    [record] = (sealer.state_dir / "escrow").iterdir()
+    [record] = (sealer.state_dir / "escrow").glob("*.json")
     doc = json.loads(record.read_text())
     key = decrypt_record(record, org)
     # A record as sealer wrote it before issue 15: version 1, PKCS#1 v1.5 and AES-256-CBC.

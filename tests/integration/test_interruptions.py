@@ -18,6 +18,7 @@ escrow records that exist, decrypted with its private key (by openssl cms, not b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,10 @@ class Machine:
         record = self.directory / "writes.txt"
         argv = [sys.executable, str(INJECTOR), str(stop_at), str(record), "--tcti"]
         argv += [self.sealer.tcti, *args]
-        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=120)
+        # The injector runs as a script: this checkout's sealer first, not the one an
+        # editable install of the virtualenv may point at (another worktree's).
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=120, env=env)
         return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode())
 
     def writes(self) -> list[str]:

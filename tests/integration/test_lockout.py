@@ -1,9 +1,10 @@
 """The TPM's dictionary-attack lockout with a PIN, against swtpm: what the person is told,
 that only wrong PINs count, and that the passphrase still opens the volume in lockout.
 
-swtpm's lockout authorization is empty, so tpm2_dictionarylockout sets the DA parameters
-(3 tries, one forgiven every 600 s) and clears the lockout. The counter is read with
-tpm2_getcap, not with sealer's own reader, so the two check each other.
+After enrollment the TPM's lockout authorization is the one sealer keeps in its state
+directory (test_tpm_hygiene.py), so tpm2_dictionarylockout uses it (``-p file:...``) to set
+short DA parameters (3 tries, one forgiven every 600 s) and to clear the lockout. The
+counter is read with tpm2_getcap, not with sealer's own reader, so the two check each other.
 """
 
 from __future__ import annotations
@@ -43,18 +44,24 @@ TRY_AGAIN = "try again, or unlock with the passphrase or recovery key"
 DA_LINE = "  TPM dictionary-attack lockout:"  # in 'sealer status'
 
 
-def set_lockout(tpm: Swtpm, max_tries: int = 3) -> None:
+def _auth(state_dir: Path | None) -> list[str]:
+    """The lockout authorization sealer kept at enrollment (none before: empty)."""
+    return [] if state_dir is None else ["-p", f"file:{state_dir / 'tpm-lockout.auth'}"]
+
+
+def set_lockout(tpm: Swtpm, max_tries: int = 3, state_dir: Path | None = None,
+                recovery: int = 600) -> None:  # fmt: skip
     subprocess.run(
         ["tpm2_dictionarylockout", "-T", tpm.tcti, "--setup-parameters",
-         "--max-tries", str(max_tries), "--recovery-time", "600",
-         "--lockout-recovery-time", "600"],
+         "--max-tries", str(max_tries), "--recovery-time", str(recovery),
+         "--lockout-recovery-time", "600", *_auth(state_dir)],
         check=True, capture_output=True,
     )  # fmt: skip
 
 
-def clear_lockout(tpm: Swtpm) -> None:
+def clear_lockout(tpm: Swtpm, state_dir: Path) -> None:
     subprocess.run(
-        ["tpm2_dictionarylockout", "-T", tpm.tcti, "--clear-lockout"],
+        ["tpm2_dictionarylockout", "-T", tpm.tcti, "--clear-lockout", *_auth(state_dir)],
         check=True, capture_output=True,
     )  # fmt: skip
 
@@ -80,7 +87,7 @@ def test_each_wrong_pin_counts_and_says_how_many_tries_are_left(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path
 ) -> None:
     assert sealer.enroll(luks_image, pin=PIN).returncode == 0
-    set_lockout(swtpm, max_tries=3)
+    set_lockout(swtpm, max_tries=3, state_dir=sealer.state_dir)
     assert counter(swtpm) == 0
     assert unlock_with(sealer, luks_image, b"1111") == (EXIT_AUTH, (
         f"sealer: the TPM rejected the PIN: 2 tries left before the TPM locks out: {TRY_AGAIN}\n"
@@ -114,7 +121,7 @@ def test_each_wrong_pin_counts_and_says_how_many_tries_are_left(
     assert opens_with(luks_image, PASSPHRASE)
 
     # Whoever holds the lockout authorization can end it; the right PIN then works.
-    clear_lockout(swtpm)
+    clear_lockout(swtpm, sealer.state_dir)
     assert unlock_with(sealer, luks_image, PIN)[0] == 0
     assert counter(swtpm) == 0
     lines = sealer("status", str(luks_image)).stdout.splitlines()
@@ -127,11 +134,7 @@ def test_a_try_comes_back_one_interval_after_the_last_failure(
     """What the messages promise, on a short clock: the TPM forgets one failure every
     interval, counted from the last one, and then the right PIN works again."""
     assert sealer.enroll(luks_image, pin=PIN).returncode == 0
-    subprocess.run(
-        ["tpm2_dictionarylockout", "-T", swtpm.tcti, "--setup-parameters", "--max-tries", "2",
-         "--recovery-time", "2", "--lockout-recovery-time", "600"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    set_lockout(swtpm, max_tries=2, state_dir=sealer.state_dir, recovery=2)
     unlock_with(sealer, luks_image, b"1111")
     code, said = unlock_with(sealer, luks_image, b"2222")
     locked_at = time.monotonic()
@@ -147,7 +150,7 @@ def test_a_try_comes_back_one_interval_after_the_last_failure(
 
 
 def test_sealers_reader_agrees_with_tpm2_tools(swtpm: Swtpm) -> None:
-    set_lockout(swtpm, max_tries=5)
+    set_lockout(swtpm, max_tries=5)  # no enrollment: still empty
     with connect(swtpm.tcti) as ctx:
         state = read_lockout(ctx)
     assert state == LockoutState(
@@ -162,7 +165,7 @@ def test_the_tpms_own_lockout_answer_is_explained_too(
     """sealer checks for lockout before asking for the PIN; with that check bypassed, the
     TPM's own TPM_RC_LOCKOUT gets the same words."""
     assert sealer.enroll(luks_image, pin=PIN).returncode == 0
-    set_lockout(swtpm, max_tries=1)
+    set_lockout(swtpm, max_tries=1, state_dir=sealer.state_dir)
     assert unlock_with(sealer, luks_image, b"1111")[0] == EXIT_AUTH
     monkeypatch.setattr(unlock_service, "refuse_if_locked_out", lambda ctx: None)
     with pytest.raises(LockoutError) as refused:
@@ -177,7 +180,7 @@ def test_without_a_pin_refused_unlocks_never_count(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path
 ) -> None:
     assert sealer.enroll(luks_image).returncode == 0
-    set_lockout(swtpm, max_tries=3)
+    set_lockout(swtpm, max_tries=3, state_dir=sealer.state_dir)
     subprocess.run(["tpm2_pcrextend", "-T", swtpm.tcti, "7:sha256=" + "11" * 32], check=True)
     for _ in range(5):  # more refusals than the TPM allows wrong PINs
         assert sealer("unlock", "--test", str(luks_image)).returncode == EXIT_POLICY
@@ -239,7 +242,7 @@ def test_boot_reprompts_with_the_tries_left_and_a_right_pin_still_unlocks(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
 ) -> None:
     assert sealer.enroll(luks_image, pin=PIN).returncode == 0
-    set_lockout(swtpm, max_tries=3)
+    set_lockout(swtpm, max_tries=3, state_dir=sealer.state_dir)
     result, prompts = keyscript(swtpm, luks_image, tmp_path, [b"1111", PIN])
     assert result.returncode == 0, result.stderr
     assert opens_with(luks_image, result.stdout)
@@ -254,7 +257,7 @@ def test_boot_stops_asking_in_lockout_and_the_passphrase_still_opens(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
 ) -> None:
     assert sealer.enroll(luks_image, pin=PIN).returncode == 0
-    set_lockout(swtpm, max_tries=2)
+    set_lockout(swtpm, max_tries=2, state_dir=sealer.state_dir)
     # Two wrong PINs lock the TPM out: the third prompt is not shown, the passphrase is next.
     result, prompts = keyscript(swtpm, luks_image, tmp_path, [b"1111", b"2222", PIN])
     assert (result.returncode, result.stdout) == (EXIT_LOCKOUT, b"")
@@ -278,7 +281,7 @@ def test_the_password_agent_in_lockout_asks_no_pin_and_leaves_the_passphrase_pro
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
 ) -> None:
     assert sealer.enroll(luks_image, pin=PIN).returncode == 0
-    set_lockout(swtpm, max_tries=1)
+    set_lockout(swtpm, max_tries=1, state_dir=sealer.state_dir)
     assert unlock_with(sealer, luks_image, b"1111")[0] == EXIT_AUTH
     request = Request(tmp_path / "ask-password", luks_image)
     try:

@@ -61,7 +61,9 @@ def test_every_operation_was_audited_with_every_needle(audit: WireAudit) -> None
         assert len(audit.needles[f"sealed secret {label}"]) == 32
     assert {"LUKS passphrase", "PIN", "PIN auth value B", "recovery key A", "recovery key B",
             "policy key scalar (machine 1)", "policy key scalar (machine 2)",
-            "vendor key scalar"} <= set(audit.needles)  # fmt: skip
+            "vendor key scalar", "TPM lockout auth (machine 1)",
+            "TPM lockout auth (machine 2)"} <= set(audit.needles)  # fmt: skip
+    assert len(audit.needles["TPM lockout auth (machine 1)"]) == 32
 
 
 @pytest.mark.parametrize("operation", wireaudit.OPERATIONS)
