@@ -37,6 +37,11 @@ class RevocationRef:
     nv_name: bytes
     authority: str  # "machine" or "vendor": whose signed statements may revoke
 
+    @property
+    def locator(self) -> tuple[int, bytes]:
+        """(index, name): where the field is, and what the approvals check it is."""
+        return self.nv_index, self.nv_name
+
 
 @dataclass(frozen=True)
 class RetirementRef:

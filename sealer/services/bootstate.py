@@ -61,11 +61,11 @@ def read_boot_state(
     log_path: Path | None,
     tcti: str | None,
     offline: bool,
-    revocation_index: int | None = None,
+    revocation: tuple[int, bytes] | None = None,
     retirement_index: int | None = None,
 ) -> BootState:
     """The event log (``log_path`` or this boot's) and, unless offline, ``pcrs`` read live
-    (and the revocation field at ``revocation_index``)."""
+    (and the revocation field ``revocation``: its index and name)."""
     log = read_event_log(log_path)
     measurements = measurements_of(log, bank)
     live = None
@@ -74,8 +74,8 @@ def read_boot_state(
         with connect(tcti) as ctx:
             live = read_pcrs(ctx, bank, sorted(set(pcrs)))
             tpm_boot = reset_count(ctx)
-            if revocation_index is not None:
-                bits = read_revoked_bits(ctx, revocation_index)
+            if revocation is not None:
+                bits = read_revoked_bits(ctx, *revocation)
             counter = counter_value(ctx, retirement_index)
     return BootState(
         log=log,

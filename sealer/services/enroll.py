@@ -274,9 +274,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         revocation=RevocationRef(field.index, nv_name, authority.role),
         complete=False,
-        recovery=(
-            req.keep_recovery if recovery_slot is None else RecoveryRef(None, pending=recovery_slot)
-        ),
+        recovery=None if recovery_slot is None else RecoveryRef(None, pending=recovery_slot),
         enrollment_id=binding.enrollment_id,
         retirement=RetirementRef(counter.index, counter.name),
     )
@@ -360,6 +358,10 @@ def _write_enrollment(
                     req.escrow, device=req.device, uuid=uuid, token_id=token_id, keyslot=slot,
                     key=recovery, keyslot_salt=cryptsetup.keyslot_salt(req.device, slot),
                 )  # fmt: skip
+        if req.keep_recovery is not None:
+            # Only the complete token names a recovery keyslot it takes over: an incomplete
+            # one's keyslots are cleared by the next run, and that one must stay.
+            token = replace(token, recovery=req.keep_recovery)
         progress(f"completing token {token_id}")
         cryptsetup.import_token(
             req.device, token_id, replace(token, complete=True).to_json(), replace=True

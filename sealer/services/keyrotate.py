@@ -23,12 +23,14 @@ from pathlib import Path
 
 from sealer.errors import StateError, UsageError
 from sealer.luks import cryptsetup
+from sealer.luks.header import LuksHeader
+from sealer.luks.token import TOKEN_TYPE, parse_token
 from sealer.pcrs import bank_named
 from sealer.policy import keys
 from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
 from sealer.services.enroll import EnrollRequest, enroll, require_tpm
 from sealer.services.remove import remove
-from sealer.services.volume import Enrollment, enrollments
+from sealer.services.volume import Enrollment
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import undefine_revocation_index
 from sealer.tpm.policykey import policy_key_name
@@ -74,6 +76,38 @@ def _current_key(state_dir: Path) -> bytes:
     return name
 
 
+def _half_removed(header: LuksHeader) -> list[int]:
+    """Sealer tokens whose keyslot is gone but which are still there: a removal (of this
+    rotation, or by hand) was stopped in between. Unusable; the rotation finishes them."""
+    return [
+        t.token_id for t in header.tokens_of_type(TOKEN_TYPE)
+        if not t.keyslots and "enrolling" not in t.data
+    ]  # fmt: skip
+
+
+def _enrollments(device: str) -> list[Enrollment]:
+    """The device's complete enrollments, past any half-removed token."""
+    header = cryptsetup.read_header(device)
+    half = set(_half_removed(header))
+    parsed = [
+        Enrollment(t.token_id, parse_token(t.token_id, t.data))
+        for t in header.tokens_of_type(TOKEN_TYPE) if t.token_id not in half
+    ]  # fmt: skip
+    return [e for e in parsed if e.token.complete]
+
+
+def _finish_half_removed(device: str, key_name: bytes, tcti: str | None) -> list[int]:
+    """Finish removing the old key's tokens that a stopped run left without keyslot."""
+    header = cryptsetup.read_header(device)
+    done = []
+    for token_id in _half_removed(header):
+        names = [k.get("name") for k in header.tokens[token_id].data.get("policy_keys", [])
+                 if isinstance(k, dict)]  # fmt: skip
+        if key_name.hex() in names:
+            done.append(remove(device, token_id, tcti).token_id)
+    return done
+
+
 def check(req: RotateRequest) -> dict[str, list[Enrollment]]:
     """Everything that can be checked before a secret is asked for; the enrollments of each
     device that trust the current key (empty for a device whose rotation is done)."""
@@ -82,8 +116,7 @@ def check(req: RotateRequest) -> dict[str, list[Enrollment]]:
     current = _current_key(req.state_dir)
     found: dict[str, list[Enrollment]] = {}
     for device in req.devices:
-        header = cryptsetup.read_header(device)
-        mine = [e for e in enrollments(header) if _machine_key_of(e) == current]
+        mine = [e for e in _enrollments(device) if _machine_key_of(e) == current]
         if not mine and not _has_next(device, req.state_dir):
             raise UsageError(
                 f"{device} has no sealer enrollment that trusts the policy key in "
@@ -100,7 +133,7 @@ def _next_enrollments(device: str, state_dir: Path) -> list[Enrollment]:
     name = _key_name(state_dir, NEXT_KEY_FILE)
     if name is None:
         return []
-    return [e for e in enrollments(cryptsetup.read_header(device)) if _machine_key_of(e) == name]
+    return [e for e in _enrollments(device) if _machine_key_of(e) == name]
 
 
 def _has_next(device: str, state_dir: Path) -> bool:
@@ -145,6 +178,7 @@ def _rotate_device(
 ) -> Rotated:  # fmt: skip
     enrolled: list[int] = []
     warnings: list[str] = []
+    removed = _finish_half_removed(device, _current_key(req.state_dir), req.tcti)
     done = _next_enrollments(device, req.state_dir)  # by an interrupted rotation
     todo = [e for e in old if not any(_same_binding(e, n) for n in done)]
     if todo:
@@ -166,7 +200,6 @@ def _rotate_device(
             )  # fmt: skip
             enrolled.append(result.token_id)
             warnings += result.warnings
-    removed = []
     for enrollment in old:
         progress(f"{device}: removing token {enrollment.token_id} (the old key's)")
         removed.append(remove(device, enrollment.token_id, req.tcti).token_id)

@@ -274,7 +274,7 @@ class NextBootCheck:
         state = read_boot_state(
             bank, bound, log_path=self.request.log_path, tcti=self.request.tcti,
             offline=self.request.offline,
-            revocation_index=nv_field.nv_index if nv_field else None,
+            revocation=nv_field.locator if nv_field else None,
             retirement_index=enrollment.counter_index,
         )  # fmt: skip
         prediction = self._predict(state, boot)

@@ -273,7 +273,7 @@ def _reseal_one(
     field = token.revocation
     state = read_boot_state(
         _bank_of(enrollment), token.pcrs, log_path=req.log_path, tcti=req.tcti,
-        offline=req.offline, revocation_index=field.nv_index if field else None,
+        offline=req.offline, revocation=field.locator if field else None,
         retirement_index=enrollment.counter_index,
     )  # fmt: skip
     current_values = _with_cap(enrollment, state.values(token.pcrs))
@@ -349,7 +349,7 @@ def _prune_one(
     with connect(tcti) as ctx:
         live = read_pcrs(ctx, _bank_of(enrollment), list(token.pcrs))
         tpm_boot = reset_count(ctx)
-        bits = read_revoked_bits(ctx, token.revocation.nv_index) if token.revocation else None
+        bits = read_revoked_bits(ctx, *token.revocation.locator) if token.revocation else None
         counter = counter_value(ctx, enrollment.counter_index)
     approvals = [
         a for a in approvals_of(enrollment)

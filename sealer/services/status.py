@@ -51,7 +51,7 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
             srk = read_srk(ctx, token.srk_handle)
             current = read_pcrs(ctx, bank, wanted)
             if token.revocation is not None:
-                bits = read_revoked_bits(ctx, token.revocation.nv_index)
+                bits = read_revoked_bits(ctx, *token.revocation.locator)
             counter = counter_value(ctx, enrollment.counter_index)
     except SealerError as exc:
         return {"tpm_error": exc.one_line()}

@@ -208,7 +208,8 @@ def not_revoked(enrollment: Enrollment, bits: int | None) -> Callable[[Approval]
     if bits is None:
         raise TPMMismatchError(
             f"the revocation field (TPM NV index 0x{enrollment.token.revocation.nv_index:08x}) "
-            "is missing: the TPM was cleared, or this is another TPM",
+            "is missing or was replaced: the TPM was cleared, this is another TPM, or the "
+            "index was deleted",
             "unlock with the passphrase or recovery key, then enroll again",
         )
     return lambda a: a.release is None or not revocation.is_revoked(bits, a.release)
@@ -228,7 +229,7 @@ def release(
             current = read_pcrs(ctx, bank, wanted)
             bits = None
             if token.revocation is not None:
-                bits = read_revoked_bits(ctx, token.revocation.nv_index)
+                bits = read_revoked_bits(ctx, *token.revocation.locator)
             match = find_match(approvals, current, not_revoked(enrollment, bits))
             if match is None:
                 revoked_match = find_match(approvals, current)
@@ -247,9 +248,10 @@ def release(
             unsealing = match
             secret = unseal(ctx, srk, blob, policy, auth_value)
     except PolicyMismatchError as error:
-        if unsealing is None:
+        explained = None if unsealing is None else _explained(enrollment, unsealing.approval, tcti)
+        if explained is None:
             raise
-        raise _explained(enrollment, unsealing.approval, tcti) or error from error
+        raise explained from error
     return base64.b64encode(secret), match
 
 

@@ -129,11 +129,15 @@ def undefine_revocation_index(ctx: ESAPI, index: RevocationIndex) -> bool:
     return True
 
 
-def read_revoked_bits(ctx: ESAPI, index: int) -> int | None:
-    """The field's bits; None when the index does not exist (or was never written)."""
+def read_revoked_bits(ctx: ESAPI, index: int, name: bytes | None = None) -> int | None:
+    """The field's bits; None when the index does not exist (or was never written), or is
+    not the field named ``name`` (the one an enrollment's approvals check: another field
+    at that index would make the TPM refuse them all)."""
     handle = nv_handle(ctx, index)
     if handle is None:
         return None
+    if name is not None and bytes(ctx.tr_get_name(handle)) != name:
+        return None  # known from the NV_ReadPublic that resolved the handle: no command
     try:
         data = ctx.nv_read(handle, _FIELD_BYTES, auth_handle=handle, session1=ESYS_TR.PASSWORD)
     except TSS2_Exception as exc:

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tpm2_pytss import ESAPI
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT, TPMA_SESSION
+from tpm2_pytss import ESAPI, TSS2_Exception
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RC, TPM2_SE, TPMA_OBJECT, TPMA_SESSION
 from tpm2_pytss.types import (
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
@@ -28,6 +28,7 @@ from tpm2_pytss.types import (
     TPMU_SYM_MODE,
 )
 
+from sealer.errors import PolicyMismatchError
 from sealer.pcrs import Bank, PcrValues
 from sealer.policy.digest import pcr_composite
 from sealer.tpm.nv import apply_release_check, unsalted_session
@@ -138,7 +139,16 @@ def _apply_policy(ctx: ESAPI, session: ESYS_TR, policy: AuthorizedPolicy, ticket
     _apply_pcr_branches(ctx, session, policy)
     _apply_release_check(ctx, session, policy)
     key_name = policy_key_name(policy.key_pem)
-    ctx.policy_authorize(session, policy.approved_policy, key_name, ticket, policy.policy_ref)
+    try:
+        ctx.policy_authorize(session, policy.approved_policy, key_name, ticket, policy.policy_ref)
+    except TSS2_Exception as exc:
+        if exc.error != TPM2_RC.VALUE:  # the session's digest is not the approved policy
+            raise
+        raise PolicyMismatchError(
+            "the TPM refused the approval: an NV index it checks (the revocation field or "
+            "the retirement counter) is not the one it was signed for (replaced or redefined)",
+            "unlock with the passphrase or recovery key, then enroll again",
+        ) from exc
     if len(policy.authorized_digests) > 1:
         ctx.policy_or(session, TPML_DIGEST(list(policy.authorized_digests)))
     if policy.cap_check is not None:

@@ -269,7 +269,7 @@ def test_the_fleet_report_tells_each_hosts_state(scenario: Scenario) -> None:
     ]  # fmt: skip
     rows = {(row.split()[0], row.split()[2]): row.split() for row in table[1:]}
     m1 = rows[("m1", str(scenario.machine("m1").volumes[0].device))]
-    assert m1[1:2] + m1[3:7] == ["ok", "yes", "yes", "escrowed", "3/3"]
+    assert m1[1:2] + m1[3:7] == ["ok", "yes", "yes", "escrowed", "32/32"]
     m2 = rows[("m2", str(scenario.machine("m2").volumes[0].device))]
     assert m2[4] == "NO"
     assert rows[("broken", MISSING_DISK)][1] == "error"
