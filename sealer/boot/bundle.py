@@ -41,9 +41,6 @@ BUNDLE_ROOT = PurePosixPath("/usr/lib/sealer/python")
 KEYSCRIPT = PurePosixPath(KEYSCRIPT_PATH)
 # The one capping program (cap or power off), for both initramfs kinds.
 CAP_PROGRAM = PurePosixPath("/usr/lib/sealer/cap")
-# initramfs-tools only: panic() runs /scripts/panic/* before every shell it starts. A hook may
-# add boot scripts: mkinitramfs orders the scripts directories after running the hooks.
-PANIC_SCRIPT = PurePosixPath("/scripts/panic/sealer")
 ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap")
 # libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
 TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
@@ -239,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         hook_source = find_hook_source(None)
         bundle.native[KEYSCRIPT] = hook_source / "keyscript"
         bundle.native[CAP_PROGRAM] = hook_source / "cap"
-        bundle.native[PANIC_SCRIPT] = hook_source / "scripts" / "panic" / "sealer"
         entries = [("exec", bundle.native), ("file", bundle.plain)]
         for kind, files in entries:
             for dest, source in sorted(files.items()):

@@ -55,8 +55,8 @@ install() {
     fi
     while read -r kind source dest; do
         case "$dest" in
-            # initramfs-tools' interfaces; systemd-cryptsetup runs no keyscripts.
-            /usr/lib/sealer/keyscript | /scripts/*) continue ;;
+            # initramfs-tools' interface; systemd-cryptsetup runs no keyscripts.
+            /usr/lib/sealer/keyscript) continue ;;
             # The capping program is a shell script: no libraries to resolve.
             /usr/lib/sealer/cap)
                 inst_script "$source" "$dest" || { rm -f "$manifest"; return 1; }
