@@ -94,7 +94,7 @@ def _halt(pcrs: list[int], reason: str) -> int:
 
     for line in wipe_open_keys():
         _say(f"sealer: {line}")
-    _say("sealer: the TPM could still release the disk key in this boot: powering off")
+    _say("sealer: the TPM could still release the disk key in this boot")
     return 1
 
 

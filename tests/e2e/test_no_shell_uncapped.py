@@ -60,6 +60,12 @@ def probe_shell(shell_prompt: str) -> list[Answer]:
     ]
 
 
+def kept(boot: Boot, directory: Path) -> Boot:
+    """The boot, its console kept next to the machine for a post-mortem."""
+    (directory / "console.log").write_text(boot.transcript)
+    return boot
+
+
 def probed(boot: Boot) -> tuple[bytes, int]:
     """PCR 15 as the shell read it, and how many bytes the hand-run unlocker printed."""
     text = boot.transcript
@@ -98,7 +104,7 @@ def test_initramfs_tools_shell_after_a_release_finds_pcr15_capped(
 ) -> None:
     machine = provisioned_user.copy(tmp_path / "m", esp=user_esp)
     corrupt_file_system(machine.disks[1])
-    boot = machine.boot(answers=probe_shell("(initramfs) "))
+    boot = kept(machine.boot(answers=probe_shell("(initramfs) ")), tmp_path)
     assert "sealer: cryptroot: key released by the TPM" in boot.transcript, boot.transcript[-4000:]
     assert "Dropping to a shell" in boot.transcript, boot.transcript[-4000:]
     pcr15, key_bytes = probed(boot)
@@ -112,7 +118,7 @@ def test_initramfs_tools_tpm_dying_before_the_cap_powers_off(
     provisioned_user: Provisioned, user_esp: Path, tmp_path: Path
 ) -> None:
     machine = provisioned_user.copy(tmp_path / "m", esp=user_esp)
-    boot = machine.boot(tpm_dies_at="sealer: cryptroot: key released by the TPM")
+    boot = kept(machine.boot(tpm_dies_at="sealer: cryptroot: key released by the TPM"), tmp_path)
     assert "sealer: cannot cap PCR 15" in boot.transcript, boot.transcript[-4000:]
     assert "powering off" in boot.transcript, boot.transcript[-4000:]
     assert boot.powered_off, boot.transcript[-4000:]
@@ -142,7 +148,8 @@ def test_dracut_emergency_shell_after_a_release_finds_pcr15_capped(
 ) -> None:
     machine = provisioned_dracut_user.copy(tmp_path / "m", esp=dracut_user_esp)
     corrupt_file_system(machine.disks[1])
-    boot = machine.boot(answers=[DRACUT_SHELL_ENTRY, *probe_shell(DRACUT_SHELL_PROMPT)])
+    answers = [DRACUT_SHELL_ENTRY, *probe_shell(DRACUT_SHELL_PROMPT)]
+    boot = kept(machine.boot(answers=answers), tmp_path)
     released = f"sealer: {dracut_kit.volume}: key released by the TPM"
     assert released in boot.transcript, boot.transcript[-4000:]
     pcr15, key_bytes = probed(boot)
