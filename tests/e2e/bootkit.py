@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 from bootimage import STUB, Kernel, build_esp, build_initramfs, build_uki, installed_kernel
 from dracut_image import build_dracut_initramfs
 from qemu import QEMU, Answer, Boot, Machine
-from rootdisk import BUSYBOX, ROOT_UP, make_luks_root
+from rootdisk import BUSYBOX, ROOT_UP, make_file_system, make_luks_root, make_root_tree
 from secureboot import OVMF_CODE, OVMF_VARS_TEMPLATE, SecureBootKeys, make_keys, virt_fw_vars
 from swtpm import Swtpm
 
@@ -228,15 +229,30 @@ def assert_unlocked_by_tpm(boot: Boot, first_boot: Boot, prompt: str, volume: st
     assert pcrs[15] == capped_value()
 
 
-def corrupt_file_system(disk: Path, length: int = 8192) -> None:
-    """Overwrite the first ``length`` bytes of the LUKS2 data segment (the ext4 superblock's
-    ciphertext): the TPM still releases the key, but the opened volume holds no file system
-    and the initramfs gives up on the root."""
+def corrupt_file_system(disk: Path, *, at: int = 0, length: int = 8192) -> None:
+    """Overwrite ``length`` bytes of ciphertext ``at`` bytes into the LUKS2 data segment (by
+    default its start: the ext4 superblock). The TPM still releases the key and the volume
+    opens, but the file system on it is damaged and the initramfs gives up on the root."""
     dump = subprocess.run(
         ["cryptsetup", "luksDump", "--dump-json-metadata", str(disk)],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     offset = int(json.loads(dump)["segments"]["0"]["offset"])
     with open(disk, "r+b") as handle:
-        handle.seek(offset)
+        handle.seek(offset + at)
         handle.write(os.urandom(length))
+
+
+def inode_table_offset(work: Path) -> int:
+    """Where the root file system's first inode table starts, in bytes.
+
+    The host cannot open the encrypted root, so the same mkfs runs again on a scratch file:
+    the layout depends only on the size and the options, not on the random UUIDs."""
+    replica = make_file_system(work / "layout.img", make_root_tree(work / "layout-tree"))
+    dump = subprocess.run(
+        ["dumpe2fs", str(replica)], check=True, capture_output=True, text=True
+    ).stdout
+    replica.unlink()
+    block_size = int(re.search(r"^Block size:\s+(\d+)", dump, re.M).group(1))  # type: ignore[union-attr]
+    first_table = int(re.search(r"Inode table at (\d+)", dump).group(1))  # type: ignore[union-attr]
+    return first_table * block_size
