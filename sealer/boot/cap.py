@@ -79,21 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         banks = cap(pcrs, tcti=tcti)
     except SealerError as error:
-        return _halt(pcrs, error.message)
+        return _halt(pcrs, error.message, wipe=tcti is None)
     except Exception as error:  # a bug must stop the machine too, never leave the PCRs open
-        return _halt(pcrs, f"{type(error).__name__}: {error}")
+        return _halt(pcrs, f"{type(error).__name__}: {error}", wipe=tcti is None)
     _say(f"sealer: capped PCR {format_pcrs(pcrs)} ({', '.join(banks)})")
     return 0
 
 
-def _halt(pcrs: list[int], reason: str) -> int:
-    """The PCRs may still release a key: wipe what is open, let the caller power off."""
-    _say(f"sealer: cannot cap PCR {format_pcrs(pcrs)}: {reason}")
-    # Imported only here: sealer.luks is not needed on any other path.
-    from sealer.luks.cryptsetup import wipe_open_keys
+def _halt(pcrs: list[int], reason: str, *, wipe: bool = True) -> int:
+    """The PCRs may still release a key: wipe what is open, let the caller power off.
 
-    for line in wipe_open_keys():
-        _say(f"sealer: {line}")
+    ``wipe`` is False with a TPM named by SEALER_TCTI (a simulator: tests on a running
+    system, whose own dm-crypt mappings are none of this program's business)."""
+    _say(f"sealer: cannot cap PCR {format_pcrs(pcrs)}: {reason}")
+    if wipe:
+        # Imported only here: sealer.luks is not needed on any other path.
+        from sealer.luks.cryptsetup import wipe_open_keys
+
+        for line in wipe_open_keys():
+            _say(f"sealer: {line}")
     _say("sealer: the TPM could still release the disk key in this boot")
     return 1
 

@@ -468,8 +468,8 @@ def plan_disable(request: WireRequest) -> Plan:
         files += [
             _file_change(host_path(root, path), None, None)
             for path in (
-                HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH, KERNEL_HOOK_PATH,
-                INITRAMFS_UPDATE_HOOK_PATH, PRUNE_UNIT_PATH,
+                HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH,
+                KERNEL_HOOK_PATH, INITRAMFS_UPDATE_HOOK_PATH, PRUNE_UNIT_PATH,
             )
         ]  # fmt: skip
     commands, command_notes = _commands(request)
