@@ -49,7 +49,12 @@ def boot_option_findings(cmdline: str) -> list[BootOptionFinding]:
     """What ``cmdline``'s options mean for the TPM unlock, in the order they appear."""
     found: list[BootOptionFinding] = []
     words = cmdline.split()
-    for word in words:
+    # After "--" the kernel passes everything to init: no kernel or initramfs option there,
+    # but a runlevel word still reaches systemd (single, emergency, ...).
+    end = words.index("--") if "--" in words else len(words)
+    for position, word in enumerate(words):
+        if position >= end and word not in _RUNLEVEL_SHELLS:
+            continue
         key, eq, value = word.partition("=")
         if key == "rdinit":
             found.append(BootOptionFinding(word, "risk", (
@@ -85,7 +90,7 @@ def boot_option_findings(cmdline: str) -> list[BootOptionFinding]:
                 "dracut offers its emergency shell when the boot fails; sealer caps the PCRs "
                 f"first: {_SHELL_AFTER_CAP}"
             )))  # fmt: skip
-    if not any(w.startswith("panic=") for w in words):
+    if not any(w.startswith("panic=") for w in words[:end]):
         found.append(BootOptionFinding("panic=", "capped", (
             "not set: initramfs-tools offers a shell when the root does not mount (and "
             "dracut its emergency shell, unless rd.shell=0); sealer caps the PCRs first: "

@@ -56,3 +56,8 @@ def test_an_image_tree_is_judged_by_its_etc_kernel_cmdline(tmp_path: Path) -> No
     (tmp_path / "etc" / "kernel").mkdir(parents=True)
     (tmp_path / "etc" / "kernel" / "cmdline").write_text("root=UUID=1 rdinit=/bin/sh panic=1\n")
     assert [f.to_json()["option"] for f in cmdline_findings(tmp_path)] == ["rdinit=/bin/sh"]
+
+
+def test_after_a_double_dash_only_init_s_runlevel_words_count() -> None:
+    found = levels(f"{DEBIAN} -- rdinit=/x panic=1 single")
+    assert found == {"panic=": "capped", "single": "capped"}
