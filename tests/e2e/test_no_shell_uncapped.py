@@ -178,3 +178,20 @@ def test_dracut_emergency_shell_after_a_release_finds_pcr15_capped(
 # sulogin -e (dracut-emergency) on a root account without a password asks for Enter first.
 DRACUT_SHELL_ENTRY = Answer("maintenance", "\n")
 DRACUT_SHELL_PROMPT = "# "
+
+
+def test_dracut_tpm_dying_before_the_cap_powers_off(
+    provisioned_dracut_user: Provisioned,
+    dracut_user_esp: Path,
+    dracut_kit: DracutKit,
+    tmp_path: Path,
+) -> None:
+    machine = provisioned_dracut_user.copy(tmp_path / "m", esp=dracut_user_esp)
+    released = f"sealer: {dracut_kit.volume}: key released by the TPM"
+    boot = kept(machine.boot(tpm_dies_at=released), tmp_path)
+    assert released in boot.transcript, boot.transcript[-4000:]
+    assert "sealer: cannot cap PCR 15" in boot.transcript, boot.transcript[-4000:]
+    assert "powering off" in boot.transcript, boot.transcript[-4000:]
+    assert boot.powered_off, boot.transcript[-4000:]
+    assert ROOT_UP not in boot.transcript, "the boot went on with PCR 15 uncapped"
+    assert "Entering emergency mode" not in boot.transcript
