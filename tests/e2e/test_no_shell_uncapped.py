@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from bootkit import (
     DRACUT_PROMPT,
+    KEYSCRIPT,
     PROMPT,
     ROOT_PASSPHRASE,
     BootKit,
@@ -28,7 +29,7 @@ from bootkit import (
     inode_table_offset,
 )
 from qemu import Answer, Boot, Machine
-from rootdisk import ROOT_UP
+from rootdisk import ROOT_UP, make_luks_root
 
 from sealer.boot.capping import CAP_EVENT, capped_value
 from sealer.pcrs import BANKS
@@ -195,3 +196,39 @@ def test_dracut_tpm_dying_before_the_cap_powers_off(
     assert boot.powered_off, boot.transcript[-4000:]
     assert ROOT_UP not in boot.transcript, "the boot went on with PCR 15 uncapped"
     assert "Entering emergency mode" not in boot.transcript
+
+
+@pytest.fixture(scope="module")
+def two_volumes(boot_kit: BootKit, tmp_path_factory: pytest.TempPathFactory) -> Provisioned:
+    """A machine with the root and a second LUKS2 volume, both opened in the initramfs
+    (cryptopts= for each) and both enrolled; user command line (no panic=)."""
+    directory = tmp_path_factory.mktemp("two-volumes")
+    data_uuid = make_luks_root(directory / "data.img", ROOT_PASSPHRASE.encode(), directory)
+    extra = f"cryptopts=target=data,source=UUID={data_uuid},luks,keyscript={KEYSCRIPT}"
+    esp = boot_kit.esp(keys=boot_kit.owner, cmdline=boot_kit.cmdline(extra, panic=False))
+    disk = boot_kit.new_root(directory)
+    machine = Machine(directory, boot_kit.owner.vars_template, [esp, disk, directory / "data.img"])
+    first = machine.boot(
+        answers=[
+            Answer(PROMPT, ROOT_PASSPHRASE + "\n"),
+            Answer("Please unlock disk data", ROOT_PASSPHRASE + "\n"),
+        ]
+    )
+    assert ROOT_UP in first.transcript, first.transcript[-3000:]
+    for volume, state in ((disk, "state"), (directory / "data.img", "state-data")):
+        enroll_on_host(machine, volume, first.pcrs(), directory / state)
+    return Provisioned(directory, machine, disk, first)
+
+
+def test_two_volumes_still_unlock_by_tpm_and_are_capped_once(
+    two_volumes: Provisioned, tmp_path: Path
+) -> None:
+    # A guard, not a reproduction: capping before shells must not cap between two unlocks.
+    boot = kept(two_volumes.machine.boot(stop_at="Please unlock disk"), tmp_path)
+    for volume in ("cryptroot", "data"):
+        assert f"sealer: {volume}: key released by the TPM" in boot.transcript, boot.transcript[
+            -4000:
+        ]
+    assert "Please unlock disk" not in boot.transcript
+    assert ROOT_UP in boot.transcript, boot.transcript[-4000:]
+    assert boot.pcrs()[15] == capped_value()  # capped once: in init-bottom, after both
