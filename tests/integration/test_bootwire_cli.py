@@ -246,3 +246,19 @@ def test_a_file_that_cannot_be_written_is_exit_13_and_crypttab_stays(
     one_line_error(result, 13, "usr/lib/sealer")
     # crypttab is written last: it never names a keyscript that is not in place.
     assert (root / "etc" / "crypttab").read_bytes() == crypttab_before
+
+
+def test_enable_says_what_the_command_line_means_for_the_unlock(root: Path, source: Path) -> None:
+    # Under --root the image's own command line (etc/kernel/cmdline) is judged.
+    (root / "etc" / "kernel").mkdir()
+    (root / "etc" / "kernel" / "cmdline").write_text("root=/dev/mapper/cryptroot rdinit=/bin/sh\n")
+    argv = ["enable", "--root", str(root), "--name", "cryptroot", "--hook-source", str(source)]
+    text = boot(*argv, "--dry-run")
+    assert text.returncode == 0, text.stderr
+    assert "sealer: boot option rdinit=/bin/sh: the kernel runs this program" in text.stderr
+    assert "sealer: boot option panic=: not set" in text.stderr
+    doc = json.loads(boot(*argv, "--dry-run", "--json").stdout)
+    assert [(f["option"], f["level"]) for f in doc["boot_options"]] == [
+        ("rdinit=/bin/sh", "risk"),
+        ("panic=", "capped"),
+    ]
