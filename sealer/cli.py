@@ -655,6 +655,9 @@ def boot_enable(
 
     The passphrase prompt stays as the fallback whenever the TPM does not release the key.
     Undo with 'sealer boot disable'.
+
+    It also says what this boot's kernel command line (under --root: DIR/etc/kernel/cmdline)
+    means for the unlock: options that reach a shell (capped first) or skip the initramfs.
     """
     from sealer.services.bootopts import cmdline_findings
     from sealer.services.bootwire import WireRequest, apply, plan_enable

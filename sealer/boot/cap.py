@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from sealer.boot.capping import CAP_RECORD, cap, recorded_caps
 from sealer.errors import SealerError
 from sealer.pcrs import format_pcrs
 
@@ -62,10 +63,6 @@ def _released(record: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     del argv  # no options: the same program for every caller, so that none can weaken it
-    # Imported here, not at the top: the TPM layer is most of this program's start-up time,
-    # and a machine without a TPM never needs it.
-    from sealer.boot.capping import CAP_RECORD, cap, recorded_caps
-
     pcrs = recorded_caps()
     released = _released(CAP_RECORD)
     tcti = os.environ.get("SEALER_TCTI") or None
