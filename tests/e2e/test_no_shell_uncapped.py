@@ -7,7 +7,11 @@ system's ciphertext are overwritten: the TPM still releases the key, the volume 
 the initramfs gives up on the root and offers a shell. The test types into that shell on the
 serial console: PCR 15 must read capped, and the unlocker run by hand must release nothing.
 A TPM that stops answering after the release (swtpm killed) must power the machine off
-before the root runs.
+before the root runs. And a machine with two volumes in the initramfs still unlocks both.
+
+The unlocker is run as ``python -m sealer.boot.keyscript``, the program that
+``/usr/lib/sealer/keyscript`` runs: on a refusal that shell wrapper hands over to askpass,
+whose prompt would wait on the console.
 """
 
 from __future__ import annotations
