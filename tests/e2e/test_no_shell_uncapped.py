@@ -173,9 +173,11 @@ def test_dracut_emergency_shell_after_a_release_finds_pcr15_capped(
     released = f"sealer: {dracut_kit.volume}: key released by the TPM"
     assert released in boot.transcript, boot.transcript[-4000:]
     pcr15, key_bytes = probed(boot)
-    # Capped twice here: sealer-cap.service (ordered after sysroot.mount, which failed) and
-    # the emergency shell's own cap; only sealer's event ever moved PCR 15.
+    # Capped twice here: sealer-cap.service (ordered after sysroot.mount, which failed, and
+    # no longer conflicting with emergency.target) and the emergency shell's own drop-in
+    # (ExecStartPre); only sealer's event ever moved PCR 15.
     assert pcr15 in capped_values(3), "PCR 15 is not capped at the emergency shell"
+    assert pcr15 == capped_values(2)[1], "one of the two caps did not run"
     assert key_bytes == 0, "the unlocker released the key at the emergency shell"
     assert ROOT_UP not in boot.transcript
 
