@@ -22,6 +22,7 @@ from sealer.errors import UsageError
 from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list, parse_pcr_value
 
 if TYPE_CHECKING:
+    from sealer.services.bootopts import BootOptionFinding
     from sealer.services.bootwire import Plan
     from sealer.services.nextboot import NextBootRequest
 
@@ -547,8 +548,11 @@ def _boot_option_list(default_choice: str) -> list[Callable[[Any], Any]]:
     ]
 
 
-def _report_plan(plan: Plan, dry_run: bool, as_json: bool) -> None:
-    """Print what a boot plan changes (or would change, with --dry-run)."""
+def _report_plan(
+    plan: Plan, dry_run: bool, as_json: bool, boot_options: list[BootOptionFinding] | None = None
+) -> None:
+    """Print what a boot plan changes (or would change, with --dry-run), and, for enable,
+    what the kernel command line's options mean for the unlock (``boot_options``)."""
     from sealer.boot.crypttab import KEYSCRIPT_OPTION
 
     for warning in plan.warnings:
@@ -556,6 +560,11 @@ def _report_plan(plan: Plan, dry_run: bool, as_json: bool) -> None:
     if as_json:
         emit_json(
             {
+                **(
+                    {"boot_options": [f.to_json() for f in boot_options]}
+                    if boot_options is not None
+                    else {}
+                ),
                 "action": plan.action,
                 "dry_run": dry_run,
                 "crypttab": str(plan.crypttab),
@@ -587,6 +596,8 @@ def _report_plan(plan: Plan, dry_run: bool, as_json: bool) -> None:
         return
     for note in plan.notes:
         click.echo(f"sealer: note: {note}", err=True)
+    for finding in boot_options or []:
+        click.echo(f"sealer: boot option {finding.line()}", err=True)
     commands = ", ".join(" ".join(argv) for argv in plan.commands)
     if dry_run:
         for change in plan.changed_files:
@@ -651,7 +662,11 @@ def boot_enable(
 
     The passphrase prompt stays as the fallback whenever the TPM does not release the key.
     Undo with 'sealer boot disable'.
+
+    It also says what this boot's kernel command line (under --root: DIR/etc/kernel/cmdline)
+    means for the unlock: options that reach a shell (capped first) or skip the initramfs.
     """
+    from sealer.services.bootopts import cmdline_findings
     from sealer.services.bootwire import WireRequest, apply, plan_enable
 
     def action() -> None:
@@ -665,7 +680,7 @@ def boot_enable(
         plan = plan_enable(request)
         if not dry_run:
             apply(plan, progress(as_json))
-        _report_plan(plan, dry_run, as_json)
+        _report_plan(plan, dry_run, as_json, cmdline_findings(root))
 
     run_command(ctx, as_json, action)
 

@@ -71,7 +71,7 @@ def build_initramfs(
     """Run Debian's mkinitramfs; with_sealer adds sealer's own initramfs-tools hook."""
     files = {f"hooks/{name}": text for name, text in extra_hooks.items()}
     if with_sealer:
-        for relative in ("hooks/sealer", "scripts/init-bottom/sealer"):
+        for relative in ("hooks/sealer", "scripts/init-bottom/sealer", "scripts/panic/sealer"):
             files[relative] = (SEALER_INITRAMFS_TOOLS / relative).read_text()
     confdir = initramfs_confdir(work, files)
     conf = work / "sealer-initramfs.conf"

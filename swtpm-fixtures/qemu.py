@@ -124,8 +124,12 @@ class Machine:
         stop_at: str | None = None,
         marks: tuple[str, ...] = (),
         timeout: float = 240.0,
+        tpm_dies_at: str | None = None,
     ) -> Boot:
-        """Boot until power-off (or ``stop_at`` appears, or ``timeout``); return the console."""
+        """Boot until power-off (or ``stop_at`` appears, or ``timeout``); return the console.
+
+        ``tpm_dies_at``: when this text appears, swtpm is killed, as a TPM that stops
+        answering mid-boot (QEMU then fails every further TPM command of the guest)."""
         pending = list(answers or [])
         swtpm, socket_path = self._start_swtpm()
         start = time.monotonic()
@@ -155,6 +159,8 @@ class Machine:
                 for mark in marks:
                     if mark not in seen_marks and mark in text:
                         seen_marks[mark] = now
+                if tpm_dies_at is not None and swtpm.poll() is None and tpm_dies_at in text:
+                    swtpm.kill()
                 if pending:
                     position = text.find(pending[0].prompt, answered_upto)
                     if position >= 0:

@@ -59,15 +59,20 @@ def make_root_tree(tree: Path) -> Path:
     return tree
 
 
-def make_luks_root(path: Path, passphrase: bytes, work: Path) -> str:
-    """Build the encrypted root disk at ``path``; return its LUKS UUID."""
-    tree = make_root_tree(work / "root-tree")
+def make_file_system(path: Path, tree: Path) -> Path:
+    """The root's ext4 file system, filled from ``tree``, in a new file at ``path``."""
     with open(path, "wb") as handle:
         handle.truncate(_FS_MIB * 1024 * 1024)
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", "sealer-root", "-d", str(tree), str(path)],
         check=True, capture_output=True,
     )  # fmt: skip
+    return path
+
+
+def make_luks_root(path: Path, passphrase: bytes, work: Path) -> str:
+    """Build the encrypted root disk at ``path``; return its LUKS UUID."""
+    make_file_system(path, make_root_tree(work / "root-tree"))
     with open(path, "ab") as handle:
         handle.truncate((_FS_MIB + _LUKS_ROOM_MIB) * 1024 * 1024)
     subprocess.run(

@@ -39,6 +39,8 @@ from sealer.services.bootwire import find_hook_source
 
 BUNDLE_ROOT = PurePosixPath("/usr/lib/sealer/python")
 KEYSCRIPT = PurePosixPath(KEYSCRIPT_PATH)
+# The one capping program (cap or power off), for both initramfs kinds.
+CAP_PROGRAM = PurePosixPath("/usr/lib/sealer/cap")
 ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap")
 # libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
 TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
@@ -231,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         write_pure(bundle, args.destdir)
         # For a volume named on the kernel command line (cryptopts=) rather than in crypttab,
         # cryptroot's own hook does not copy the keyscript.
-        bundle.native[KEYSCRIPT] = find_hook_source(None) / "keyscript"
+        hook_source = find_hook_source(None)
+        bundle.native[KEYSCRIPT] = hook_source / "keyscript"
+        bundle.native[CAP_PROGRAM] = hook_source / "cap"
         entries = [("exec", bundle.native), ("file", bundle.plain)]
         for kind, files in entries:
             for dest, source in sorted(files.items()):

@@ -123,6 +123,42 @@ def open_volume(device: str, name: str, key: bytes, slot: int) -> None:
         raise _fail(device, f"open {device} as /dev/mapper/{name}", result, hint)
 
 
+def wipe_open_keys(sys_block: str = "/sys/block") -> list[str]:
+    """Take the volume keys of every open dm-crypt mapping out of the kernel; say what happened.
+
+    For a machine about to be powered off because the TPM could not be capped: close each
+    mapping, or, when it is in use (a mounted root), suspend it, which wipes its key as well.
+    Never raises: whatever cannot be done is said, and the power-off follows anyway.
+    """
+    said: list[str] = []
+    try:
+        entries = sorted(os.listdir(sys_block))
+    except OSError as exc:
+        return [f"cannot list the device-mapper devices: {exc.strerror}"]
+    for entry in entries:
+        try:
+            with open(f"{sys_block}/{entry}/dm/uuid", encoding="ascii") as handle:
+                uuid = handle.read().strip()
+            with open(f"{sys_block}/{entry}/dm/name", encoding="utf-8") as handle:
+                name = handle.read().strip()
+        except (OSError, UnicodeDecodeError):
+            continue  # not a device-mapper device
+        if not uuid.startswith("CRYPT-"):
+            continue
+        try:
+            if run([CRYPTSETUP, "close", name]).returncode == 0:
+                said.append(f"closed /dev/mapper/{name}")
+                continue
+            result = run([CRYPTSETUP, "luksSuspend", name])
+        except SealerError as error:  # cryptsetup is missing
+            return [*said, error.message]
+        if result.returncode == 0:
+            said.append(f"wiped the key of /dev/mapper/{name} (in use: suspended)")
+        else:
+            said.append(f"cannot wipe the key of /dev/mapper/{name}: {result.reason}")
+    return said
+
+
 def kill_keyslot(device: str, slot: int) -> None:
     before_write(f"luks: remove keyslot {slot}")
     result = run([CRYPTSETUP, "luksKillSlot", "--batch-mode", device, str(slot)])

@@ -38,6 +38,9 @@ HOOK_PATH = "/etc/initramfs-tools/hooks/sealer"
 # mkinitramfs runs boot scripts only from its own folders, never from ones a hook adds.
 CAP_SCRIPT_PATH = "/etc/initramfs-tools/scripts/init-bottom/sealer"
 CAP_SCRIPT_SOURCE = "scripts/init-bottom/sealer"
+# panic() runs these before every shell it starts: the PCRs are capped before a shell runs.
+PANIC_SCRIPT_PATH = "/etc/initramfs-tools/scripts/panic/sealer"
+PANIC_SCRIPT_SOURCE = "scripts/panic/sealer"
 CONF_PATH = "/etc/sealer/initramfs.conf"
 # After a kernel install or an initramfs rebuild, approve the next boot ('sealer reseal').
 KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zz-sealer"
@@ -193,14 +196,17 @@ def find_hook_source(given: Path | None) -> Path:
             candidate / "hooks" / "sealer",
             candidate / "keyscript",
             candidate / CAP_SCRIPT_SOURCE,
+            candidate / PANIC_SCRIPT_SOURCE,
+            candidate / "cap",
             candidate.parent / UPDATE_HOOK_SOURCE,
             candidate.parent / PRUNE_UNIT_SOURCE,
         )
         if all(path.is_file() for path in needed):
             return candidate
     wanted = (
-        "initramfs-tools/hooks/sealer, initramfs-tools/keyscript, initramfs-tools/"
-        f"{CAP_SCRIPT_SOURCE}, {UPDATE_HOOK_SOURCE} and {PRUNE_UNIT_SOURCE}"
+        "initramfs-tools/hooks/sealer, initramfs-tools/keyscript, initramfs-tools/cap, "
+        f"initramfs-tools/{CAP_SCRIPT_SOURCE}, initramfs-tools/{PANIC_SCRIPT_SOURCE}, "
+        f"{UPDATE_HOOK_SOURCE} and {PRUNE_UNIT_SOURCE}"
     )
     if given is not None:
         raise UsageError(
@@ -448,6 +454,7 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
     keyscript = _read_source(source / "keyscript")
     hook = _read_source(source / "hooks" / "sealer")
     cap_script = _read_source(source / CAP_SCRIPT_SOURCE)
+    panic_script = _read_source(source / PANIC_SCRIPT_SOURCE)
     update_hook = _read_source(source.parent / UPDATE_HOOK_SOURCE)
     prune_unit = prune_unit_text(_read_source(source.parent / PRUNE_UNIT_SOURCE), request.python)
     # Order matters: Debian's cryptsetup rejects a keyscript= that is not an executable
@@ -456,6 +463,7 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
         _file_change(host_path(root, KEYSCRIPT_PATH), keyscript, _SCRIPT_MODE),
         _file_change(host_path(root, HOOK_PATH), hook, _SCRIPT_MODE),
         _file_change(host_path(root, CAP_SCRIPT_PATH), cap_script, _SCRIPT_MODE),
+        _file_change(host_path(root, PANIC_SCRIPT_PATH), panic_script, _SCRIPT_MODE),
         _file_change(host_path(root, CONF_PATH), initramfs_conf(request.python), _CONF_MODE),
         _file_change(host_path(root, KERNEL_HOOK_PATH), update_hook, _SCRIPT_MODE),
         _file_change(host_path(root, INITRAMFS_UPDATE_HOOK_PATH), update_hook, _SCRIPT_MODE),
@@ -513,8 +521,8 @@ def plan_disable(request: WireRequest) -> Plan:
         files += [
             _file_change(host_path(root, path), None, None)
             for path in (
-                HOOK_PATH, CAP_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH, KERNEL_HOOK_PATH,
-                INITRAMFS_UPDATE_HOOK_PATH, PRUNE_UNIT_PATH,
+                HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH,
+                KERNEL_HOOK_PATH, INITRAMFS_UPDATE_HOOK_PATH, PRUNE_UNIT_PATH,
             )
         ]  # fmt: skip
     commands, command_notes = _commands(request)

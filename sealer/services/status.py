@@ -14,6 +14,7 @@ from sealer.luks.header import LuksHeader
 from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
+from sealer.services.bootopts import cmdline_findings
 from sealer.services.escrow import DEFAULT_ESCROW_DIR, escrowed
 from sealer.services.tpmguard import DEFAULT_STATE_DIR, render_hygiene, tpm_hygiene
 from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
@@ -105,6 +106,8 @@ def volume_status(
     header = cryptsetup.read_header(device)
     report = _describe(header, tcti, next_boot, escrow_dir)
     report["tpm"] = _tpm_state(tcti, state_dir)
+    # This boot's command line: which options reach a shell, and what holds there.
+    report["boot_options"] = [finding.to_json() for finding in cmdline_findings()]
     return report
 
 
@@ -298,6 +301,9 @@ def render(report: dict[str, Any]) -> str:
         verdict = "yes" if e["unlocks_now"] else "no"
         lines.append(f"    TPM would release the key in this boot state: {verdict}")
         lines += _next_boot_lines(e)
+    if report["enrollments"]:
+        for option in report.get("boot_options", []):
+            lines.append(f"  boot option {option['option']}: {option['text']}")
     tpm = report.get("tpm", {})
     if "lockout" in tpm or (tpm and not report["enrollments"]):  # else each enrollment says
         lines.append(_render_tpm(tpm))

@@ -10,6 +10,9 @@ command installs them.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootimage import STUB, Kernel, build_esp, build_initramfs, build_uki, installed_kernel
+from dracut_image import build_dracut_initramfs
 from qemu import QEMU, Answer, Boot, Machine
-from rootdisk import BUSYBOX, ROOT_UP, make_luks_root
+from rootdisk import BUSYBOX, ROOT_UP, make_file_system, make_luks_root, make_root_tree
 from secureboot import OVMF_CODE, OVMF_VARS_TEMPLATE, SecureBootKeys, make_keys, virt_fw_vars
 from swtpm import Swtpm
 
@@ -29,6 +33,9 @@ ROOT_PASSPHRASE = "hunter2 correct horse"
 PROMPT = "Please unlock disk cryptroot"
 KEYSCRIPT = "/usr/lib/sealer/keyscript"
 TPM_UNLOCKED = "sealer: cryptroot: key released by the TPM"
+# systemd-cryptsetup's prompt, shown by the console agent: "Please enter passphrase for disk
+# luks-<uuid>: (press TAB for no echo)".
+DRACUT_PROMPT = "Please enter passphrase for disk luks-"
 
 
 def missing_boot_parts() -> str | None:
@@ -60,10 +67,13 @@ class BootKit:
     root_uuid: str
     _ukis: dict[tuple[str, str, str], Path] = field(default_factory=dict)
 
-    def cmdline(self, extra: str = "") -> str:
+    def cmdline(self, extra: str = "", *, panic: bool = True) -> str:
+        """The guest's command line; ``panic=False`` is what a user has: no ``panic=``, so a
+        failed boot offers initramfs-tools' shell instead of rebooting."""
         return (
-            "console=ttyS0 root=/dev/mapper/cryptroot rootfstype=ext4 panic=1 "
-            f"cryptopts=target=cryptroot,source=UUID={self.root_uuid},luks,keyscript={KEYSCRIPT}"
+            "console=ttyS0 root=/dev/mapper/cryptroot rootfstype=ext4 "
+            + ("panic=1 " if panic else "")
+            + f"cryptopts=target=cryptroot,source=UUID={self.root_uuid},luks,keyscript={KEYSCRIPT}"
             + (f" {extra}" if extra else "")
         )
 
@@ -105,6 +115,41 @@ class BootKit:
         disk = directory / "root.img"
         shutil.copyfile(self.pristine_root, disk)
         return disk
+
+
+@dataclass(frozen=True)
+class DracutKit:
+    """A systemd initramfs built by dracut with sealer's module, for the same root disk."""
+
+    initrd: Path
+    root_uuid: str  # the same root disk as test_boot_unlock.py's (BootKit.new_root)
+
+    @property
+    def volume(self) -> str:
+        return f"luks-{self.root_uuid}"
+
+    def cmdline(self, *, user: bool = False) -> str:
+        """``user=True``: the command line a user has, with dracut's defaults (rd.shell on,
+        no rd.emergency=, no panic=): a failed boot offers the emergency shell."""
+        # init= spares systemd's switch-root its search for a systemd in the tiny root;
+        # rd.emergency=poweroff ends a failed boot at once instead of at the time limit.
+        common = (
+            f"console=ttyS0 rd.luks.uuid={self.root_uuid} root=/dev/mapper/{self.volume} "
+            "rootfstype=ext4 init=/sbin/init"
+        )
+        return common if user else f"{common} rd.shell=0 rd.emergency=poweroff panic=1"
+
+    def esp(self, boot_kit: BootKit, *, user: bool = False) -> Path:
+        return boot_kit.esp(
+            keys=boot_kit.owner, cmdline=self.cmdline(user=user), initrd=self.initrd
+        )
+
+
+def make_dracut_kit(boot_kit: BootKit, work: Path) -> DracutKit:
+    initrd = build_dracut_initramfs(
+        work / "initrd-dracut.img", boot_kit.kernel, work, with_sealer=True
+    )
+    return DracutKit(initrd, boot_kit.root_uuid)
 
 
 def make_boot_kit(work: Path) -> BootKit:
@@ -182,3 +227,32 @@ def assert_unlocked_by_tpm(boot: Boot, first_boot: Boot, prompt: str, volume: st
     assert pcrs[4] == first_boot.pcrs()[4]
     assert pcrs[7] == first_boot.pcrs()[7]
     assert pcrs[15] == capped_value()
+
+
+def corrupt_file_system(disk: Path, *, at: int = 0, length: int = 8192) -> None:
+    """Overwrite ``length`` bytes of ciphertext ``at`` bytes into the LUKS2 data segment (by
+    default its start: the ext4 superblock). The TPM still releases the key and the volume
+    opens, but the file system on it is damaged and the initramfs gives up on the root."""
+    dump = subprocess.run(
+        ["cryptsetup", "luksDump", "--dump-json-metadata", str(disk)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    offset = int(json.loads(dump)["segments"]["0"]["offset"])
+    with open(disk, "r+b") as handle:
+        handle.seek(offset + at)
+        handle.write(os.urandom(length))
+
+
+def inode_table_offset(work: Path) -> int:
+    """Where the root file system's first inode table starts, in bytes.
+
+    The host cannot open the encrypted root, so the same mkfs runs again on a scratch file:
+    the layout depends only on the size and the options, not on the random UUIDs."""
+    replica = make_file_system(work / "layout.img", make_root_tree(work / "layout-tree"))
+    dump = subprocess.run(
+        ["dumpe2fs", str(replica)], check=True, capture_output=True, text=True
+    ).stdout
+    replica.unlink()
+    block_size = int(re.search(r"^Block size:\s+(\d+)", dump, re.M).group(1))  # type: ignore[union-attr]
+    first_table = int(re.search(r"Inode table at (\d+)", dump).group(1))  # type: ignore[union-attr]
+    return first_table * block_size

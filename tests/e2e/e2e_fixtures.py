@@ -11,12 +11,15 @@ from collections.abc import Iterator
 import pytest
 from bootkit import (
     BootKit,
+    DracutKit,
     Provisioned,
     enroll_on_host,
     make_boot_kit,
+    make_dracut_kit,
     missing_boot_parts,
     type_passphrase,
 )
+from dracut_image import missing_dracut
 from qemu import Machine
 
 
@@ -32,6 +35,14 @@ def boot_kit(tmp_path_factory: pytest.TempPathFactory) -> BootKit:
     if reason is not None:
         pytest.skip(f"no real boot chain on this machine: {reason}")
     return make_boot_kit(tmp_path_factory.mktemp("boot"))
+
+
+@pytest.fixture(scope="session")
+def dracut_kit(boot_kit: BootKit, tmp_path_factory: pytest.TempPathFactory) -> DracutKit:
+    reason = missing_dracut()
+    if reason is not None:
+        pytest.skip(f"no dracut initramfs on this machine: {reason}")
+    return make_dracut_kit(boot_kit, tmp_path_factory.mktemp("dracut"))
 
 
 @pytest.fixture(scope="module")

@@ -8,59 +8,24 @@ console. The Secure Boot chain, TPM and machine are the same as in test_boot_unl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from bootkit import (
+    DRACUT_PROMPT,
     ROOT_PASSPHRASE,
     BootKit,
+    DracutKit,
     Provisioned,
     assert_unlocked_by_tpm,
     enroll_on_host,
 )
-from dracut_image import build_dracut_initramfs, missing_dracut
 from qemu import Answer, Boot, Machine
 from rootdisk import ROOT_UP
 
 from sealer.boot.capping import capped_value
 
-# systemd-cryptsetup's prompt, shown by the console agent: "Please enter passphrase for disk
-# luks-<uuid>: (press TAB for no echo)".
-PROMPT = "Please enter passphrase for disk luks-"
-
-
-@dataclass(frozen=True)
-class DracutKit:
-    initrd: Path
-    root_uuid: str  # the same root disk as test_boot_unlock.py's (BootKit.new_root)
-
-    @property
-    def volume(self) -> str:
-        return f"luks-{self.root_uuid}"
-
-    def cmdline(self) -> str:
-        # init= spares systemd's switch-root its search for a systemd in the tiny root;
-        # rd.emergency=poweroff ends a failed boot at once instead of at the time limit.
-        return (
-            f"console=ttyS0 rd.luks.uuid={self.root_uuid} root=/dev/mapper/{self.volume} "
-            "rootfstype=ext4 init=/sbin/init rd.shell=0 rd.emergency=poweroff panic=1"
-        )
-
-    def esp(self, boot_kit: BootKit) -> Path:
-        return boot_kit.esp(keys=boot_kit.owner, cmdline=self.cmdline(), initrd=self.initrd)
-
-
-@pytest.fixture(scope="session")
-def dracut_kit(boot_kit: BootKit, tmp_path_factory: pytest.TempPathFactory) -> DracutKit:
-    reason = missing_dracut()
-    if reason is not None:
-        pytest.skip(f"no dracut initramfs on this machine: {reason}")
-    work = tmp_path_factory.mktemp("dracut")
-    initrd = build_dracut_initramfs(
-        work / "initrd-dracut.img", boot_kit.kernel, work, with_sealer=True
-    )
-    return DracutKit(initrd, boot_kit.root_uuid)
+PROMPT = DRACUT_PROMPT
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from luks_image import opens_with
 from swtpm import Swtpm
 
 from sealer.boot.capping import capped_value
+from sealer.luks.cryptsetup import wipe_open_keys
 
 
 def run_module(
@@ -97,3 +98,42 @@ def test_cap_moves_pcr15_so_the_key_is_no_longer_released(
     again = sealer("unlock", "--test", str(luks_image))
     assert again.returncode == 5
     assert "PCR 15 differs" in again.stderr
+
+
+def test_a_cap_that_cannot_reach_the_tpm_fails_and_says_why(tmp_path: Path) -> None:
+    # A TPM that stopped answering (port 1: nothing listens); the e2e test kills swtpm in a
+    # real boot and sees the wrapper power the machine off.
+    record = tmp_path / "run" / "cap-pcrs"
+    record.parent.mkdir()
+    record.write_text("15\n")  # a key was released in this boot
+    environment = dict(
+        os.environ, SEALER_TCTI="swtpm:host=127.0.0.1,port=1", SEALER_CAP_RECORD=str(record)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "sealer.boot.cap"], env=environment, capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert lines[0].startswith("sealer: cannot cap PCR 15: "), lines
+    assert lines[-1] == "sealer: the TPM could still release the disk key in this boot"
+    assert "Traceback" not in result.stderr.decode()
+
+
+def test_wiping_the_open_keys_reports_each_crypt_mapping_and_never_raises(tmp_path: Path) -> None:
+    sys_block = tmp_path / "block"
+    for entry, uuid, name in (
+        ("dm-0", "CRYPT-LUKS2-0123456789abcdef-sealer-test-absent", "sealer-test-absent"),
+        ("dm-1", "LVM-abc", "vg-root"),  # not dm-crypt: left alone
+    ):
+        (sys_block / entry / "dm").mkdir(parents=True)
+        (sys_block / entry / "dm" / "uuid").write_text(uuid + "\n")
+        (sys_block / entry / "dm" / "name").write_text(name + "\n")
+    (sys_block / "vda").mkdir()  # not device-mapper at all
+    said = wipe_open_keys(str(sys_block))
+    assert len(said) == 1 and said[0].startswith(
+        "cannot wipe the key of /dev/mapper/sealer-test-absent: "
+    ), said
+    assert wipe_open_keys(str(tmp_path / "missing")) == [
+        "cannot list the device-mapper devices: No such file or directory"
+    ]

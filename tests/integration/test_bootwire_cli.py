@@ -22,6 +22,8 @@ pytestmark = pytest.mark.integration
 
 HOOK = b"#!/bin/sh\n# fake hook\nexit 0\n"
 CAP_SCRIPT = b"#!/bin/sh\n# fake init-bottom capping script\n"
+PANIC_SCRIPT = b"#!/bin/sh\n# fake panic capping script\n"
+CAP_PROGRAM = b"#!/bin/sh\n# fake cap-or-power-off program\n"
 KEYSCRIPT = b"#!/bin/sh\nexec /lib/cryptsetup/askpass x\n"
 CRYPTTAB = (
     "# /etc/crypttab\n"
@@ -62,6 +64,9 @@ def source(tmp_path: Path) -> Path:
     (tools / "keyscript").write_bytes(KEYSCRIPT)
     (tools / "scripts" / "init-bottom").mkdir(parents=True)
     (tools / "scripts" / "init-bottom" / "sealer").write_bytes(CAP_SCRIPT)
+    (tools / "scripts" / "panic").mkdir(parents=True)
+    (tools / "scripts" / "panic" / "sealer").write_bytes(PANIC_SCRIPT)
+    (tools / "cap").write_bytes(CAP_PROGRAM)
     # The update hook and prune unit are the checkout's own: their content is tested here.
     checkout = Path(__file__).resolve().parents[2] / "initramfs-hook"
     for part in ("update/reseal-hook", "systemd/sealer-prune.service"):
@@ -93,7 +98,7 @@ def test_dry_run_prints_the_diffs_and_changes_nothing(root: Path, source: Path) 
     assert f"+++ {root}/etc/initramfs-tools/hooks/sealer\n" in out
     assert f"+++ {root}/etc/sealer/initramfs.conf\n" in out
     assert f"+SEALER_PYTHON={sys.executable}\n" in out
-    assert out.count("new file mode 100755\n") == 5  # keyscript, 2 initramfs + 2 update hooks
+    assert out.count("new file mode 100755\n") == 6  # keyscript, 3 initramfs + 2 update hooks
     assert f"--- {crypttab}\n+++ {crypttab}\n" in out
     old = "cryptroot UUID=8a6d3d5e-0000-4000-8000-000000000001 none luks,discard"
     assert f"-{old}\n+{old},{KEYSCRIPT_OPTION}\n" in out
@@ -116,6 +121,7 @@ def test_dry_run_json_is_the_plan(root: Path, source: Path) -> None:
         (str(root / "usr/lib/sealer/keyscript"), "create", "0755"),
         (str(root / "etc/initramfs-tools/hooks/sealer"), "create", "0755"),
         (str(root / "etc/initramfs-tools/scripts/init-bottom/sealer"), "create", "0755"),
+        (str(root / "etc/initramfs-tools/scripts/panic/sealer"), "create", "0755"),
         (str(root / "etc/sealer/initramfs.conf"), "create", "0644"),
         (str(root / "etc/kernel/postinst.d/zz-sealer"), "create", "0755"),
         (str(root / "etc/initramfs/post-update.d/sealer"), "create", "0755"),
@@ -140,6 +146,7 @@ def test_enable_then_again_then_disable_under_root(root: Path, source: Path) -> 
     assert files["usr/lib/sealer/keyscript"] == (KEYSCRIPT, 0o755)
     assert files["etc/initramfs-tools/hooks/sealer"] == (HOOK, 0o755)
     assert files["etc/initramfs-tools/scripts/init-bottom/sealer"] == (CAP_SCRIPT, 0o755)
+    assert files["etc/initramfs-tools/scripts/panic/sealer"] == (PANIC_SCRIPT, 0o755)
     assert files["etc/sealer/initramfs.conf"][1] == 0o644
     hook = (source / "update/reseal-hook").read_bytes()
     assert files["etc/kernel/postinst.d/zz-sealer"] == (hook, 0o755)
@@ -321,3 +328,19 @@ def test_enable_refuses_an_install_others_can_write(
     assert accepted.returncode == 0, accepted.stderr
     conf = (root / "etc" / "sealer" / "initramfs.conf").read_text()
     assert f"SEALER_PYTHON={python}\n" in conf
+
+
+def test_enable_says_what_the_command_line_means_for_the_unlock(root: Path, source: Path) -> None:
+    # Under --root the image's own command line (etc/kernel/cmdline) is judged.
+    (root / "etc" / "kernel").mkdir()
+    (root / "etc" / "kernel" / "cmdline").write_text("root=/dev/mapper/cryptroot rdinit=/bin/sh\n")
+    argv = ["enable", "--root", str(root), "--name", "cryptroot", "--hook-source", str(source)]
+    text = boot(*argv, "--dry-run")
+    assert text.returncode == 0, text.stderr
+    assert "sealer: boot option rdinit=/bin/sh: the kernel runs this program" in text.stderr
+    assert "sealer: boot option panic=: not set" in text.stderr
+    doc = json.loads(boot(*argv, "--dry-run", "--json").stdout)
+    assert [(f["option"], f["level"]) for f in doc["boot_options"]] == [
+        ("rdinit=/bin/sh", "risk"),
+        ("panic=", "capped"),
+    ]

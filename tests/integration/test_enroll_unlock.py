@@ -16,6 +16,7 @@ from luks_image import opens_with
 from swtpm import Swtpm
 
 from sealer.pcrs import BANKS
+from sealer.services.bootopts import cmdline_findings
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import read_lockout
 from sealer.tpm.pcr import extend_pcr, read_pcrs
@@ -71,8 +72,14 @@ def test_status_tells_whether_this_boot_would_unlock(
     assert "keyslot 0: pbkdf2, passphrase or recovery key" in text.stdout
     assert "would release the key in this boot state: yes" in text.stdout
 
+    # This machine's own command line, judged as sealer boot enable judges it.
+    expected = [f.to_json() for f in cmdline_findings()]
+    for finding in expected:
+        assert f"  boot option {finding['option']}: {finding['text']}" in text.stdout
+
     extend(swtpm, 7)
     report = json.loads(sealer("status", "--json", str(luks_image)).stdout)
+    assert report["boot_options"] == expected
     entry = report["enrollments"][0]
     assert entry["unlocks_now"] is False
     assert entry["approvals"][0]["differing_pcrs"] == [7]

@@ -340,7 +340,8 @@ def test_a_deleted_revocation_field_fails_closed(
     assert refused.returncode == EXIT_TPM_MISMATCH
     assert json.loads(refused.stdout)["exit_code"] == EXIT_TPM_MISMATCH  # an error, no key
     assert refused.stderr.startswith(
-        "sealer: the revocation field (TPM NV index 0x01335ea1) is missing or was replaced: the TPM was cleared"
+        "sealer: the revocation field (TPM NV index 0x01335ea1) is missing or was replaced: "
+        "the TPM was cleared"
     )
     report = json.loads(sealer("status", "--json", "--state-dir", str(sealer.state_dir),
                                str(luks_image)).stdout)  # fmt: skip

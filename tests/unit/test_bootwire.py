@@ -34,6 +34,8 @@ from sealer.services.bootwire import (
 
 HOOK = b"#!/bin/sh\n# fake initramfs-tools hook\nexit 0\n"
 CAP_SCRIPT = b"#!/bin/sh\n# fake init-bottom capping script\n"
+PANIC_SCRIPT = b"#!/bin/sh\n# fake panic capping script\n"
+CAP_PROGRAM = b"#!/bin/sh\n# fake cap-or-power-off program\n"
 UPDATE_HOOK = b"#!/bin/sh\n# fake update hook\n"
 PRUNE_UNIT = b"ExecStart=@SEALER_PYTHON@ -m sealer prune\n"
 KEYSCRIPT = b"#!/bin/sh\n# fake keyscript\nexec /lib/cryptsetup/askpass x\n"
@@ -54,6 +56,9 @@ def fake_hook_source(where: Path) -> Path:
     (tools / "keyscript").write_bytes(KEYSCRIPT)
     (tools / "scripts" / "init-bottom").mkdir(parents=True)
     (tools / "scripts" / "init-bottom" / "sealer").write_bytes(CAP_SCRIPT)
+    (tools / "scripts" / "panic").mkdir(parents=True)
+    (tools / "scripts" / "panic" / "sealer").write_bytes(PANIC_SCRIPT)
+    (tools / "cap").write_bytes(CAP_PROGRAM)
     (where / "update").mkdir()
     (where / "update" / "reseal-hook").write_bytes(UPDATE_HOOK)
     (where / "systemd").mkdir()
@@ -129,14 +134,16 @@ def test_plan_enable_lists_every_file_in_order_and_writes_nothing(
         (root / "usr/lib/sealer/keyscript", "create", 0o755),
         (root / "etc/initramfs-tools/hooks/sealer", "create", 0o755),
         (root / "etc/initramfs-tools/scripts/init-bottom/sealer", "create", 0o755),
+        (root / "etc/initramfs-tools/scripts/panic/sealer", "create", 0o755),
         (root / "etc/sealer/initramfs.conf", "create", 0o644),
         (root / "etc/kernel/postinst.d/zz-sealer", "create", 0o755),
         (root / "etc/initramfs/post-update.d/sealer", "create", 0o755),
         (root / "etc/systemd/system/sealer-prune.service", "create", 0o644),
         (root / "etc/crypttab", "update", 0o600),  # last: it names the keyscript
     ]
-    assert plan.files[4].after == UPDATE_HOOK and plan.files[5].after == UPDATE_HOOK
-    assert plan.files[6].after == b"ExecStart=/opt/py/bin/python -m sealer prune\n"
+    assert plan.files[3].after == PANIC_SCRIPT
+    assert plan.files[5].after == UPDATE_HOOK and plan.files[6].after == UPDATE_HOOK
+    assert plan.files[7].after == b"ExecStart=/opt/py/bin/python -m sealer prune\n"
     assert plan.files[0].after == KEYSCRIPT and plan.files[1].after == HOOK
     assert plan.crypttab == root / "etc/crypttab"
     assert [(e.name, e.line, e.changed) for e in plan.entries] == [("cryptroot", 3, True)]
@@ -329,6 +336,7 @@ def test_apply_writes_the_files_with_their_modes_and_keeps_crypttab_mode(
     assert files["usr/lib/sealer/keyscript"] == (KEYSCRIPT, 0o755)
     assert files["etc/initramfs-tools/hooks/sealer"] == (HOOK, 0o755)
     assert files["etc/initramfs-tools/scripts/init-bottom/sealer"] == (CAP_SCRIPT, 0o755)
+    assert files["etc/initramfs-tools/scripts/panic/sealer"] == (PANIC_SCRIPT, 0o755)
     conf, conf_mode = files["etc/sealer/initramfs.conf"]
     assert conf_mode == 0o644 and b"SEALER_PYTHON=/opt/py/bin/python\n" in conf
     crypttab, crypttab_mode = files["etc/crypttab"]
@@ -344,7 +352,7 @@ def test_enable_twice_changes_nothing_the_second_time(root: Path, source: Path) 
     apply(enable_plan(request(root, source, "cryptroot", "data")), silent)
     after_first = tree(root)
     again = enable_plan(request(root, source, "cryptroot", "data"))
-    assert [f.change for f in again.files] == ["unchanged"] * 8
+    assert [f.change for f in again.files] == ["unchanged"] * 9
     assert not again.changed_files
     assert not any(e.changed for e in again.entries)
     apply(again, silent)
@@ -356,7 +364,7 @@ def test_a_changed_source_or_mode_is_an_update(root: Path, source: Path) -> None
     (root / "usr/lib/sealer/keyscript").chmod(0o644)
     (source / "initramfs-tools" / "hooks" / "sealer").write_bytes(HOOK + b"# v2\n")
     plan = enable_plan(request(root, source, "cryptroot"))
-    assert [f.change for f in plan.files] == ["update", "update"] + ["unchanged"] * 6
+    assert [f.change for f in plan.files] == ["update", "update"] + ["unchanged"] * 7
     assert plan.files[0].diff().startswith("old mode 100644\nnew mode 100755\n")
     assert "+# v2\n" in plan.files[1].diff()
 
@@ -370,6 +378,7 @@ def test_disable_undoes_enable_exactly(root: Path, source: Path) -> None:
         (root / "etc/crypttab", "update"),  # first: never name a keyscript that is gone
         (root / "etc/initramfs-tools/hooks/sealer", "remove"),
         (root / "etc/initramfs-tools/scripts/init-bottom/sealer", "remove"),
+        (root / "etc/initramfs-tools/scripts/panic/sealer", "remove"),
         (root / "etc/sealer/initramfs.conf", "remove"),
         (root / "usr/lib/sealer/keyscript", "remove"),
         (root / "etc/kernel/postinst.d/zz-sealer", "remove"),

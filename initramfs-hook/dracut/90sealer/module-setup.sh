@@ -5,7 +5,8 @@
 # password agents. This module adds one more agent (python -m sealer.boot.agent, started by
 # sealer-ask-password.path when a request appears) that answers with the key the TPM
 # releases, once per volume; otherwise the console agent asks the person, as without sealer.
-# sealer-cap.service caps the PCRs before the switch to the real root.
+# sealer-cap.service caps the PCRs before the switch to the real root, and a drop-in makes
+# every unit that starts a shell cap first; a failed cap powers the machine off.
 #
 # Add it with  add_dracutmodules+=" sealer "  in a dracut.conf.d file (or dracut --add sealer).
 # /etc/sealer/initramfs.conf names the interpreter sealer is installed for (SEALER_PYTHON);
@@ -56,6 +57,11 @@ install() {
         case "$dest" in
             # initramfs-tools' interface; systemd-cryptsetup runs no keyscripts.
             /usr/lib/sealer/keyscript) continue ;;
+            # The capping program is a shell script: no libraries to resolve.
+            /usr/lib/sealer/cap)
+                inst_script "$source" "$dest" || { rm -f "$manifest"; return 1; }
+                continue
+                ;;
         esac
         case "$kind" in
             exec)
@@ -95,6 +101,14 @@ install() {
     inst_simple "$moddir/sealer-ask-password.service" \
         "$systemdsystemunitdir/sealer-ask-password.service"
     inst_simple "$moddir/sealer-cap.service" "$systemdsystemunitdir/sealer-cap.service"
+    # Every unit of a systemd initramfs that starts a shell caps first (or powers off): the
+    # emergency shell that a failed root mount or rd.break reaches (rd.shell is on by
+    # default), systemd.unit=rescue.target or emergency.target, systemd.debug_shell.
+    local unit
+    for unit in emergency.service rescue.service dracut-emergency.service debug-shell.service; do
+        inst_simple "$moddir/sealer-cap-before-shell.conf" \
+            "$systemdsystemunitdir/$unit.d/sealer-cap-before-shell.conf"
+    done
     $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target sealer-ask-password.path
     $SYSTEMCTL -q --root "$initdir" add-wants initrd.target sealer-cap.service
 }
