@@ -61,7 +61,7 @@ def main() -> int:
             "--state-dir", str(WORK / "state"), str(image), stdin=PASSPHRASE + b"\n",
         )  # fmt: skip
         step("Status")
-        sealer(tpm.tcti, "status", str(image))
+        sealer(tpm.tcti, "status", "--state-dir", str(WORK / "state"), str(image))
         step("Unlock test: the TPM releases a key that the volume accepts")
         sealer(tpm.tcti, "unlock", "--test", str(image))
 
@@ -73,7 +73,7 @@ def main() -> int:
         )
         step("Unlock test again: the TPM refuses, and says why")
         sealer(tpm.tcti, "unlock", "--test", str(image), expect=5)
-        sealer(tpm.tcti, "status", str(image))
+        sealer(tpm.tcti, "status", "--state-dir", str(WORK / "state"), str(image))
 
     step("Nothing is lost: the passphrase still opens the volume")
     if not opens_with(image, PASSPHRASE):

@@ -33,6 +33,17 @@ def write_private_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):  # no partial file for the next run to trust
             os.unlink(temp)
         raise
+    _fsync_directory(directory)
+
+
+def rename_durably(source: Path, target: Path) -> None:
+    """Rename ``source`` over ``target`` (same directory) so the rename survives a power
+    loss: the directory is fsynced after it. OSError on failure."""
+    os.rename(source, target)
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

@@ -6,7 +6,6 @@ holding only the disk cannot sign an approval for a boot chain of their own.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sealer.checkpoint import before_write
 from sealer.errors import StateError, UsageError
-from sealer.privatefile import directory_hint, write_private_file
+from sealer.privatefile import directory_hint, rename_durably, write_private_file
 
 MACHINE_KEY_FILE = "policy-key.pem"
 _KEY_HINT = "make one with 'sealer policy keygen' (ECC P-256, PEM, as openssl writes it)"
@@ -98,12 +97,7 @@ def promote_machine_key(state_dir: Path, name: str) -> None:
     """Make ``state_dir/name`` the machine key, replacing the current one in one rename."""
     before_write(f"state: replace {MACHINE_KEY_FILE} with {name}")
     try:
-        os.replace(state_dir / name, state_dir / MACHINE_KEY_FILE)
-        fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)  # the rename itself must survive a power loss
-        finally:
-            os.close(fd)
+        rename_durably(state_dir / name, state_dir / MACHINE_KEY_FILE)
     except OSError as exc:
         raise StateError(
             f"cannot replace the policy key in {state_dir}: {exc.strerror}",

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sealer.checkpoint import before_write
 from sealer.errors import AuthError, LockoutError, StateError
 from sealer.policy.revocation import REVOCATION_INDEX
-from sealer.privatefile import directory_hint, write_private_file
+from sealer.privatefile import directory_hint, rename_durably, write_private_file
 from sealer.tpm.connection import connect
 from sealer.tpm.hierarchy import (
     LOCKOUT_AUTH_BYTES,
@@ -126,12 +126,7 @@ def _confirm(state_dir: Path) -> None:
     pending, final = _pending_path(state_dir), _auth_path(state_dir)
     before_write(f"state: rename {pending.name} to {final.name}")
     try:
-        os.rename(pending, final)
-        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        rename_durably(pending, final)
     except OSError as exc:
         raise StateError(
             f"cannot rename {pending} to {final}: {exc.strerror}",

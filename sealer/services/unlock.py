@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sealer.errors import PolicyMismatchError, SealerError, TokenError, TPMMismatchError
 from sealer.luks import cryptsetup
 from sealer.luks.header import LuksHeader
-from sealer.luks.token import TOKEN_TYPE
+from sealer.luks.token import TOKEN_TYPE, RetirementRef, RevocationRef
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest, retirement, revocation
 from sealer.policy.approval import Approval, parse_approval, verify_approval
@@ -146,24 +146,28 @@ def _release_check(enrollment: Enrollment, approval: Approval) -> tuple[int, byt
     if approval.release is None:
         return None
     field = enrollment.token.revocation
-    if field is None or field.nv_name != approval.nv_name:
-        raise TokenError(
-            f"an approval of token {enrollment.token_id} checks a revocation field the "
-            "enrollment does not have"
-        )
-    return field.nv_index, revocation.release_operand(approval.release)
+    index = _index_of(enrollment, "revocation field", field, approval.nv_name)
+    return index, revocation.release_operand(approval.release)
 
 
 def _epoch_check(enrollment: Enrollment, approval: Approval) -> tuple[int, bytes] | None:
     if approval.epoch is None:
         return None
     counter = enrollment.token.retirement
-    if counter is None or counter.nv_name != approval.epoch_nv_name:
+    index = _index_of(enrollment, "retirement counter", counter, approval.epoch_nv_name)
+    return index, retirement.epoch_operand(approval.epoch)
+
+
+def _index_of(
+    enrollment: Enrollment, what: str, ref: RevocationRef | RetirementRef | None, name: bytes
+) -> int:
+    """The NV index an approval's PolicyNV names, if it is the enrollment's."""
+    if ref is None or ref.nv_name != name:
         raise TokenError(
-            f"an approval of token {enrollment.token_id} checks a retirement counter the "
-            "enrollment does not have"
+            f"an approval of token {enrollment.token_id} checks a {what} the enrollment does "
+            "not have"
         )
-    return counter.nv_index, retirement.epoch_operand(approval.epoch)
+    return ref.nv_index
 
 
 def retired_error(approval: Approval, counter: int) -> PolicyMismatchError:

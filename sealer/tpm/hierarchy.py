@@ -38,6 +38,7 @@ from tpm2_pytss.types import TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE
 
 from sealer.checkpoint import before_write
 from sealer.errors import AuthError, LockoutError
+from sealer.tpm.nv import nv_handle
 from sealer.tpm.srk import Srk
 
 LOCKOUT_AUTH_BYTES = 32
@@ -195,11 +196,4 @@ def reset_lockout(ctx: ESAPI, auth: bytes) -> None:
 
 def nv_index_exists(ctx: ESAPI, index: int) -> bool:
     """Is an NV index defined at ``index`` (NV_ReadPublic, no authorization)?"""
-    try:
-        handle = ctx.tr_from_tpmpublic(index)
-    except TSS2_Exception as exc:
-        if exc.error == TPM2_RC.HANDLE:
-            return False
-        raise
-    ctx.tr_close(handle)
-    return True
+    return nv_handle(ctx, index) is not None
