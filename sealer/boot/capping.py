@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sealer.pcrs import BANKS, Bank
+from sealer.policy.binding import CAP_PCRS
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_all_banks
 
@@ -37,7 +38,9 @@ def recorded_caps(record: Path = CAP_RECORD) -> list[int]:
         lines = record.read_text(encoding="ascii").split()
     except (OSError, UnicodeDecodeError):
         lines = []
-    pcrs = {int(line) for line in lines if line.isdigit() and int(line) < 24}
+    # Only PCRs no program can reset (sealer.policy.binding): the unlocker records what the
+    # sealed object itself binds, and nothing else should ever be in this file.
+    pcrs = {int(line) for line in lines if line.isdigit() and int(line) in CAP_PCRS}
     return sorted(pcrs) or [DEFAULT_CAP_PCR]
 
 
