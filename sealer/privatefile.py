@@ -12,6 +12,9 @@ import errno
 import os
 from pathlib import Path
 
+from sealer.checkpoint import before_write
+from sealer.errors import StateError
+
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (its directory made 0700 if absent); OSError on failure."""
@@ -49,6 +52,32 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_state_file(state_dir: Path, name: str, data: bytes) -> None:
+    """``write_private_file`` of ``state_dir/name``, announced as a durable write; a failure
+    is a StateError (exit 11) that says what to do."""
+    path = state_dir / name
+    before_write(f"state: write {name}")
+    try:
+        write_private_file(path, data)
+    except OSError as exc:
+        raise StateError(
+            f"cannot write {path}: {exc.strerror}",
+            directory_hint(state_dir, "--state-dir", exc.errno),
+        ) from exc
+
+
+def rename_state_file(state_dir: Path, source: str, target: str) -> None:
+    """``rename_durably`` within ``state_dir``, announced as a durable write; StateError."""
+    before_write(f"state: rename {source} to {target}")
+    try:
+        rename_durably(state_dir / source, state_dir / target)
+    except OSError as exc:
+        raise StateError(
+            f"cannot rename {state_dir / source} to {state_dir / target}: {exc.strerror}",
+            directory_hint(state_dir, "--state-dir", exc.errno),
+        ) from exc
 
 
 def directory_hint(directory: Path, option: str, error: int | None = None) -> str:

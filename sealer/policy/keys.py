@@ -12,9 +12,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sealer.checkpoint import before_write
 from sealer.errors import StateError, UsageError
-from sealer.privatefile import directory_hint, rename_durably, write_private_file
+from sealer.privatefile import directory_hint, rename_state_file, write_state_file
 
 MACHINE_KEY_FILE = "policy-key.pem"
 _KEY_HINT = "make one with 'sealer policy keygen' (ECC P-256, PEM, as openssl writes it)"
@@ -89,29 +88,10 @@ def load_or_create_machine_key(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_private_file(state_dir, name, data)
+    write_state_file(state_dir, name, data)
     return key
 
 
 def promote_machine_key(state_dir: Path, name: str) -> None:
     """Make ``state_dir/name`` the machine key, replacing the current one in one rename."""
-    before_write(f"state: replace {MACHINE_KEY_FILE} with {name}")
-    try:
-        rename_durably(state_dir / name, state_dir / MACHINE_KEY_FILE)
-    except OSError as exc:
-        raise StateError(
-            f"cannot replace the policy key in {state_dir}: {exc.strerror}",
-            _state_hint(state_dir, exc.errno),
-        ) from exc
-
-
-def _write_private_file(state_dir: Path, name: str, data: bytes) -> None:
-    """Create ``state_dir/name`` with mode 0600, atomically: a crash leaves old or new."""
-    path = state_dir / name
-    before_write(f"state: write {name}")
-    try:
-        write_private_file(path, data)
-    except OSError as exc:
-        raise StateError(
-            f"cannot write {path}: {exc.strerror}", _state_hint(state_dir, exc.errno)
-        ) from exc
+    rename_state_file(state_dir, name, MACHINE_KEY_FILE)

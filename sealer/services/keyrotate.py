@@ -149,15 +149,20 @@ def rotate(
     req: RotateRequest, found: dict[str, list[Enrollment]], secrets: SecretsFor,
     progress: Progress,
 ) -> list[Rotated]:  # fmt: skip
+    current = _current_key(req.state_dir)
     keys.load_or_create_machine_key(req.state_dir, NEXT_KEY_FILE)
-    _replace_revocation_field(req, found)
-    results = [_rotate_device(req, d, found[d], secrets, progress) for d in req.devices]
+    _replace_revocation_field(req, current, found)
+    results = [
+        _rotate_device(req, current, d, found[d], secrets, progress) for d in req.devices
+    ]
     progress(f"the next policy key replaces the old one in {req.state_dir}")
     keys.promote_machine_key(req.state_dir, NEXT_KEY_FILE)
     return results
 
 
-def _replace_revocation_field(req: RotateRequest, found: dict[str, list[Enrollment]]) -> None:
+def _replace_revocation_field(
+    req: RotateRequest, current: bytes, found: dict[str, list[Enrollment]]
+) -> None:
     """The revocation field names the machine key as the authority that may set its bits
     (when no vendor is): the old key's field goes, and the first enrollment under the next
     key defines a new one. Its revoked releases go with it, and may: every approval that
@@ -167,18 +172,18 @@ def _replace_revocation_field(req: RotateRequest, found: dict[str, list[Enrollme
         for enrollments_of_device in found.values() for e in enrollments_of_device
     ):  # fmt: skip
         return
-    old_field = RevocationIndex(REVOCATION_INDEX, _current_key(req.state_dir))
+    old_field = RevocationIndex(REVOCATION_INDEX, current)
     with connect(req.tcti) as ctx:
         undefine_revocation_index(ctx, old_field)
 
 
 def _rotate_device(
-    req: RotateRequest, device: str, old: list[Enrollment], secrets: SecretsFor,
-    progress: Progress,
+    req: RotateRequest, current: bytes, device: str, old: list[Enrollment],
+    secrets: SecretsFor, progress: Progress,
 ) -> Rotated:  # fmt: skip
     enrolled: list[int] = []
     warnings: list[str] = []
-    removed = _finish_half_removed(device, _current_key(req.state_dir), req.tcti)
+    removed = _finish_half_removed(device, current, req.tcti)
     done = _next_enrollments(device, req.state_dir)  # by an interrupted rotation
     todo = [e for e in old if not any(_same_binding(e, n) for n in done)]
     if todo:

@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Any
 from sealer.checkpoint import before_write
 from sealer.errors import AuthError, LockoutError, StateError
 from sealer.policy.revocation import REVOCATION_INDEX
-from sealer.privatefile import directory_hint, rename_durably, write_private_file
+from sealer.privatefile import (
+    directory_hint,
+    rename_state_file,
+    write_private_file,
+    write_state_file,
+)
 from sealer.tpm.connection import connect
 from sealer.tpm.hierarchy import (
     LOCKOUT_AUTH_BYTES,
@@ -110,28 +115,12 @@ def held_lockout_auth(state_dir: Path) -> bytes | None:
 
 
 def _write_pending(state_dir: Path, auth: bytes) -> None:
-    path = _pending_path(state_dir)
-    before_write(f"state: write {path.name}")
-    try:
-        write_private_file(path, auth)
-    except OSError as exc:
-        raise StateError(
-            f"cannot write {path}: {exc.strerror}",
-            directory_hint(state_dir, "--state-dir", exc.errno),
-        ) from exc
+    write_state_file(state_dir, _pending_path(state_dir).name, auth)
 
 
 def _confirm(state_dir: Path) -> None:
     """The pending authorization is in force: make it the kept one (a rename, durably)."""
-    pending, final = _pending_path(state_dir), _auth_path(state_dir)
-    before_write(f"state: rename {pending.name} to {final.name}")
-    try:
-        rename_durably(pending, final)
-    except OSError as exc:
-        raise StateError(
-            f"cannot rename {pending} to {final}: {exc.strerror}",
-            directory_hint(state_dir, "--state-dir", exc.errno),
-        ) from exc
+    rename_state_file(state_dir, _pending_path(state_dir).name, _auth_path(state_dir).name)
 
 
 def _rejected_path(state_dir: Path) -> Path:
@@ -140,15 +129,7 @@ def _rejected_path(state_dir: Path) -> Path:
 
 def _set_aside(state_dir: Path) -> None:
     """The pending authorization is not the TPM's: keep it, under a name never tried."""
-    pending, aside = _pending_path(state_dir), _rejected_path(state_dir)
-    before_write(f"state: rename {pending.name} to {aside.name}")
-    try:
-        os.rename(pending, aside)
-    except OSError as exc:
-        raise StateError(
-            f"cannot rename {pending} to {aside}: {exc.strerror}",
-            directory_hint(state_dir, "--state-dir", exc.errno),
-        ) from exc
+    rename_state_file(state_dir, _pending_path(state_dir).name, _rejected_path(state_dir).name)
 
 
 def _escrow_path(escrow: Escrow) -> Path:

@@ -136,21 +136,29 @@ def _lockout_refused(exc: TSS2_Exception) -> AuthError | LockoutError | None:
     return None
 
 
-def set_da_parameters(ctx: ESAPI, auth: bytes, params: DaParameters = SEALER_DA) -> None:
-    """TPM2_DictionaryAttackParameters, authorized by the lockout hierarchy's ``auth``."""
+@contextmanager
+def _lockout_session(ctx: ESAPI, auth: bytes, salt_key: ESYS_TR | None) -> Iterator[ESYS_TR]:
+    """A session for a command authorized by the lockout hierarchy with ``auth``; a refused
+    authorization comes out as the error a person can act on."""
     ctx.tr_set_auth(ESYS_TR.LOCKOUT, auth)
-    before_write("tpm: set dictionary-attack parameters")
     try:
-        with _session(ctx, None) as session:
-            ctx.dictionary_attack_parameters(
-                params.max_tries, params.recovery_time_s, params.lockout_recovery_s,
-                lock_handle=ESYS_TR.LOCKOUT, session1=session,
-            )  # fmt: skip
+        with _session(ctx, salt_key) as session:
+            yield session
     except TSS2_Exception as exc:
         refused = _lockout_refused(exc)
         if refused is None:
             raise
         raise refused from exc
+
+
+def set_da_parameters(ctx: ESAPI, auth: bytes, params: DaParameters = SEALER_DA) -> None:
+    """TPM2_DictionaryAttackParameters, authorized by the lockout hierarchy's ``auth``."""
+    before_write("tpm: set dictionary-attack parameters")
+    with _lockout_session(ctx, auth, None) as session:
+        ctx.dictionary_attack_parameters(
+            params.max_tries, params.recovery_time_s, params.lockout_recovery_s,
+            lock_handle=ESYS_TR.LOCKOUT, session1=session,
+        )  # fmt: skip
 
 
 def lockout_auth_in_force(ctx: ESAPI, auth: bytes, params: DaParameters = SEALER_DA) -> bool:
@@ -169,29 +177,15 @@ def lockout_auth_in_force(ctx: ESAPI, auth: bytes, params: DaParameters = SEALER
 def change_lockout_auth(ctx: ESAPI, srk: Srk, old: bytes, new: bytes) -> None:
     """TPM2_HierarchyChangeAuth(TPM_RH_LOCKOUT): ``new`` travels encrypted (a session salted
     with the SRK, parameter encryption)."""
-    ctx.tr_set_auth(ESYS_TR.LOCKOUT, old)
     before_write("tpm: change the lockout authorization")
-    try:
-        with _session(ctx, srk.handle) as session:
-            ctx.hierarchy_change_auth(ESYS_TR.LOCKOUT, new, session1=session)
-    except TSS2_Exception as exc:
-        refused = _lockout_refused(exc)
-        if refused is None:
-            raise
-        raise refused from exc
+    with _lockout_session(ctx, old, srk.handle) as session:
+        ctx.hierarchy_change_auth(ESYS_TR.LOCKOUT, new, session1=session)
 
 
 def reset_lockout(ctx: ESAPI, auth: bytes) -> None:
     """TPM2_DictionaryAttackLockReset: the DA failure count back to 0, tries back at once."""
-    ctx.tr_set_auth(ESYS_TR.LOCKOUT, auth)
-    try:
-        with _session(ctx, None) as session:
-            ctx.dictionary_attack_lock_reset(lock_handle=ESYS_TR.LOCKOUT, session1=session)
-    except TSS2_Exception as exc:
-        refused = _lockout_refused(exc)
-        if refused is None:
-            raise
-        raise refused from exc
+    with _lockout_session(ctx, auth, None) as session:
+        ctx.dictionary_attack_lock_reset(lock_handle=ESYS_TR.LOCKOUT, session1=session)
 
 
 def nv_index_exists(ctx: ESAPI, index: int) -> bool:
