@@ -39,8 +39,8 @@ sys.path[:0] = [str(ROOT / "swtpm-fixtures")]
 from luks_image import make_luks_image  # noqa: E402
 from swtpm import Swtpm, WireLog, log_size  # noqa: E402
 
+from sealer.interop.bindings import tool_bindings  # noqa: E402
 from sealer.luks import cryptsetup  # noqa: E402
-from sealer.services.foreign import foreign_bindings  # noqa: E402
 
 PASSPHRASE = b"bench passphrase"
 RUNS = 5
@@ -116,7 +116,7 @@ class SystemdCryptenroll(Tool):
         return b""
 
     def key(self, image: Path) -> bytes:
-        bindings, errors = foreign_bindings(cryptsetup.read_header(str(image)))
+        bindings, errors = tool_bindings(cryptsetup.read_header(str(image)))
         if errors or not bindings:
             raise RuntimeError(f"no systemd-tpm2 binding readable: {errors}")
         return bindings[0].unlock(self.tpm.tcti, lambda: b"")

@@ -28,6 +28,7 @@ from typing import Any
 import sealer
 from sealer.errors import SealerError
 from sealer.interop import clevis, systemd_tpm2
+from sealer.luks.enrollment import Enrollment
 from sealer.luks.header import PROBE_LENGTH, parse_metadata, probe
 from sealer.luks.token import parse_token
 from sealer.measure import eventlog
@@ -36,7 +37,6 @@ from sealer.measure.measurements import measurements_of
 from sealer.pcrs import BANKS
 from sealer.services.unlock import approvals_of
 from sealer.services.vendor import read_approval_file
-from sealer.services.volume import Enrollment
 
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"
@@ -155,7 +155,7 @@ def luks_header_target(data: bytes) -> None:
     with contextlib.suppress(SealerError):  # the JSON is parsed anyway: both halves are hostile
         probe("fuzz", data[:PROBE_LENGTH])
     area = data[LUKS2_JSON_OFFSET:].split(b"\0", 1)[0]
-    # cryptsetup's stdout, decoded as sealer.proc decodes it.
+    # cryptsetup's stdout, decoded as sealer.host.proc decodes it.
     header = parse_metadata("fuzz", "uuid", area.decode("utf-8", "replace"))
     header.free_keyslot()
     header.free_token_id()

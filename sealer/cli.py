@@ -22,8 +22,8 @@ from sealer.errors import UsageError
 from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list, parse_pcr_value
 
 if TYPE_CHECKING:
-    from sealer.services.bootopts import BootOptionFinding
-    from sealer.services.bootwire import Plan
+    from sealer.install.bootopts import BootOptionFinding
+    from sealer.install.bootwire import Plan
     from sealer.services.nextboot import NextBootRequest
 
 
@@ -553,7 +553,7 @@ def _report_plan(
 ) -> None:
     """Print what a boot plan changes (or would change, with --dry-run), and, for enable,
     what the kernel command line's options mean for the unlock (``boot_options``)."""
-    from sealer.boot.crypttab import KEYSCRIPT_OPTION
+    from sealer.install.crypttab import KEYSCRIPT_OPTION
 
     for warning in plan.warnings:
         click.echo(f"sealer: warning: {warning}", err=True)
@@ -666,8 +666,8 @@ def boot_enable(
     It also says what this boot's kernel command line (under --root: DIR/etc/kernel/cmdline)
     means for the unlock: options that reach a shell (capped first) or skip the initramfs.
     """
-    from sealer.services.bootopts import cmdline_findings
-    from sealer.services.bootwire import WireRequest, apply, plan_enable
+    from sealer.install.bootopts import cmdline_findings
+    from sealer.install.bootwire import WireRequest, apply, plan_enable
 
     def action() -> None:
         request = WireRequest(
@@ -705,7 +705,7 @@ def boot_disable(
     'update-initramfs -u'. The TPM enrollments stay in the volumes ('sealer remove' takes
     them away).
     """
-    from sealer.services.bootwire import WireRequest, apply, plan_disable
+    from sealer.install.bootwire import WireRequest, apply, plan_disable
 
     def action() -> None:
         request = WireRequest(

@@ -2,7 +2,7 @@
 
     python faultinject.py STOP_AT RECORD_FILE SEALER_ARG...
 
-Every write sealer announces (``sealer.checkpoint.before_write``) is appended to RECORD_FILE
+Every write sealer announces (``sealer.host.checkpoint.before_write``) is appended to RECORD_FILE
 as it happens; at write number STOP_AT (counting from 1; 0 never stops) the process sends
 itself SIGKILL: no ``finally`` block, no flush of buffered output, no cleanup, as when the
 power fails or the OOM killer strikes. Only the tests run this; the product has no way
@@ -16,8 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from sealer import checkpoint
 from sealer.cli import main
+from sealer.host import checkpoint
 
 KILLED = -signal.SIGKILL  # the return code subprocess reports for a process ended by SIGKILL
 

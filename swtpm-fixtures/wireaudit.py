@@ -34,13 +34,13 @@ from luks_image import make_luks_image, opens_with
 from simboot import SHA256, SimulatedMachine, boot_of, captured_boot, make_uki
 from swtpm import WireLog, log_size
 
-from sealer.boot.capping import CAP_EVENT
+from sealer.boot.pcrcap import CAP_EVENT
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment, enrollments
 from sealer.policy.keys import MACHINE_KEY_FILE
 from sealer.services.secrets import pin_auth_value
 from sealer.services.tpmguard import LOCKOUT_AUTH_FILE as LOCKOUT_AUTH
 from sealer.services.unlock import release
-from sealer.services.volume import Enrollment, enrollments
 
 FRAGMENT = 8  # bytes: the window each needle is also searched for
 PASSPHRASE = b"correct horse battery staple"
@@ -373,7 +373,7 @@ def run_lifecycle(directory: Path) -> WireAudit:
             )
         _add_secret(audit, a, key)
         with audit.operation(CAP):
-            one.module("sealer.boot.cap")
+            one.module("sealer.boot.cap_or_poweroff")
         one.sealer("unlock", "--test", str(a.image), expect=5)  # capped: refused before Load
 
         one.boot(captured_boot())

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sealer.boot.capping import CAP_RECORD
+from sealer.boot.pcrcap import CAP_RECORD
 from sealer.boot.unlocker import (
     TPM_WAIT_SECONDS,
     BootUnlock,

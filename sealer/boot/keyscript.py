@@ -21,7 +21,7 @@ from sealer.boot.unlocker import (
     unlock_for_boot,
 )
 from sealer.errors import AuthError, SealerError
-from sealer.proc import ask
+from sealer.host.proc import ask
 
 ASKPASS = "/lib/cryptsetup/askpass"
 

@@ -1,6 +1,6 @@
 """What the initramfs does with the TPM: wait for it and release a volume's key.
 
-Capping is separate (sealer.boot.capping): the initramfs may unlock several volumes (one
+Capping is separate (sealer.boot.pcrcap): the initramfs may unlock several volumes (one
 keyscript run each, or one password agent answering each request), and every one of them
 must still find the TPM willing. So each unlock records which PCR its enrollment caps, and
 one step after the last unlock (initramfs-tools' init-bottom, or sealer-cap.service in a
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sealer.boot.capping import CAP_RECORD, record_cap
+from sealer.boot.pcrcap import CAP_RECORD, record_cap
 from sealer.errors import AuthError, PolicyMismatchError, SealerError, TPMUnavailableError
 from sealer.services.unlock import Unsealed, enrolled_header, release_key
 

@@ -24,11 +24,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sealer import privatefile
-from sealer.checkpoint import before_write
 from sealer.errors import StateError, TokenError, UsageError
+from sealer.host import files
+from sealer.host.checkpoint import before_write
+from sealer.host.files import write_private_file
 from sealer.luks.header import is_uuid, require_uuid
-from sealer.privatefile import write_private_file
 
 RECORD_TYPE = "sealer-escrow"
 RECORD_VERSION = 2  # the version written
@@ -169,7 +169,7 @@ def write_record(directory: Path, record: EscrowRecord) -> Path:
 
 
 def directory_hint(directory: Path, error: int | None = None) -> str:
-    return privatefile.directory_hint(directory, "--escrow-dir", error)
+    return files.directory_hint(directory, "--escrow-dir", error)
 
 
 def find_records(

@@ -7,8 +7,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from sealer.checkpoint import before_write
 from sealer.errors import AuthError, DeviceError, HeaderFullError, SealerError
+from sealer.host.checkpoint import before_write
+from sealer.host.proc import Completed, fd_path, run, secret_pipe
 from sealer.luks.header import (
     MINIMAL_PBKDF2_ITERATIONS,
     PROBE_LENGTH,
@@ -16,7 +17,6 @@ from sealer.luks.header import (
     parse_metadata,
     probe,
 )
-from sealer.proc import Completed, fd_path, run, secret_pipe
 
 CRYPTSETUP = "cryptsetup"
 # cryptsetup's documented exit status for "no permission (bad passphrase)".

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sealer.errors import StateError, UsageError
-from sealer.privatefile import directory_hint, rename_state_file, write_state_file
+from sealer.host.files import directory_hint, rename_state_file, write_state_file
 
 MACHINE_KEY_FILE = "policy-key.pem"
 _KEY_HINT = "make one with 'sealer policy keygen' (ECC P-256, PEM, as openssl writes it)"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment, enrollments
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import (
     ENROLLMENT_ID_BYTES,
@@ -34,7 +35,6 @@ from sealer.services.escrow import Escrow, escrow_key
 from sealer.services.leftovers import clear_interrupted_enrollment, free_counter
 from sealer.services.secrets import new_recovery_key, pin_auth_value
 from sealer.services.tpmguard import secure_tpm
-from sealer.services.volume import Enrollment, enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import ensure_revocation_index, read_revoked_bits
 from sealer.tpm.pcr import read_pcrs

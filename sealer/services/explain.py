@@ -8,13 +8,13 @@ from typing import Any
 
 from sealer.errors import MeasurementError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import require_enrollments
+from sealer.measure.difference import PcrDifference, StateDifference, explain
 from sealer.measure.eventlog import EventLog
-from sealer.measure.explain import PcrDifference, StateDifference, explain
 from sealer.measure.measurements import Measurement
 from sealer.pcrs import Bank
 from sealer.services.bootstate import BootState, read_boot_state
 from sealer.services.unlock import approvals_of, find_match, pcrs_to_read
-from sealer.services.volume import require_enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sealer.errors import StateError, UsageError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import TOKEN_TYPE, parse_token
 from sealer.pcrs import bank_named
@@ -30,7 +31,6 @@ from sealer.policy import keys
 from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
 from sealer.services.enroll import EnrollRequest, enroll, require_tpm
 from sealer.services.remove import remove
-from sealer.services.volume import Enrollment
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import undefine_revocation_index
 from sealer.tpm.policykey import policy_key_name

@@ -14,9 +14,9 @@ from typing import Any
 
 from sealer.errors import SealerError, TokenError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import RecoveryRef, parse_token
-from sealer.services.volume import Enrollment
 from sealer.tpm.connection import connect
 from sealer.tpm.retirement import undefine_counter
 

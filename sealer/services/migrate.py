@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sealer.errors import RefusedError, TokenError, UsageError
+from sealer.interop.bindings import PinReader, ToolBinding, release_tool_key, tool_bindings
 from sealer.luks import cryptsetup
 from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import bank_named
 from sealer.services.enroll import EnrollRequest, EnrollResult, enroll
-from sealer.services.foreign import ForeignBinding, PinReader, foreign_bindings, release_foreign
 from sealer.services.unlock import release_key
 
 Progress = Callable[[str], None]
@@ -71,7 +71,7 @@ def _enroll_with(
     )
 
 
-def _refuse_no_pcrs(req: MigrateRequest, binding: ForeignBinding) -> None:
+def _refuse_no_pcrs(req: MigrateRequest, binding: ToolBinding) -> None:
     """A binding to no PCRs would become an approval of the cap PCR alone, whose pre-cap value
     every boot of this machine reaches: it would unlock whatever booted. --pcrs must say."""
     if req.pcrs is None and not binding.pcrs:  # --pcrs itself is checked by enroll
@@ -99,11 +99,11 @@ def _check_sealer_releases(req: MigrateRequest, read_pin: PinReader) -> None:
 def migrate(req: MigrateRequest, read_pin: PinReader, progress: Progress) -> Migrated:
     header = cryptsetup.read_header(req.device)
     enrolling = not header.tokens_of_type(TOKEN_TYPE)
-    readable, _ = foreign_bindings(header)
+    readable, _ = tool_bindings(header)
     if enrolling and readable and all(not b.pcrs for b in readable):
         _refuse_no_pcrs(req, readable[0])  # before the TPM (and maybe a PIN) is asked
     progress("asking the TPM for the key of the existing binding")
-    old = release_foreign(header, req.tcti, read_pin)
+    old = release_tool_key(header, req.tcti, read_pin)
     binding = old.binding
     if enrolling:
         _refuse_no_pcrs(req, binding)

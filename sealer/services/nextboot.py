@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from sealer.errors import MeasurementError, SealerError, TPMMismatchError
+from sealer.luks.enrollment import Enrollment
 from sealer.measure.predict import NextBoot, Prediction, predict
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
 from sealer.policy.approval import Approval
 from sealer.services.bootstate import BootState, read_boot_state
 from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
-from sealer.services.volume import Enrollment
 
 # The update hook's defaults (initramfs-hook/update/reseal-hook), overridden there, and here,
 # by SEALER_HOOK_ETC and SEALER_HOOK_BOOT in tests.

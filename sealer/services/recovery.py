@@ -16,13 +16,13 @@ from pathlib import Path
 
 from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment, require_enrollments
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import RecoveryRef
 from sealer.services.escrow import Escrow, escrow_key
 from sealer.services.leftovers import drop_keyslot_if_sealer_made, finish_interrupted_rotation
 from sealer.services.secrets import new_recovery_key
 from sealer.services.unlock import release
-from sealer.services.volume import Enrollment, require_enrollments
 
 Progress = Callable[[str], None]
 KeyReader = Callable[[], bytes]

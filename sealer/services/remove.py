@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from sealer.errors import RefusedError, TokenError, UsageError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import select_tokens
 from sealer.luks.header import LuksHeader, Token
 from sealer.luks.token import RecoveryRef, parse_token
 from sealer.services.leftovers import free_counter
-from sealer.services.volume import select_tokens
 
 
 @dataclass(frozen=True)

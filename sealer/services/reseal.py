@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sealer.errors import MeasurementError, PolicyMismatchError, StateError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment, require_enrollments
 from sealer.measure.measurements import event_record
 from sealer.measure.predict import NextBoot, Prediction, predict
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
@@ -33,7 +34,6 @@ from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import Approval, EventRecord, sign_approval
 from sealer.services.bootstate import BootState, read_boot_state
 from sealer.services.unlock import approvals_of, not_retired, still_holds
-from sealer.services.volume import Enrollment, require_enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs, reset_count

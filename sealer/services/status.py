@@ -9,16 +9,16 @@ from typing import Any
 import pyudev
 
 from sealer.errors import SealerError
+from sealer.install.bootopts import cmdline_findings
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment, enrollments, interrupted_error
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
-from sealer.services.bootopts import cmdline_findings
 from sealer.services.escrow import DEFAULT_ESCROW_DIR, escrowed
 from sealer.services.tpmguard import DEFAULT_STATE_DIR, render_hygiene, tpm_hygiene
 from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
-from sealer.services.volume import Enrollment, enrollments, interrupted_error
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.nv import read_revoked_bits

@@ -27,15 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sealer.checkpoint import before_write
 from sealer.errors import AuthError, LockoutError, StateError
-from sealer.policy.revocation import REVOCATION_INDEX
-from sealer.privatefile import (
+from sealer.host.checkpoint import before_write
+from sealer.host.files import (
     directory_hint,
     rename_state_file,
     write_private_file,
     write_state_file,
 )
+from sealer.policy.revocation import REVOCATION_INDEX
 from sealer.tpm.connection import connect
 from sealer.tpm.hierarchy import (
     LOCKOUT_AUTH_BYTES,

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 from sealer.errors import PolicyMismatchError, SealerError, TokenError, TPMMismatchError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment, default_mapping_name, require_enrollments
 from sealer.luks.header import LuksHeader
 from sealer.luks.token import TOKEN_TYPE, RetirementRef, RevocationRef
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest, retirement, revocation
 from sealer.policy.approval import Approval, parse_approval, verify_approval
 from sealer.services.secrets import pin_auth_value
-from sealer.services.volume import Enrollment, default_mapping_name, require_enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import refuse_if_locked_out
 from sealer.tpm.nv import read_revoked_bits
@@ -322,10 +322,10 @@ def unlock(
 ) -> Released:
     header = cryptsetup.read_header(device)
     if token_id is None and not header.tokens_of_type(TOKEN_TYPE):
-        from sealer.services.foreign import has_foreign_binding
+        from sealer.interop.bindings import has_tool_binding
 
-        if has_foreign_binding(header):  # only another tool's binding: open it as that tool would
-            return _unlock_foreign(header, name, test_only, tcti, read_pin)
+        if has_tool_binding(header):  # only another tool's binding: open it as that tool would
+            return _unlock_tool_bound(header, name, test_only, tcti, read_pin)
     unsealed = release_key(
         device, token_id=token_id, tcti=tcti, read_pin=read_pin, header=header
     )
@@ -343,12 +343,12 @@ def unlock(
     return Released(device, unsealed.enrollment.token_id, slot, unsealed.match.approval_index)
 
 
-def _unlock_foreign(
+def _unlock_tool_bound(
     header: LuksHeader, name: str | None, test_only: bool, tcti: str | None, read_pin: PinReader
 ) -> Released:
-    from sealer.services.foreign import release_foreign
+    from sealer.interop.bindings import release_tool_key
 
-    released = release_foreign(header, tcti, read_pin)
+    released = release_tool_key(header, tcti, read_pin)
     binding = released.binding
     device = header.device
     slot = next(

@@ -34,6 +34,7 @@ from sealer.errors import (
     UsageError,
 )
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import Enrollment, require_enrollments
 from sealer.luks.token import PolicyKeyRef
 from sealer.measure.eventlog import read_event_log
 from sealer.measure.measurements import event_record
@@ -43,7 +44,6 @@ from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import Approval, parse_approval, sign_approval, verify_approval
 from sealer.policy.binding import VENDOR_BINDING, Binding, check_cap_pcr
 from sealer.policy.revocation import REVOCATION_INDEX, REVOKE_REF, RevocationIndex
-from sealer.services.volume import Enrollment, require_enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import read_revoked_bits, set_revoked_bits
 from sealer.tpm.policykey import policy_key_name

@@ -36,8 +36,8 @@ from tpm2_pytss.constants import (
 )
 from tpm2_pytss.types import TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE
 
-from sealer.checkpoint import before_write
 from sealer.errors import AuthError, LockoutError
+from sealer.host.checkpoint import before_write
 from sealer.tpm.nv import nv_handle
 from sealer.tpm.srk import Srk
 

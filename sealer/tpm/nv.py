@@ -19,8 +19,8 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF,
 )
 
-from sealer.checkpoint import before_write
 from sealer.errors import RefusedError
+from sealer.host.checkpoint import before_write
 from sealer.policy import digest
 from sealer.policy.revocation import ATTRIBUTES, REVOKE_REF, WRITTEN, RevocationIndex
 from sealer.tpm.policykey import ecdsa_signature, loaded_policy_key, policy_key_name

@@ -11,8 +11,8 @@ from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_EO, TPM2_RC
 from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPM2B_OPERAND, TPMS_NV_PUBLIC
 
-from sealer.checkpoint import before_write
 from sealer.errors import HeaderFullError, RefusedError
+from sealer.host.checkpoint import before_write
 from sealer.policy.retirement import (
     ATTRIBUTES,
     COUNTER_BYTES,

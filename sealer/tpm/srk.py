@@ -20,8 +20,8 @@ from tpm2_pytss.types import (
     TPMU_SYM_MODE,
 )
 
-from sealer.checkpoint import before_write
 from sealer.errors import TPMError, TPMMismatchError
+from sealer.host.checkpoint import before_write
 
 SRK_HANDLE = 0x81000001
 

@@ -27,7 +27,7 @@ from rootdisk import BUSYBOX, ROOT_UP, make_file_system, make_luks_root, make_ro
 from secureboot import OVMF_CODE, OVMF_VARS_TEMPLATE, SecureBootKeys, make_keys, virt_fw_vars
 from swtpm import Swtpm
 
-from sealer.boot.capping import capped_value
+from sealer.boot.pcrcap import capped_value
 
 ROOT_PASSPHRASE = "hunter2 correct horse"
 PROMPT = "Please unlock disk cryptroot"

@@ -14,7 +14,7 @@ from bootkit import (
 )
 from qemu import Boot, Machine
 
-from sealer.boot.capping import capped_value
+from sealer.boot.pcrcap import capped_value
 
 ROOT_UP = "SEALER-E2E: root file system is up"
 

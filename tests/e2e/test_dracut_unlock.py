@@ -23,7 +23,7 @@ from bootkit import (
 from qemu import Answer, Boot, Machine
 from rootdisk import ROOT_UP
 
-from sealer.boot.capping import capped_value
+from sealer.boot.pcrcap import capped_value
 
 PROMPT = DRACUT_PROMPT
 

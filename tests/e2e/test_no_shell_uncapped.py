@@ -35,7 +35,7 @@ from bootkit import (
 from qemu import Answer, Boot, Machine
 from rootdisk import ROOT_UP, make_luks_root
 
-from sealer.boot.capping import CAP_EVENT, capped_value
+from sealer.boot.pcrcap import CAP_EVENT, capped_value
 from sealer.pcrs import BANKS
 
 PYTHON = "/usr/lib/sealer/python/bin/python3 -I -S"

@@ -16,7 +16,7 @@ from conftest import PASSPHRASE, SealerCli
 from luks_image import opens_with
 from swtpm import Swtpm
 
-from sealer.boot.capping import capped_value
+from sealer.boot.pcrcap import capped_value
 from sealer.luks.cryptsetup import wipe_open_keys
 
 
@@ -92,7 +92,7 @@ def test_cap_moves_pcr15_so_the_key_is_no_longer_released(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path
 ) -> None:
     assert sealer.enroll(luks_image).returncode == 0
-    capped = run_module("sealer.boot.cap", swtpm, tmp_path)
+    capped = run_module("sealer.boot.cap_or_poweroff", swtpm, tmp_path)
     assert capped.returncode == 0, capped.stderr
     assert pcr(swtpm, 15) == capped_value()
     again = sealer("unlock", "--test", str(luks_image))
@@ -110,7 +110,7 @@ def test_a_cap_that_cannot_reach_the_tpm_fails_and_says_why(tmp_path: Path) -> N
         os.environ, SEALER_TCTI="swtpm:host=127.0.0.1,port=1", SEALER_CAP_RECORD=str(record)
     )
     result = subprocess.run(
-        [sys.executable, "-m", "sealer.boot.cap"], env=environment, capture_output=True,
+        [sys.executable, "-m", "sealer.boot.cap_or_poweroff"], env=environment, capture_output=True,
         timeout=60,
     )  # fmt: skip
     assert result.returncode == 1

@@ -16,7 +16,7 @@ import pytest
 from conftest import PASSPHRASE, Result, SealerCli
 from luks_image import make_luks_image
 
-from sealer.boot.crypttab import KEYSCRIPT_OPTION
+from sealer.install.crypttab import KEYSCRIPT_OPTION
 
 pytestmark = pytest.mark.integration
 

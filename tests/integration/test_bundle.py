@@ -1,4 +1,4 @@
-"""The initramfs' Python runtime, laid out by ``python -m sealer.boot.bundle`` in a folder
+"""The initramfs' Python runtime, laid out by ``python -m sealer.install.bundle`` in a folder
 and run from there with ``-I -S``, as the initramfs runs it: it must find its standard
 library by itself and import nothing from outside the bundle."""
 
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap")
+ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap_or_poweroff")
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("initramfs")
     manifest = subprocess.run(
-        [sys.executable, "-m", "sealer.boot.bundle", "--destdir", str(tree)],
+        [sys.executable, "-m", "sealer.install.bundle", "--destdir", str(tree)],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout  # fmt: skip
     for line in manifest.splitlines():

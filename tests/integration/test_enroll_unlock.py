@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from luks_image import opens_with
 from swtpm import Swtpm
 
+from sealer.install.bootopts import cmdline_findings
 from sealer.pcrs import BANKS
-from sealer.services.bootopts import cmdline_findings
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import read_lockout
 from sealer.tpm.pcr import extend_pcr, read_pcrs

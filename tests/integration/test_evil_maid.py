@@ -26,11 +26,11 @@ from swtpm import Swtpm
 from tpm2_pytss import TSS2_Exception
 
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import require_enrollments
 from sealer.pcrs import BANKS
 from sealer.policy import keys
 from sealer.policy.approval import parse_approval, sign_approval
 from sealer.services.unlock import Match, authorized_policy
-from sealer.services.volume import require_enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.policykey import policy_key_name
@@ -146,7 +146,7 @@ def test_the_header_cannot_choose_the_capping_pcr(
     assert released.stdout == b"", "the keyscript released a key for a token it should refuse"
     assert released.returncode != 0
     assert b"Traceback" not in released.stderr
-    capped = run_boot_module("sealer.boot.cap", swtpm, tmp_path)
+    capped = run_boot_module("sealer.boot.cap_or_poweroff", swtpm, tmp_path)
     assert capped.returncode == 0, capped.stderr
     assert pcr_value(swtpm, 15) != bytes(32)  # whatever was recorded, PCR 15 is capped
     edit_token(luks_image, 0, cap_pcr=15)  # the honest token again: the cap holds

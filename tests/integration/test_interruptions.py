@@ -1,7 +1,7 @@
 """An operation stopped before any of its durable writes loses nothing.
 
 Each operation is run once to list the writes it makes (LUKS2 header, TPM persistent objects
-and NV, state directory: ``sealer.checkpoint``), then once per write on a fresh machine (its
+and NV, state directory: ``sealer.host.checkpoint``), then once per write on a fresh machine (its
 own swtpm and LUKS2 image), ended abruptly just before that write (swtpm-fixtures/
 faultinject.py). After every stop:
 

@@ -25,9 +25,9 @@ from test_password_agent import Request, console, run_agent
 
 from sealer.errors import LockoutError, SealerError
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import enrollments
 from sealer.services import unlock as unlock_service
 from sealer.services.unlock import Match, approvals_of, authorized_policy
-from sealer.services.volume import enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.seal import SealedBlob, unseal

@@ -20,10 +20,10 @@ from swtpm import Swtpm
 from wireaudit import WireAudit, run_lifecycle, search
 
 from sealer.luks import cryptsetup
+from sealer.luks.enrollment import enrollments
 from sealer.pcrs import BANKS
 from sealer.policy import digest
 from sealer.services.unlock import approvals_of
-from sealer.services.volume import enrollments
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.seal import AuthorizedPolicy, trial_policy_digest

@@ -1,4 +1,4 @@
-"""What the kernel command line's options mean for the TPM unlock (sealer.services.bootopts)."""
+"""What the kernel command line's options mean for the TPM unlock (sealer.install.bootopts)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sealer.services.bootopts import boot_option_findings, cmdline_findings
+from sealer.install.bootopts import boot_option_findings, cmdline_findings
 
 DEBIAN = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-57-cloud-amd64 root=/dev/mapper/cryptroot ro quiet"
 

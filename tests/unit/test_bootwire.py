@@ -1,4 +1,4 @@
-"""Unit tests for sealer.services.bootwire: planning and applying ``sealer boot``.
+"""Unit tests for sealer.install.bootwire: planning and applying ``sealer boot``.
 
 Everything happens under a temporary --root with a fake hook source; no real /etc is read
 or written, and update-initramfs is never run.
@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 import sealer
-from sealer.boot.crypttab import KEYSCRIPT_OPTION
 from sealer.errors import SealerError, UsageError
-from sealer.proc import Completed
-from sealer.services import bootwire
-from sealer.services.bootwire import (
+from sealer.host.proc import Completed
+from sealer.install import bootwire
+from sealer.install.bootwire import (
     FileChange,
     Plan,
     WireRequest,
@@ -31,6 +30,7 @@ from sealer.services.bootwire import (
     plan_enable,
     resolve_source,
 )
+from sealer.install.crypttab import KEYSCRIPT_OPTION
 
 HOOK = b"#!/bin/sh\n# fake initramfs-tools hook\nexit 0\n"
 CAP_SCRIPT = b"#!/bin/sh\n# fake init-bottom capping script\n"

@@ -1,5 +1,5 @@
-"""python -m sealer.boot.cap on a machine with no TPM at all (the TPM-backed paths are in
-tests/integration/test_boot_unlocker.py and the e2e boots)."""
+"""python -m sealer.boot.cap_or_poweroff on a machine with no TPM at all (the TPM-backed paths
+are in tests/integration/test_boot_unlocker.py and the e2e boots)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sealer.boot import cap
+from sealer.boot import cap_or_poweroff as cap
 
 
 @pytest.fixture

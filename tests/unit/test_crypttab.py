@@ -1,10 +1,11 @@
-"""Unit tests for sealer.boot.crypttab: parsing and editing crypttab(5) text."""
+"""Unit tests for sealer.install.crypttab: parsing and editing crypttab(5) text."""
 
 from __future__ import annotations
 
 import pytest
 
-from sealer.boot.crypttab import (
+from sealer.errors import UsageError
+from sealer.install.crypttab import (
     KEYSCRIPT_OPTION,
     KEYSCRIPT_PATH,
     Crypttab,
@@ -13,7 +14,6 @@ from sealer.boot.crypttab import (
     disable_line,
     enable_line,
 )
-from sealer.errors import UsageError
 
 OURS = KEYSCRIPT_OPTION
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from sealer import checkpoint
 from sealer.errors import DeviceError, StateError, TokenError, UsageError
 from sealer.escrow.record import (
     MAX_RECORD_BYTES,
@@ -20,6 +19,7 @@ from sealer.escrow.record import (
     record_name,
     write_record,
 )
+from sealer.host import checkpoint
 
 UUID = "564fedb6-c653-4f75-9d78-8a760590c397"
 MACHINE = "3d1219c7c4c5404aaa1f6d2a48adfda4"

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sealer.errors import MeasurementError
 from sealer.measure import eventlog
 from sealer.measure.coverage import coverage, coverage_warnings
+from sealer.measure.difference import explain
 from sealer.measure.eventlog import EventLog, parse
-from sealer.measure.explain import explain
 from sealer.measure.measurements import event_record, measurements_of, prefix, replay
 from sealer.measure.pe import authenticode_digest, linux_load_options_digest
 from sealer.measure.predict import NextBoot, predict

@@ -48,7 +48,7 @@ install() {
     local manifest kind source dest name path
     local -A placed=()
     manifest="$(mktemp)"
-    if ! "$SEALER_PYTHON" -m sealer.boot.bundle --destdir "$initdir" > "$manifest"; then
+    if ! "$SEALER_PYTHON" -m sealer.install.bundle --destdir "$initdir" > "$manifest"; then
         rm -f "$manifest"
         derror "sealer: the boot unlocker could not be bundled (see above)"
         return 1

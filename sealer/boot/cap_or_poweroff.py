@@ -1,7 +1,7 @@
 """Cap the PCRs this boot's unlocks bound, or stop the machine: the one capping program.
 
-``python -m sealer.boot.cap`` is run by ``/usr/lib/sealer/cap`` (initramfs-hook/cap), which
-every exit of the initramfs goes through:
+``python -m sealer.boot.cap_or_poweroff`` is run by ``/usr/lib/sealer/cap``
+(initramfs-hook/cap), which every exit of the initramfs goes through:
 
 - initramfs-tools: init-bottom (after the last volume is open) and ``/scripts/panic/sealer``,
   which ``panic()`` runs before it starts a shell (the ALERT path, ``break=``, a missing init);
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from sealer.boot.capping import CAP_RECORD, cap, recorded_caps
+from sealer.boot.pcrcap import CAP_RECORD, cap, recorded_caps
 from sealer.errors import SealerError
 from sealer.pcrs import format_pcrs
 

@@ -1,8 +1,9 @@
 """Volumes bound by another tool: systemd-cryptenroll (``systemd-tpm2``) or clevis (tpm2 pin).
 
 sealer opens them as those tools would (``sealer unlock``) and replaces their binding with
-its own (``sealer migrate``). The formats and the TPM work live in sealer.interop and
-sealer.tpm; here is only which binding a volume has and what its key is.
+its own (``sealer migrate``). The formats live in this package's systemd_tpm2 and clevis
+modules, the TPM work in sealer.tpm; here is only which binding a volume has and what its
+key is.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ PinReader = Callable[[], bytes]
 
 
 @dataclass(frozen=True)
-class ForeignBinding:
+class ToolBinding:
     kind: str  # the LUKS2 token type: "systemd-tpm2" or "clevis"
     tool: str  # who made it, for messages
     token_id: int
@@ -28,18 +29,18 @@ class ForeignBinding:
     unlock: Callable[[str | None, PinReader], bytes]  # the keyslot passphrase, from the TPM
 
 
-def _systemd_binding(token: Token) -> ForeignBinding:
+def _systemd_binding(token: Token) -> ToolBinding:
     from sealer.interop import systemd_tpm2
 
     parsed = systemd_tpm2.parse(token.token_id, token.data)
-    return ForeignBinding(
+    return ToolBinding(
         kind=systemd_tpm2.TOKEN_TYPE, tool="systemd-cryptenroll", token_id=token.token_id,
         keyslots=parsed.keyslots, pcr_bank=parsed.pcr_bank, pcrs=parsed.pcrs,
         unlock=partial(systemd_tpm2.passphrase, parsed),
     )  # fmt: skip
 
 
-def _clevis_binding(token: Token) -> ForeignBinding:
+def _clevis_binding(token: Token) -> ToolBinding:
     from sealer.interop import clevis
 
     parsed = clevis.parse(token.token_id, token.data)
@@ -47,7 +48,7 @@ def _clevis_binding(token: Token) -> ForeignBinding:
     def unlock(tcti: str | None, read_pin: PinReader) -> bytes:
         return clevis.passphrase(parsed, tcti)  # clevis's tpm2 pin has no PIN
 
-    return ForeignBinding(
+    return ToolBinding(
         kind=clevis.TOKEN_TYPE, tool="clevis", token_id=token.token_id,
         keyslots=parsed.keyslots, pcr_bank=parsed.pcr_bank, pcrs=parsed.pcrs, unlock=unlock,
     )  # fmt: skip
@@ -55,19 +56,19 @@ def _clevis_binding(token: Token) -> ForeignBinding:
 
 # LUKS2 token type -> its reader. The literals keep the interop modules (and the TPM code
 # behind them) unimported until a volume has such a token.
-_READERS: dict[str, Callable[[Token], ForeignBinding]] = {
+_READERS: dict[str, Callable[[Token], ToolBinding]] = {
     "systemd-tpm2": _systemd_binding,
     "clevis": _clevis_binding,
 }
 
 
-def has_foreign_binding(header: LuksHeader) -> bool:
+def has_tool_binding(header: LuksHeader) -> bool:
     return any(header.tokens_of_type(kind) for kind in _READERS)
 
 
-def foreign_bindings(header: LuksHeader) -> tuple[list[ForeignBinding], list[SealerError]]:
+def tool_bindings(header: LuksHeader) -> tuple[list[ToolBinding], list[SealerError]]:
     """The volume's systemd-tpm2 and clevis tpm2 bindings, and why others could not be read."""
-    found: list[ForeignBinding] = []
+    found: list[ToolBinding] = []
     errors: list[SealerError] = []
     for kind, read in _READERS.items():
         for token in header.tokens_of_type(kind):
@@ -79,18 +80,18 @@ def foreign_bindings(header: LuksHeader) -> tuple[list[ForeignBinding], list[Sea
 
 
 @dataclass(frozen=True)
-class ForeignKey:
+class ToolKey:
     key: bytes  # the keyslot passphrase: a secret, never logged
-    binding: ForeignBinding
+    binding: ToolBinding
 
 
-def release_foreign(header: LuksHeader, tcti: str | None, read_pin: PinReader) -> ForeignKey:
-    """The key of the first foreign binding the TPM releases in this boot state."""
-    bindings, errors = foreign_bindings(header)
+def release_tool_key(header: LuksHeader, tcti: str | None, read_pin: PinReader) -> ToolKey:
+    """The key of the first other-tool binding the TPM releases in this boot state."""
+    bindings, errors = tool_bindings(header)
     failures: list[SealerError] = list(errors)
     for binding in bindings:
         try:
-            return ForeignKey(binding.unlock(tcti, read_pin), binding)
+            return ToolKey(binding.unlock(tcti, read_pin), binding)
         except (PolicyMismatchError, TokenError) as exc:
             failures.append(exc)  # another binding of the same volume may still work
     if failures:

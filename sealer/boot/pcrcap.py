@@ -1,8 +1,8 @@
 """Capping: after the initramfs, the TPM must not release a key again until the next boot.
 
 Each unlock records the PCR its enrollment caps; one step after the last unlock extends them
-all. This module imports only the TPM layer: ``python -m sealer.boot.cap`` runs in every boot
-and its imports are most of its time.
+all. This module imports only the TPM layer: ``python -m sealer.boot.cap_or_poweroff``
+runs in every boot and its imports are most of its time.
 """
 
 from __future__ import annotations

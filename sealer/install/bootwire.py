@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Literal
 
 import sealer
-from sealer.boot.crypttab import KEYSCRIPT_OPTION, KEYSCRIPT_PATH, Crypttab, Line
-from sealer.boot.crypttab import disable_line as crypttab_disable_line
-from sealer.boot.crypttab import enable_line as crypttab_enable_line
 from sealer.errors import SealerError, SystemFilesError, UsageError
+from sealer.host.proc import run
+from sealer.install.crypttab import KEYSCRIPT_OPTION, KEYSCRIPT_PATH, Crypttab, Line
+from sealer.install.crypttab import disable_line as crypttab_disable_line
+from sealer.install.crypttab import enable_line as crypttab_enable_line
 from sealer.luks import cryptsetup
-from sealer.proc import run
-from sealer.services.volume import enrollments
+from sealer.luks.enrollment import enrollments
 
 CRYPTTAB_PATH = "/etc/crypttab"
 HOOK_PATH = "/etc/initramfs-tools/hooks/sealer"

@@ -1,6 +1,6 @@
 """Lay out, inside an initramfs, the smallest Python runtime that runs the boot unlocker.
 
-``python -m sealer.boot.bundle --destdir DIR`` is run by the initramfs-tools hook (and the
+``python -m sealer.install.bundle --destdir DIR`` is run by the initramfs-tools hook (and the
 dracut module) with the interpreter that has sealer installed. It:
 
 - asks a child interpreter which modules the boot entry points import, and the modules
@@ -32,16 +32,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from sealer.boot.crypttab import KEYSCRIPT_PATH
 from sealer.errors import SealerError
-from sealer.proc import run
-from sealer.services.bootwire import find_hook_source
+from sealer.host.proc import run
+from sealer.install.bootwire import find_hook_source
+from sealer.install.crypttab import KEYSCRIPT_PATH
 
 BUNDLE_ROOT = PurePosixPath("/usr/lib/sealer/python")
 KEYSCRIPT = PurePosixPath(KEYSCRIPT_PATH)
 # The one capping program (cap or power off), for both initramfs kinds.
 CAP_PROGRAM = PurePosixPath("/usr/lib/sealer/cap")
-ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap")
+ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap_or_poweroff")
 # libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
 TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
 SYSTEM_LIBRARY_DIR = PurePosixPath("/usr/lib/x86_64-linux-gnu")
@@ -222,7 +222,7 @@ def write_pure(bundle: Bundle, destdir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sealer.boot.bundle",
+        prog="python -m sealer.install.bundle",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -12,8 +12,8 @@ import errno
 import os
 from pathlib import Path
 
-from sealer.checkpoint import before_write
 from sealer.errors import StateError
+from sealer.host.checkpoint import before_write
 
 
 def write_private_file(path: Path, data: bytes) -> None:

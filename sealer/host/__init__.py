@@ -1,0 +1,1 @@
+"""Host plumbing: the subprocess wrapper, private state files, durable-write checkpoints."""
