@@ -18,7 +18,7 @@ from sealer.pcrs import BANKS, Bank
 from sealer.policy import keys
 from sealer.policy.approval import sign_approval
 from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
-from sealer.services.vendor import ApprovalFile
+from sealer.policy.vendor import ApprovalFile
 from sealer.tpm.policykey import policy_key_name
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from sealer.measure import eventlog
 from sealer.measure.coverage import coverage
 from sealer.measure.measurements import measurements_of
 from sealer.pcrs import BANKS
-from sealer.services.unlock import approvals_of
+from sealer.services.matching import approvals_of
 from sealer.services.vendor import read_approval_file
 
 FUZZ_DIR = Path(__file__).resolve().parent

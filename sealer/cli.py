@@ -210,7 +210,7 @@ def enroll(
         escrow = prepare_escrow(escrow_cert, escrow_dir, machine_id, state_dir / "escrow")
         vendor_pem = None
         if vendor_key is not None:
-            from sealer.services.vendor import read_public_key  # predict, pefile: not otherwise
+            from sealer.policy.vendor import read_public_key  # predict, pefile: not otherwise
 
             vendor_pem = read_public_key(vendor_key)
         preflight(device, ctx.obj.tcti, cap_pcr)

@@ -41,7 +41,7 @@ def keygen(ctx: click.Context, out: Path) -> None:
     Keep the private key offline (or in an HSM): whoever holds it can approve boot images
     and revoke releases on every machine that trusts it.
     """
-    from sealer.services.vendor import keygen as run_keygen
+    from sealer.policy.vendor import keygen as run_keygen
 
     def action() -> None:
         public = run_keygen(out)
@@ -82,7 +82,8 @@ def sign(
     ('sealer policy install'): no re-sealing on the machine.
     """
     from sealer.measure.predict import NextBoot
-    from sealer.services.vendor import sign_release, write_json
+    from sealer.policy.vendor import write_json
+    from sealer.services.vendor import sign_release
 
     def action() -> None:
         if (uki is None) == (kernel is None):
@@ -174,7 +175,8 @@ def policy_revoke(ctx: click.Context, key: Path, below: int, out: Path) -> None:
 
     It allows setting exactly those revocation bits (PolicyCpHash), nothing else.
     """
-    from sealer.services.vendor import sign_revocation, write_json
+    from sealer.policy.vendor import write_json
+    from sealer.services.vendor import sign_revocation
 
     def action() -> None:
         write_json(out, sign_revocation(key, below).to_json())

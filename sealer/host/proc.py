@@ -14,6 +14,14 @@ from dataclasses import dataclass
 
 from sealer.errors import SealerError
 
+# The Debian package that brings each program sealer runs, for the "not installed" hint.
+DEBIAN_PACKAGES = {
+    "cryptsetup": "cryptsetup-bin",
+    "update-initramfs": "initramfs-tools",
+    "dracut": "dracut",
+    "systemd-ask-password": "systemd",
+}
+
 # A pipe holds at least this much without a reader on Linux, so the whole secret can be
 # written before the child starts and no thread is needed.
 _PIPE_CAPACITY = 65536
@@ -55,16 +63,21 @@ def run(
             check=False,
         )
     except FileNotFoundError as exc:
-        raise SealerError(
-            f"{argv[0]} is not installed",
-            "install it (Debian: apt-get install cryptsetup-bin) and try again",
-        ) from exc
+        raise SealerError(f"{argv[0]} is not installed", not_installed_hint(argv[0])) from exc
     return Completed(
         argv=tuple(argv),
         returncode=proc.returncode,
         stdout=proc.stdout,
         stderr=proc.stderr.decode("utf-8", "replace"),
     )
+
+
+def not_installed_hint(program: str) -> str:
+    """What to install for ``program``: its Debian package when sealer knows it."""
+    package = DEBIAN_PACKAGES.get(os.path.basename(program))
+    if package is None:
+        return "install the package that provides it and try again"
+    return f"install it (Debian: apt-get install {package}) and try again"
 
 
 @contextmanager

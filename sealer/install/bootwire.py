@@ -12,13 +12,11 @@ a failure at any step leaves a machine that boots as before.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Literal
 
 import sealer
 from sealer.errors import SealerError, SystemFilesError, UsageError
+from sealer.host.files import remove_durably, write_atomically
 from sealer.host.proc import run
 from sealer.install.crypttab import KEYSCRIPT_OPTION, KEYSCRIPT_PATH, Crypttab, Line
 from sealer.install.crypttab import disable_line as crypttab_disable_line
@@ -574,45 +573,16 @@ def _os_error(action: str, path: Path, exc: OSError) -> SealerError:
     return SystemFilesError(f"cannot {action} {path}: {exc.strerror or exc}", hint)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
-    """Replace ``path`` so that a reader, or a crash, sees the old file or the new one."""
-    tmp: str | None = None
     try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)  # mkstemp makes 0600; set the mode explicitly
-            stat = os.fstat(handle.fileno())
-            if owner is not None and owner != (stat.st_uid, stat.st_gid):
-                os.fchown(handle.fileno(), *owner)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
+        write_atomically(path, data, mode=mode, owner=owner, parent_mode=0o755)
     except OSError as exc:
         raise _os_error("write", path, exc) from exc
-    finally:
-        if tmp is not None:
-            # The temporary name starts with "." and ends in ".new": harmless if it stays.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _remove(path: Path) -> None:
     try:
-        path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        remove_durably(path)
     except OSError as exc:
         raise _os_error("remove", path, exc) from exc
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 from collections.abc import Callable, Mapping
@@ -14,6 +13,7 @@ from sealer.errors import HeaderFullError, SealerError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import Enrollment, enrollments
 from sealer.luks.header import LuksHeader
+from sealer.luks.passphrase import keyslot_passphrase
 from sealer.luks.token import (
     ENROLLMENT_ID_BYTES,
     PolicyKeyRef,
@@ -88,12 +88,6 @@ class EnrollResult:
     recovery_key: str | None = None
     warnings: list[str] = field(default_factory=list)
     escrow_record: Path | None = None  # the record of the recovery key, when escrowed
-
-
-def tpm_passphrase(secret: bytes) -> bytes:
-    """The keyslot passphrase for a sealed secret: base64 text, so it can also be typed
-    into or answered to any password prompt (systemd's agent protocol is text)."""
-    return base64.b64encode(secret)
 
 
 def check_request(req: EnrollRequest) -> None:
@@ -280,7 +274,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     )
     recovery = new_recovery_key() if recovery_slot is not None else None
     written = _write_enrollment(
-        req, header.uuid, token_id, token, tpm_passphrase(secret), recovery, progress
+        req, header.uuid, token_id, token, keyslot_passphrase(secret), recovery, progress
     )
     warnings += written.warnings
     return EnrollResult(

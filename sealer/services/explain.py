@@ -14,7 +14,7 @@ from sealer.measure.eventlog import EventLog
 from sealer.measure.measurements import Measurement
 from sealer.pcrs import Bank
 from sealer.services.bootstate import BootState, read_boot_state
-from sealer.services.unlock import approvals_of, find_match, pcrs_to_read
+from sealer.services.matching import approvals_of, find_match, pcrs_to_read
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
 

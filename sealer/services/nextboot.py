@@ -31,7 +31,7 @@ from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
 from sealer.policy.approval import Approval
 from sealer.services.bootstate import BootState, read_boot_state
-from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
+from sealer.services.matching import approvals_of, find_match, pcrs_to_read, still_holds
 
 # The update hook's defaults (initramfs-hook/update/reseal-hook), overridden there, and here,
 # by SEALER_HOOK_ETC and SEALER_HOOK_BOOT in tests.

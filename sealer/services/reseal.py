@@ -33,7 +33,7 @@ from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest, keys, revocation
 from sealer.policy.approval import Approval, EventRecord, sign_approval
 from sealer.services.bootstate import BootState, read_boot_state
-from sealer.services.unlock import approvals_of, not_retired, still_holds
+from sealer.services.matching import approvals_of, not_retired, still_holds
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs, reset_count

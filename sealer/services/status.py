@@ -17,8 +17,8 @@ from sealer.luks.token import TOKEN_TYPE
 from sealer.pcrs import format_pcrs
 from sealer.policy import revocation
 from sealer.services.escrow import DEFAULT_ESCROW_DIR, escrowed
+from sealer.services.matching import approvals_of, find_match, pcrs_to_read, still_holds
 from sealer.services.tpmguard import DEFAULT_STATE_DIR, render_hygiene, tpm_hygiene
-from sealer.services.unlock import approvals_of, find_match, pcrs_to_read, still_holds
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.nv import read_revoked_bits

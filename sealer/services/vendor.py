@@ -1,38 +1,26 @@
 """Vendor-signed approvals and revocation: the release workflow of a fleet.
 
-On the build machine (no TPM): ``keygen`` once; for each release, ``sign_release`` predicts
-the PCRs the release's UKI gives on the target hardware (from a reference event log of that
-model) and signs an approval for them, as release number N; ``sign_revocation`` signs a
-statement that revokes every release below N.
+On the build machine (no TPM): ``sealer.policy.vendor.keygen`` once; for each release,
+``sign_release`` predicts the PCRs the release's UKI gives on the target hardware (from a
+reference event log of that model) and signs an approval for them, as release number N;
+``sign_revocation`` signs a statement that revokes every release below N.
 
 On each machine: ``install`` copies a release's approval into the volume's token (no TPM, no
 machine key: the vendor's signature is what the TPM checks), where the boot-time unlocker
 finds it with no network; ``revoke`` sets the revocation bits in the TPM, under the vendor's
 statement or, when the machine is its own authority, under its own key.
+
+The files' formats and signatures live in sealer.policy.vendor; here is what needs the TPM's
+view of a key, the event log or the volumes.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
-
-from sealer.errors import (
-    MeasurementError,
-    PolicyMismatchError,
-    RefusedError,
-    StateError,
-    TokenError,
-    UsageError,
-)
+from sealer.errors import MeasurementError, RefusedError, StateError, UsageError
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import Enrollment, require_enrollments
 from sealer.luks.token import PolicyKeyRef
@@ -40,114 +28,26 @@ from sealer.measure.eventlog import read_event_log
 from sealer.measure.measurements import event_record
 from sealer.measure.predict import NextBoot, predict
 from sealer.pcrs import Bank
-from sealer.policy import digest, keys, revocation
-from sealer.policy.approval import Approval, parse_approval, sign_approval, verify_approval
+from sealer.policy import keys, revocation
+from sealer.policy import vendor as vendor_files
+from sealer.policy.approval import Approval, sign_approval, verify_approval
 from sealer.policy.binding import VENDOR_BINDING, Binding, check_cap_pcr
-from sealer.policy.revocation import REVOCATION_INDEX, REVOKE_REF, RevocationIndex
+from sealer.policy.revocation import REVOCATION_INDEX, RevocationIndex
+from sealer.policy.vendor import ApprovalFile, Statement, verify_statement
 from sealer.tpm.connection import connect
 from sealer.tpm.nv import read_revoked_bits, set_revoked_bits
 from sealer.tpm.policykey import policy_key_name
 
-APPROVAL_FILE_TYPE = "sealer-approval"
-REVOCATION_FILE_TYPE = "sealer-revocation"
-FILE_VERSION = 1
 KEEP_VENDOR_APPROVALS = 4  # the newest releases a token keeps (the header has room for more)
-_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 
 
 # ---------------------------------------------------------------------------------------------
-# Keys
-
-
-def keygen(private_path: Path) -> Path:
-    """Write a new ECC P-256 key (PKCS#8 PEM, mode 0600) and its public half; never overwrite."""
-    public_path = private_path.with_name(private_path.stem + ".pub.pem")
-    key = ec.generate_private_key(ec.SECP256R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )  # fmt: skip
-    for path, data, mode in (
-        (private_path, private, 0o600),
-        (public_path, keys.public_pem(key).encode(), 0o644),
-    ):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        except FileExistsError:
-            raise UsageError(f"{path} exists already", "choose another --out") from None
-        except OSError as exc:
-            raise UsageError(f"cannot create {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    return public_path
-
-
-def load_private_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, str]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the key {path}: {exc.strerror}") from exc
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"{path} is not an unencrypted PEM private key") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        raise UsageError(f"{path} is not an ECC P-256 key")
-    return key, keys.public_pem(key)
-
-
-def read_public_key(path: Path) -> str:
-    try:
-        text = path.read_bytes().decode("ascii")
-    except OSError as exc:
-        raise UsageError(f"cannot read the key {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not a PEM public key (not text)") from None
-    return keys.normalized_public_pem(text, str(path))
-
-
-# ---------------------------------------------------------------------------------------------
-# Approval files
-
-
-@dataclass(frozen=True)
-class ApprovalFile:
-    approval: Approval
-    vendor_pem: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": APPROVAL_FILE_TYPE, "version": FILE_VERSION,
-            "vendor_key": self.vendor_pem, "approval": self.approval.to_json(),
-        }  # fmt: skip
-
-
-def _read_json(path: Path, kind: str) -> Mapping[str, Any]:
-    try:
-        doc = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested a thousand deep
-        raise TokenError(f"{path} is not a sealer {kind} file (not JSON)") from exc
-    if not isinstance(doc, dict) or doc.get("type") != f"sealer-{kind}":
-        raise TokenError(f"{path} is not a sealer {kind} file")
-    if doc.get("version") != FILE_VERSION or type(doc.get("version")) is not int:
-        raise TokenError(f"{path} has unknown version {doc.get('version')!r}")
-    return doc
+# Releases
 
 
 def read_approval_file(path: Path) -> ApprovalFile:
-    doc = _read_json(path, "approval")
-    if not isinstance(doc.get("approval"), dict) or not isinstance(doc.get("vendor_key"), str):
-        raise TokenError(f"{path} is corrupted (no approval or no vendor key)")
-    approval = parse_approval(doc["approval"], str(path))
-    pem = keys.normalized_public_pem(doc["vendor_key"], f"the vendor key in {path}")
-    if approval.key_name != policy_key_name(pem):
-        raise TokenError(f"{path} is corrupted (its approval names another key than it carries)")
-    verify_approval(approval, pem)
-    if approval.release is None:
-        raise TokenError(f"{path} approves no release number")
-    return ApprovalFile(approval, pem)
+    """A vendor's approval file, its signature and key checked."""
+    return vendor_files.read_approval_file(path, policy_key_name)
 
 
 def sign_release(
@@ -162,7 +62,7 @@ def sign_release(
 ) -> ApprovalFile:
     """An approval, signed with the vendor key, of the PCRs ``boot`` gives on the reference
     hardware (its event log), for release number ``release``."""
-    key, pem = load_private_key(key_path)
+    key, pem = vendor_files.load_private_key(key_path)
     revocation.check_release(release)
     # The policyRef says what is approved (bank, PCR selection, capping PCR): the fleet's
     # sealed objects accept it only for the binding they were enrolled with.
@@ -183,13 +83,6 @@ def sign_release(
         policy_ref=binding.policy_ref("vendor"),
     )  # fmt: skip
     return ApprovalFile(approval, pem)
-
-
-def write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    try:
-        path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,50 +163,10 @@ def install(path: Path, devices: Sequence[str]) -> list[Installed]:
 # Revocation
 
 
-@dataclass(frozen=True)
-class Statement:
-    """A signed permission to set ``bits`` in the revocation field named ``nv_name``."""
-
-    nv_index: int
-    nv_name: bytes
-    bits: int
-    signer_pem: str
-    signature: bytes  # DER ECDSA over H(PolicyCpHash(NV_SetBits(bits)) || REVOKE_REF)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": REVOCATION_FILE_TYPE, "version": FILE_VERSION,
-            "nv_index": f"0x{self.nv_index:08x}", "nv_name": self.nv_name.hex(),
-            "bits": f"0x{self.bits:016x}", "below": revocation.level_of(self.bits),
-            "key": self.signer_pem, "signature": base64.b64encode(self.signature).decode(),
-        }  # fmt: skip
-
-
-def _sign_statement(key: ec.EllipticCurvePrivateKey, pem: str, below: int) -> Statement:
-    field = RevocationIndex(REVOCATION_INDEX, policy_key_name(pem))
-    bits = revocation.bits_below(below)
-    policy = revocation.revocation_statement_policy(field.name, bits)
-    signature = key.sign(digest.approval_digest(policy, REVOKE_REF), _PREHASHED)
-    return Statement(field.index, field.name, bits, pem, signature)
-
-
 def sign_revocation(key_path: Path, below: int) -> Statement:
-    key, pem = load_private_key(key_path)
-    return _sign_statement(key, pem, below)
-
-
-def read_statement(path: Path) -> Statement:
-    doc = _read_json(path, "revocation")
-    try:
-        return Statement(
-            nv_index=int(str(doc["nv_index"]), 16),
-            nv_name=bytes.fromhex(str(doc["nv_name"])),
-            bits=int(str(doc["bits"]), 16),
-            signer_pem=keys.normalized_public_pem(str(doc["key"]), f"the key in {path}"),
-            signature=base64.b64decode(str(doc["signature"]), validate=True),
-        )
-    except (KeyError, ValueError) as exc:
-        raise TokenError(f"{path} is corrupted ({exc})") from exc
+    """A statement, signed with the vendor key, that revokes every release below ``below``."""
+    key, pem = vendor_files.load_private_key(key_path)
+    return vendor_files.sign_statement(key, pem, policy_key_name(pem), below)
 
 
 @dataclass(frozen=True)
@@ -343,7 +196,7 @@ def revoke(
                     "enroll it again to make its approvals revocable",
                 )
             fields.setdefault(field.nv_index, (enrollment, []))[1].append(device)
-    statement = read_statement(statement_path) if statement_path else None
+    statement = vendor_files.read_statement(statement_path) if statement_path else None
     results = []
     for index, (enrollment, on) in fields.items():
         field = enrollment.token.revocation
@@ -358,32 +211,17 @@ def revoke(
         authority = RevocationIndex(index, policy_key_name(chosen.signer_pem))
         if authority.name != field.nv_name:
             raise RefusedError("the statement's signer is not the field's revocation authority")
-        _verify_statement(chosen)
-        rs = utils.decode_dss_signature(chosen.signature)
+        verify_statement(chosen)
         with connect(tcti) as ctx:
             before = read_revoked_bits(ctx, index)
             if before is None:
                 raise StateError(f"TPM NV index 0x{index:08x} (the revocation field) is missing")
-            set_revoked_bits(ctx, authority, chosen.bits, chosen.signer_pem, rs)
+            set_revoked_bits(ctx, authority, chosen.bits, chosen.signer_pem, chosen.signature_rs)
             after = read_revoked_bits(ctx, index) or 0
         results.append(
             Revoked(index, revocation.level_of(before), revocation.level_of(after), tuple(on))
         )
     return results
-
-
-def _verify_statement(statement: Statement) -> None:
-    public = serialization.load_pem_public_key(statement.signer_pem.encode())
-    assert isinstance(public, ec.EllipticCurvePublicKey)  # normalized_public_pem checked it
-    policy = revocation.revocation_statement_policy(statement.nv_name, statement.bits)
-    try:
-        public.verify(statement.signature, digest.approval_digest(policy, REVOKE_REF), _PREHASHED)
-    except InvalidSignature:
-        raise PolicyMismatchError(
-            "the revocation statement's signature does not match its content (tampered or "
-            "corrupted)",
-            "get the statement again from the vendor",
-        ) from None
 
 
 def _statement_for(
@@ -397,7 +235,8 @@ def _statement_for(
         key = keys.load_machine_key(state_dir)
         if key is None:
             raise StateError(f"there is no policy key in {state_dir}", "give --state-dir")
-        return _sign_statement(key, keys.public_pem(key), below)
+        pem = keys.public_pem(key)
+        return vendor_files.sign_statement(key, pem, policy_key_name(pem), below)
     if statement is None:
         raise UsageError(
             "this volume's revocation authority is its vendor: revoking needs the vendor's "

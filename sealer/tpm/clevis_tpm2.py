@@ -36,10 +36,11 @@ from tpm2_pytss.types import (
     TPMU_SYM_MODE,
 )
 
-from sealer.errors import PolicyMismatchError, TokenError, TPMError, TPMMismatchError
+from sealer.errors import PolicyMismatchError, TokenError, TPMMismatchError
 from sealer.pcrs import BANKS, Bank
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import active_banks, selection
+from sealer.tpm.primary import create_owner_primary
 from sealer.tpm.templates import storage_primary
 
 
@@ -117,17 +118,12 @@ def _session_bank(where: str, pub: TPM2B_PUBLIC) -> Bank:
 
 
 def _create_primary(ctx: ESAPI, name_alg: int, key: str) -> ESYS_TR:
-    try:
-        template = primary_template(name_alg, key)
-        handle: ESYS_TR = ctx.create_primary(None, template, ESYS_TR.OWNER)[0]
-    except TSS2_Exception as exc:
-        if exc.error in (TPM2_RC.BAD_AUTH, TPM2_RC.AUTH_FAIL):
-            raise TPMError(
-                "cannot re-create clevis' primary key: the TPM's owner hierarchy has a password",
-                "clevis cannot unseal here either; unlock with the passphrase",
-            ) from exc
-        raise
-    return handle
+    return create_owner_primary(
+        ctx,
+        primary_template(name_alg, key),
+        "re-create clevis' primary key",
+        "clevis cannot unseal here either; unlock with the passphrase",
+    )
 
 
 def _load(

@@ -20,8 +20,9 @@ from tpm2_pytss.types import (
     TPMU_SYM_MODE,
 )
 
-from sealer.errors import TPMError, TPMMismatchError
+from sealer.errors import TPMMismatchError
 from sealer.host.checkpoint import before_write
+from sealer.tpm.primary import create_owner_primary
 
 SRK_HANDLE = 0x81000001
 
@@ -83,15 +84,12 @@ def ensure_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk:
     if existing is not None:
         return existing
     before_write(f"tpm: persist the SRK at 0x{persistent:08x}")
-    try:
-        transient = ctx.create_primary(None, srk_template(), ESYS_TR.OWNER)[0]
-    except TSS2_Exception as exc:
-        if exc.error in (TPM2_RC.BAD_AUTH, TPM2_RC.AUTH_FAIL):
-            raise TPMError(
-                "cannot create the storage root key: the TPM's owner hierarchy has a password",
-                "create the SRK at 0x81000001 yourself (tpm2_createprimary + tpm2_evictcontrol)",
-            ) from exc
-        raise
+    transient = create_owner_primary(
+        ctx,
+        srk_template(),
+        "create the storage root key",
+        "create the SRK at 0x81000001 yourself (tpm2_createprimary + tpm2_evictcontrol)",
+    )
     try:
         handle = ctx.evict_control(ESYS_TR.OWNER, transient, persistent)
     finally:

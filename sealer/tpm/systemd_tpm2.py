@@ -40,6 +40,7 @@ from tpm2_pytss.types import (
 from sealer.errors import PolicyMismatchError, TokenError, TPMError
 from sealer.pcrs import Bank
 from sealer.tpm.pcr import selection
+from sealer.tpm.primary import create_owner_primary
 from sealer.tpm.templates import storage_primary
 
 PRIMARY_ALGS = ("ecc", "rsa")
@@ -91,14 +92,14 @@ def _unmarshal(obj: SystemdSealedObject) -> tuple[TPM2B_PRIVATE, TPM2B_PUBLIC]:
 
 def _create_primary(ctx: ESAPI, alg: str) -> ESYS_TR:
     try:
-        return ctx.create_primary(None, primary_template(alg), ESYS_TR.OWNER)[0]
+        # systemd 252 uses an empty owner password too, so it fails the same way here.
+        return create_owner_primary(
+            ctx,
+            primary_template(alg),
+            "recreate systemd's primary key",
+            "unlock with the passphrase or recovery key",
+        )
     except TSS2_Exception as exc:
-        if exc.error in (TPM2_RC.BAD_AUTH, TPM2_RC.AUTH_FAIL):
-            # systemd 252 uses an empty owner password too, so it fails the same way here.
-            raise TPMError(
-                "cannot recreate systemd's primary key: the TPM's owner hierarchy has a password",
-                "unlock with the passphrase or recovery key",
-            ) from exc
         if alg == "ecc" and exc.error in (TPM2_RC.CURVE, TPM2_RC.ASYMMETRIC, TPM2_RC.VALUE):
             raise TPMError(
                 "this TPM cannot create an ECC P-256 key, but the volume was enrolled with one: "

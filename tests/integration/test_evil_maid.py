@@ -30,7 +30,7 @@ from sealer.luks.enrollment import require_enrollments
 from sealer.pcrs import BANKS
 from sealer.policy import keys
 from sealer.policy.approval import parse_approval, sign_approval
-from sealer.services.unlock import Match, authorized_policy
+from sealer.services.matching import Match, authorized_policy
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.policykey import policy_key_name

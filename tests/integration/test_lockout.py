@@ -27,7 +27,7 @@ from sealer.errors import LockoutError, SealerError
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import enrollments
 from sealer.services import unlock as unlock_service
-from sealer.services.unlock import Match, approvals_of, authorized_policy
+from sealer.services.matching import Match, approvals_of, authorized_policy
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.seal import SealedBlob, unseal

@@ -22,7 +22,7 @@ from simboot import SHA256, SimulatedMachine, boot_of, captured_boot, make_uki
 from sealer.errors import PolicyMismatchError
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import enrollments
-from sealer.services.unlock import approvals_of, authorized_policy, find_match
+from sealer.services.matching import approvals_of, authorized_policy, find_match
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.seal import SealedBlob, unseal

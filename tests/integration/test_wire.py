@@ -23,7 +23,7 @@ from sealer.luks import cryptsetup
 from sealer.luks.enrollment import enrollments
 from sealer.pcrs import BANKS
 from sealer.policy import digest
-from sealer.services.unlock import approvals_of
+from sealer.services.matching import approvals_of
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.seal import AuthorizedPolicy, trial_policy_digest
