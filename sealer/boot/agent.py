@@ -121,7 +121,7 @@ def parse_ask(text: str) -> AskRequest | None:
 _SIMPLE_ESCAPES = {
     "a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11,
     "\\": 92, '"': 34, "'": 39, "?": 63, "s": 32,
-}  # fmt: skip
+}
 
 
 def c_unescape(text: str) -> str:
@@ -386,7 +386,7 @@ class Agent:
         except OSError as error:
             # The asker went away (answered at the console meanwhile, or timed out).
             self.say(f"sealer: {target.volume}: the passphrase request was gone before the "
-                     f"TPM's key could be given ({error.strerror or error})")  # fmt: skip
+                     f"TPM's key could be given ({error.strerror or error})")
             return
         # The first unlock counts from the interpreter's start, as the keyscript's does;
         # a later one (another volume) from its own start.

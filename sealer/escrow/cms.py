@@ -67,7 +67,7 @@ _SHA256_ID = bytes([_SEQUENCE, 11, _OID, 9]) + _SHA256
 _OAEP_PARAMS = (
     bytes([_SEQUENCE, 43, _CONTEXT0, 13]) + _SHA256_ID
     + bytes([_CONTEXT1, 26, _SEQUENCE, 24, _OID, 9]) + _MGF1 + _SHA256_ID
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _key_kind(key: object) -> str:
     if isinstance(key, ec.EllipticCurvePublicKey):
         return f"an EC ({key.curve.name}) key"
     kinds = {ed25519.Ed25519PublicKey: "an Ed25519 key", ed448.Ed448PublicKey: "an Ed448 key",
-             dsa.DSAPublicKey: "a DSA key"}  # fmt: skip
+             dsa.DSAPublicKey: "a DSA key"}
     return next((text for kind, text in kinds.items() if isinstance(key, kind)), "a non-RSA key")
 
 
@@ -110,7 +110,7 @@ def load_certificate(path: Path, now: datetime | None = None) -> EscrowCertifica
         raise UsageError(f"the escrow certificate {path} does not exist", _CERT_HINT) from None
     except OSError as exc:
         raise UsageError(f"cannot read the escrow certificate {path}: {exc.strerror}",
-                         _CERT_HINT) from exc  # fmt: skip
+                         _CERT_HINT) from exc
     try:
         if b"-----BEGIN" in data:
             certificate = x509.load_pem_x509_certificate(data)
@@ -135,7 +135,7 @@ def load_certificate(path: Path, now: datetime | None = None) -> EscrowCertifica
         key = certificate.public_key()
     except (UnsupportedAlgorithm, ValueError) as exc:
         raise UsageError(f"the escrow certificate {path} holds a key sealer cannot read: "
-                         "escrow needs an RSA certificate", _RSA_HINT) from exc  # fmt: skip
+                         "escrow needs an RSA certificate", _RSA_HINT) from exc
     if not isinstance(key, rsa.RSAPublicKey):
         # CMS key agreement (EC) is not something cryptography can envelope to.
         raise UsageError(
@@ -172,7 +172,7 @@ def _usages(usage: x509.KeyUsage) -> str:
             ("keyCertSign", usage.key_cert_sign),
             ("cRLSign", usage.crl_sign),
         ) if on
-    ]  # fmt: skip
+    ]
     return ", ".join(names) or "nothing"
 
 
@@ -192,13 +192,13 @@ def encrypt(certificate: EscrowCertificate, data: bytes) -> str:
     issuer, serial = _issuer_and_serial(certificate.certificate)
     recipient = _der(_SEQUENCE, _der(_INTEGER, b"\0") + _der(_SEQUENCE, issuer + serial)
                      + _der(_SEQUENCE, _der(_OID, _RSAES_OAEP) + _OAEP_PARAMS)
-                     + _der(_OCTETS, wrapped))  # fmt: skip
+                     + _der(_OCTETS, wrapped))
     gcm = _der(_SEQUENCE, _der(_OID, _AES256_GCM)
                + _der(_SEQUENCE, _der(_OCTETS, nonce) + _der(_INTEGER, bytes([_GCM_TAG]))))
     content_info = _der(_SEQUENCE, _der(_OID, _DATA) + gcm
-                        + _der(_CONTEXT0_PRIMITIVE, ciphertext))  # fmt: skip
+                        + _der(_CONTEXT0_PRIMITIVE, ciphertext))
     auth_enveloped = _der(_SEQUENCE, _der(_INTEGER, b"\0") + _der(_SET, recipient)
-                          + content_info + _der(_OCTETS, tag))  # fmt: skip
+                          + content_info + _der(_OCTETS, tag))
     der = _der(_SEQUENCE, _der(_OID, _AUTH_ENVELOPED_DATA) + _der(_CONTEXT0, auth_enveloped))
     body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
     return f"-----BEGIN {PEM_LABEL}-----\n{body}\n-----END {PEM_LABEL}-----\n"
@@ -227,7 +227,7 @@ def _issuer_and_serial(certificate: x509.Certificate) -> tuple[bytes, bytes]:
             raise _Malformed("unexpected TBSCertificate")
     except _Malformed as exc:
         raise UsageError(f"the escrow certificate {certificate.subject.rfc4514_string()} "
-                         "cannot be read", _CERT_HINT) from exc  # fmt: skip
+                         "cannot be read", _CERT_HINT) from exc
     return _der(_SEQUENCE, fields[2].value), _der(_INTEGER, fields[0].value)
 
 
@@ -262,14 +262,14 @@ def load_private_key(
             key = load(data, password=password)
         except (ValueError, TypeError) as exc:
             raise AuthError(f"wrong password for the private key {source}",
-                            "give the right one with --key-password-file") from exc  # fmt: skip
+                            "give the right one with --key-password-file") from exc
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise UsageError(f"{source} is not a PEM or DER private key",
                          "give the organisation's escrow private key with --key") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
         raise UsageError(f"the private key {source} is not an RSA key",
                          "escrow envelopes are made to RSA certificates: give that "
-                         "certificate's private key with --key")  # fmt: skip
+                         "certificate's private key with --key")
     return key
 
 

@@ -87,11 +87,11 @@ def parse_record(doc: object) -> EscrowRecord:
     if type(version) is not int or version not in READABLE_VERSIONS:
         raise TokenError(f"it has version {version!r}; this sealer reads versions "
                          f"{' and '.join(map(str, READABLE_VERSIONS))}",
-                         "use a newer sealer")  # fmt: skip
+                         "use a newer sealer")
     texts = {name: _text(doc, name) for name in (
         "machine_id", "hostname", "device", "volume_uuid", "created", "certificate_sha256",
         "certificate_subject", "cms",
-    )}  # fmt: skip
+    )}
     if not MACHINE_ID.fullmatch(texts["machine_id"]):
         raise TokenError("its machine_id is not a machine id")
     if not is_uuid(texts["volume_uuid"]):
@@ -112,7 +112,7 @@ def parse_record(doc: object) -> EscrowRecord:
     return EscrowRecord(
         token=_slot(doc, "token"), keyslot=_slot(doc, "keyslot"), keyslot_salt=salt,
         version=version, **texts,
-    )  # fmt: skip
+    )
 
 
 def _text(doc: dict[str, Any], name: str) -> str:
@@ -148,7 +148,7 @@ def read_record(path: Path) -> EscrowRecord:
         return parse_record(doc)
     except TokenError as exc:
         raise TokenError(f"{path} is not a sealer escrow record: {exc.message}",
-                         exc.hint or "use another copy of the record") from exc  # fmt: skip
+                         exc.hint or "use another copy of the record") from exc
 
 
 def write_record(directory: Path, record: EscrowRecord) -> Path:
@@ -164,7 +164,7 @@ def write_record(directory: Path, record: EscrowRecord) -> Path:
         write_private_file(path, data)
     except OSError as exc:
         raise StateError(f"cannot write the escrow record {path}: {exc.strerror}",
-                         directory_hint(directory, exc.errno)) from exc  # fmt: skip
+                         directory_hint(directory, exc.errno)) from exc
     return path
 
 

@@ -62,40 +62,40 @@ def boot_option_findings(cmdline: str) -> list[BootOptionFinding]:
                 "runs before it, so it could ask the TPM for the key while the bound PCRs "
                 "match; bind the command line (a signed UKI, or PCR 8 with GRUB, PCR 12 with "
                 "systemd-boot) so that such a boot does not unlock"
-            )))  # fmt: skip
+            )))
         elif key == "init" and eq:
             found.append(BootOptionFinding(word, "note", (
                 "runs on the real root after the initramfs has capped the PCRs: "
                 f"{_SHELL_AFTER_CAP}"
-            )))  # fmt: skip
+            )))
         elif key in ("break", "rd.break", "rdbreak"):
             found.append(BootOptionFinding(word, "capped", (
                 f"the initramfs stops at a shell; sealer caps the PCRs first: {_SHELL_AFTER_CAP}"
-            )))  # fmt: skip
+            )))
         elif key in _DEBUG_SHELLS and value not in ("0", "no", "false"):
             found.append(BootOptionFinding(word, "capped", (
                 "a root shell on a virtual console (tty9) from early in the boot; sealer caps "
                 "the PCRs before it starts (or powers off), so this boot's volumes ask for "
                 "their passphrase"
-            )))  # fmt: skip
+            )))
         elif (key in ("systemd.unit", "rd.systemd.unit") and value in _SHELL_UNITS) or (
             not eq and word in _RUNLEVEL_SHELLS
         ):
             found.append(BootOptionFinding(word, "capped", (
                 f"boots into a rescue or emergency shell; sealer caps the PCRs first: "
                 f"{_SHELL_AFTER_CAP}"
-            )))  # fmt: skip
+            )))
         elif key in ("rd.shell", "rdshell") and value not in ("0", "no", "false"):
             found.append(BootOptionFinding(word, "capped", (
                 "dracut offers its emergency shell when the boot fails; sealer caps the PCRs "
                 f"first: {_SHELL_AFTER_CAP}"
-            )))  # fmt: skip
+            )))
     if not any(w.startswith("panic=") for w in words[:end]):
         found.append(BootOptionFinding("panic=", "capped", (
             "not set: initramfs-tools offers a shell when the root does not mount (and "
             "dracut its emergency shell, unless rd.shell=0); sealer caps the PCRs first: "
             f"{_SHELL_AFTER_CAP}. panic=N reboots instead"
-        )))  # fmt: skip
+        )))
     return found
 
 

@@ -376,7 +376,7 @@ def check_install_is_roots(python: str) -> None:
     import stat
 
     places = [Path(os.path.abspath(python)), Path(os.path.realpath(python)),
-              Path(os.__file__).parent, *map(Path, site.getsitepackages())]  # fmt: skip
+              Path(os.__file__).parent, *map(Path, site.getsitepackages())]
     for module in ("sealer", "cryptography", "tpm2_pytss"):
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.origin:
@@ -523,7 +523,7 @@ def plan_disable(request: WireRequest) -> Plan:
                 HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH,
                 KERNEL_HOOK_PATH, INITRAMFS_UPDATE_HOOK_PATH, PRUNE_UNIT_PATH,
             )
-        ]  # fmt: skip
+        ]
     commands, command_notes = _commands(request)
     warnings = [f"{tool} is not installed" for tool in _missing_tools(commands)]
     return Plan(

@@ -37,7 +37,7 @@ def _systemd_binding(token: Token) -> ToolBinding:
         kind=systemd_tpm2.TOKEN_TYPE, tool="systemd-cryptenroll", token_id=token.token_id,
         keyslots=parsed.keyslots, pcr_bank=parsed.pcr_bank, pcrs=parsed.pcrs,
         unlock=partial(systemd_tpm2.passphrase, parsed),
-    )  # fmt: skip
+    )
 
 
 def _clevis_binding(token: Token) -> ToolBinding:
@@ -51,7 +51,7 @@ def _clevis_binding(token: Token) -> ToolBinding:
     return ToolBinding(
         kind=clevis.TOKEN_TYPE, tool="clevis", token_id=token.token_id,
         keyslots=parsed.keyslots, pcr_bank=parsed.pcr_bank, pcrs=parsed.pcrs, unlock=unlock,
-    )  # fmt: skip
+    )
 
 
 # LUKS2 token type -> its reader. The literals keep the interop modules (and the TPM code

@@ -191,7 +191,7 @@ def parse_metadata(device: str, uuid: str, text: str) -> LuksHeader:
         device=device, uuid=uuid, keyslots=keyslots, tokens=tokens,
         json_size=json_size if json_size is not None and len(size or "") < 12 else None,
         json_used=len(text),
-    )  # fmt: skip
+    )
 
 
 def _section(doc: Mapping[str, Any], name: str, device: str) -> Mapping[str, Any]:

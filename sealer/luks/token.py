@@ -138,7 +138,7 @@ class SealerToken:
         if self.recovery is None:
             return {}
         fields = {"keyslot": self.recovery.keyslot, "pending": self.recovery.pending,
-                  "retired": self.recovery.retired}  # fmt: skip
+                  "retired": self.recovery.retired}
         return {"recovery": {k: v for k, v in fields.items() if v is not None}}
 
     def _revocation_json(self) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class SealerToken:
                 "nv_index": f"0x{r.nv_index:08x}", "nv_name": r.nv_name.hex(),
                 "authority": r.authority,
             }
-        }  # fmt: skip
+        }
 
 
 def _b64(data: bytes) -> str:
@@ -253,7 +253,7 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
         "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
         "sealed_public", "sealed_private", "pin_salt", "policy_keys", "approvals", "created",
         "revocation", "enrolling", "recovery", "enrollment_id", "retirement",
-    }  # fmt: skip
+    }
     enrollment_id = None
     if version == TOKEN_VERSION:
         enrollment_id = r.hexbytes("enrollment_id")

@@ -51,7 +51,7 @@ EVENT_TYPES = {
     0x8000000B: "EV_EFI_HANDOFF_TABLES2", 0x8000000C: "EV_EFI_VARIABLE_BOOT2",
     0x800000E0: "EV_EFI_VARIABLE_AUTHORITY", 0x800000E1: "EV_EFI_SPDM_FIRMWARE_BLOB",
     0x800000E2: "EV_EFI_SPDM_FIRMWARE_CONFIG",
-}  # fmt: skip
+}
 _VARIABLE_EVENTS = {0x80000001, 0x80000002, 0x8000000C, 0x800000E0}
 _IMAGE_EVENTS = {0x80000003, 0x80000004, 0x80000005}
 _UTF16_EVENTS = {0x8}  # EV_S_CRTM_VERSION
@@ -112,7 +112,7 @@ class EventLog:
         return sorted(
             pcr for pcr, value in live.items()
             if replayed.get(pcr, bank.initial_value(pcr)) != value
-        )  # fmt: skip
+        )
 
 
 def replay_digests(

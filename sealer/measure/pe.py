@@ -47,7 +47,7 @@ _ZERO_CHUNK = bytes(1 << 20)
 # it holds signatures *of* the expected PCR 11, so it cannot be an input to it.
 STUB_SECTIONS = (
     ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrsig", ".pcrpkey",
-)  # fmt: skip
+)
 _UNMEASURED_SECTIONS = frozenset({".pcrsig"})
 
 

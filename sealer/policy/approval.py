@@ -129,10 +129,10 @@ class Approval:
     def _signed_json(self) -> dict[str, Any]:
         release = {} if self.release is None else {
             "release": self.release, "nv_name": self.nv_name.hex()
-        }  # fmt: skip
+        }
         epoch = {} if self.epoch is None else {
             "epoch": self.epoch, "epoch_nv_name": self.epoch_nv_name.hex()
-        }  # fmt: skip
+        }
         return {
             **release,
             **epoch,

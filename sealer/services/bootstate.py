@@ -51,7 +51,7 @@ class BootState:
         return sorted(
             p for p, v in (self.live or {}).items()
             if self.replayed.get(p, self.bank.initial_value(p)) != v
-        )  # fmt: skip
+        )
 
 
 def read_boot_state(

@@ -105,7 +105,7 @@ def check_request(req: EnrollRequest) -> None:
         )
     if req.escrow is not None and not req.recovery_key:
         raise UsageError("--escrow-cert escrows the recovery key, and there is none",
-                         "add --recovery-key")  # fmt: skip
+                         "add --recovery-key")
 
 
 def preflight(device: str, tcti: str | None, cap_pcr: int) -> None:
@@ -170,7 +170,7 @@ def _log_findings(
     unaccounted = [
         p for p in req.pcrs
         if p not in req.expected and replayed.get(p, req.bank.initial_value(p)) != current[p]
-    ]  # fmt: skip
+    ]
     if unaccounted:
         warnings.append(
             f"the event log does not account for the value of PCR {format_pcrs(unaccounted)}, "
@@ -251,7 +251,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         machine_key, key_name, req.bank, [approved], comment="enroll", events=[record],
         release=(level, nv_name), policy_ref=binding.policy_ref("machine"),
         epoch=(counter.value, counter.name),
-    )  # fmt: skip
+    )
 
     token = SealerToken(
         keyslot=keyslot,
@@ -330,7 +330,7 @@ def _write_enrollment(
         cryptsetup.add_keyslot(
             req.device, unlock_key=req.unlock_key, new_key=tpm_key, slot=token.keyslot,
             minimal_kdf=True,
-        )  # fmt: skip
+        )
         try:
             cryptsetup.prefer_keyslot(req.device, token.keyslot)
         except SealerError as error:  # only a boot-time cost: the enrollment works without it
@@ -344,14 +344,14 @@ def _write_enrollment(
                 # passphrase's is not.
                 req.device, unlock_key=tpm_key, new_key=recovery.encode("ascii"), slot=slot,
                 minimal_kdf=True,
-            )  # fmt: skip
+            )
             token = replace(token, recovery=RecoveryRef(keyslot=slot))
             if req.escrow is not None:
                 progress(f"escrowing the recovery key to {req.escrow.certificate.subject}")
                 record = escrow_key(
                     req.escrow, device=req.device, uuid=uuid, token_id=token_id, keyslot=slot,
                     key=recovery, keyslot_salt=cryptsetup.keyslot_salt(req.device, slot),
-                )  # fmt: skip
+                )
         if req.keep_recovery is not None:
             # Only the complete token names a recovery keyslot it takes over: an incomplete
             # one's keyslots are cleared by the next run, and that one must stay.

@@ -47,7 +47,7 @@ class Escrow:
 def prepare_escrow(
     certificate: Path, directory: Path, machine_id: str | None,
     machine_id_file: Path = MACHINE_ID_FILE,
-) -> Escrow:  # fmt: skip
+) -> Escrow:
     """Check everything escrow needs before anything changes: a bad input costs nothing."""
     checked = cms.load_certificate(certificate)
     if machine_id is None:
@@ -66,10 +66,10 @@ def read_machine_id(path: Path = MACHINE_ID_FILE) -> str:
         text = path.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist, so this machine has no machine id",
-                         "give one with --machine-id") from None  # fmt: skip
+                         "give one with --machine-id") from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}",
-                         "give the machine id with --machine-id") from exc  # fmt: skip
+                         "give the machine id with --machine-id") from exc
     if not MACHINE_ID.fullmatch(text):
         raise UsageError(f"{path} does not hold a machine id", "give one with --machine-id")
     return text
@@ -82,16 +82,16 @@ def _check_writable(directory: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise StateError(f"the escrow directory {directory} cannot be made: {existing} is not "
-                         "a directory", directory_hint(directory))  # fmt: skip
+                         "a directory", directory_hint(directory))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StateError(f"the escrow directory {directory} is not writable",
-                         directory_hint(directory))  # fmt: skip
+                         directory_hint(directory))
 
 
 def escrow_key(
     escrow: Escrow, *, device: str, uuid: str, token_id: int, keyslot: int, key: str,
     keyslot_salt: str | None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Encrypt ``key`` to the certificate and write its record durably; the record's path.
 
     ``keyslot_salt`` is the KDF salt of the keyslot that holds ``key`` (see EscrowRecord).
@@ -146,11 +146,11 @@ def recover(record_path: Path, key_path: Path, read_password: Callable[[], bytes
         if record.version >= 2 and not cms.is_authenticated(record.cms):
             # Version 2 promises RSA-OAEP and AES-GCM: an older envelope in it is a downgrade.
             raise TokenError(f"its version is {record.version} but its envelope is not an "
-                             "AuthEnvelopedData (RSA-OAEP, AES-GCM)")  # fmt: skip
+                             "AuthEnvelopedData (RSA-OAEP, AES-GCM)")
         content = cms.decrypt(record.cms, key)
     except TokenError as exc:
         raise TokenError(f"{record_path} is not a sealer escrow record: {exc.message}",
-                         "use another copy of the record") from exc  # fmt: skip
+                         "use another copy of the record") from exc
     except AuthError:
         raise wrong_key from None
     if not is_recovery_key(content):  # what a wrong key yields when it slips past padding

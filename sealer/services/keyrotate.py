@@ -82,7 +82,7 @@ def _half_removed(header: LuksHeader) -> list[int]:
     return [
         t.token_id for t in header.tokens_of_type(TOKEN_TYPE)
         if not t.keyslots and "enrolling" not in t.data
-    ]  # fmt: skip
+    ]
 
 
 def _enrollments(device: str) -> list[Enrollment]:
@@ -92,7 +92,7 @@ def _enrollments(device: str) -> list[Enrollment]:
     parsed = [
         Enrollment(t.token_id, parse_token(t.token_id, t.data))
         for t in header.tokens_of_type(TOKEN_TYPE) if t.token_id not in half
-    ]  # fmt: skip
+    ]
     return [e for e in parsed if e.token.complete]
 
 
@@ -102,7 +102,7 @@ def _finish_half_removed(device: str, key_name: bytes, tcti: str | None) -> list
     done = []
     for token_id in _half_removed(header):
         names = [k.get("name") for k in header.tokens[token_id].data.get("policy_keys", [])
-                 if isinstance(k, dict)]  # fmt: skip
+                 if isinstance(k, dict)]
         if key_name.hex() in names:
             done.append(remove(device, token_id, tcti).token_id)
     return done
@@ -148,7 +148,7 @@ def _same_binding(a: Enrollment, b: Enrollment) -> bool:
 def rotate(
     req: RotateRequest, found: dict[str, list[Enrollment]], secrets: SecretsFor,
     progress: Progress,
-) -> list[Rotated]:  # fmt: skip
+) -> list[Rotated]:
     current = _current_key(req.state_dir)
     keys.load_or_create_machine_key(req.state_dir, NEXT_KEY_FILE)
     _replace_revocation_field(req, current, found)
@@ -170,7 +170,7 @@ def _replace_revocation_field(
     if not any(
         e.token.revocation is not None and e.token.revocation.authority == "machine"
         for enrollments_of_device in found.values() for e in enrollments_of_device
-    ):  # fmt: skip
+    ):
         return
     old_field = RevocationIndex(REVOCATION_INDEX, current)
     with connect(req.tcti) as ctx:
@@ -180,7 +180,7 @@ def _replace_revocation_field(
 def _rotate_device(
     req: RotateRequest, current: bytes, device: str, old: list[Enrollment],
     secrets: SecretsFor, progress: Progress,
-) -> Rotated:  # fmt: skip
+) -> Rotated:
     enrolled: list[int] = []
     warnings: list[str] = []
     removed = _finish_half_removed(device, current, req.tcti)
@@ -192,7 +192,7 @@ def _rotate_device(
             token = enrollment.token
             vendor = next((k.public_pem for k in token.policy_keys if k.role == "vendor"), None)
             progress(f"{device}: enrolling token {enrollment.token_id}'s binding again under the "
-                     "next policy key")  # fmt: skip
+                     "next policy key")
             result = enroll(
                 EnrollRequest(
                     device=device, unlock_key=unlock_key, bank=bank_named(token.pcr_bank),
@@ -202,7 +202,7 @@ def _rotate_device(
                     machine_key_file=NEXT_KEY_FILE, keep_recovery=token.recovery,
                 ),
                 progress,
-            )  # fmt: skip
+            )
             enrolled.append(result.token_id)
             warnings += result.warnings
     for enrollment in old:

@@ -118,7 +118,7 @@ def migrate(req: MigrateRequest, read_pin: PinReader, progress: Progress) -> Mig
         warnings = []
     if req.keep_old:
         return Migrated(req.device, binding.kind, binding.token_id, binding.keyslots, False,
-                        enrolled, warnings)  # fmt: skip
+                        enrolled, warnings)
     after = cryptsetup.read_header(req.device)
     if not after.keyslots_without_token():
         raise RefusedError(
@@ -135,4 +135,4 @@ def migrate(req: MigrateRequest, read_pin: PinReader, progress: Progress) -> Mig
     if binding.token_id in cryptsetup.read_header(req.device).tokens:
         cryptsetup.remove_token(req.device, binding.token_id)
     return Migrated(req.device, binding.kind, binding.token_id, binding.keyslots, True,
-                    enrolled, warnings)  # fmt: skip
+                    enrolled, warnings)

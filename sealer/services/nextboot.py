@@ -146,7 +146,7 @@ def installed_versions(boot_dir: Path) -> list[str]:
         n.removeprefix("vmlinuz-") for n in names
         # dpkg's half-unpacked files (vmlinuz-V.dpkg-new) are not a kernel that boots.
         if n.startswith("vmlinuz-") and n != "vmlinuz-" and ".dpkg-" not in n
-    ]  # fmt: skip
+    ]
     return sorted(versions, key=version_key)
 
 
@@ -276,7 +276,7 @@ class NextBootCheck:
             offline=self.request.offline,
             revocation=nv_field.locator if nv_field else None,
             retirement_index=enrollment.counter_index,
-        )  # fmt: skip
+        )
         prediction = self._predict(state, boot)
         unpredictable = {p: why for p, why in prediction.unpredictable.items() if p in bound}
         cap = {token.cap_pcr: bank.initial_value(token.cap_pcr)}
@@ -320,7 +320,7 @@ class _Judge:
                 True, match.approval_index,
                 f"approval {match.approval_index} ({match.approval.comment}) holds the "
                 "predicted PCR values",
-            )  # fmt: skip
+            )
         revoked = find_match(self.approvals, predicted)
         if revoked is not None and self.state.revoked_bits is not None:
             level = revocation.level_of(self.state.revoked_bits)
@@ -328,7 +328,7 @@ class _Judge:
                 False, revoked.approval_index,
                 f"approval {revoked.approval_index} holds the predicted PCR values, but it is "
                 f"for release {revoked.approval.release} and releases below {level} are revoked",
-            )  # fmt: skip
+            )
         if self.unpredictable:
             why = "; ".join(
                 f"PCR {p} cannot be predicted: {reason}"
@@ -340,7 +340,7 @@ class _Judge:
         closest = min((a.differing_pcrs(predicted) for a in self.approvals), key=len)
         what = f"PCR {closest[0]} differs" if len(closest) == 1 else (
             f"PCRs {format_pcrs(closest)} differ"
-        )  # fmt: skip
+        )
         if find_match(self.approvals, now, holds) is not None:
             todo = f"run '{self.reseal}'"
         else:  # reseal refuses to predict from a boot that is not approved itself

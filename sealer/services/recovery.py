@@ -51,7 +51,7 @@ def _the_enrollment(header: LuksHeader, token_id: int | None) -> Enrollment:
     if len(found) > 1:
         ids = ", ".join(str(e.token_id) for e in found)
         raise UsageError(f"{header.device} has several sealer tokens ({ids})",
-                         "choose one with --token")  # fmt: skip
+                         "choose one with --token")
     return found[0]
 
 
@@ -116,7 +116,7 @@ def rotate(
 
     def record(recovery: RecoveryRef) -> None:
         cryptsetup.import_token(device, tid, replace(token, recovery=recovery).to_json(),
-                                replace=True)  # fmt: skip
+                                replace=True)
 
     progress(f"recording keyslot {slot} for the new recovery key in token {tid}")
     record(RecoveryRef(keyslot=old, pending=slot))
@@ -124,7 +124,7 @@ def rotate(
     progress(f"adding keyslot {slot} for the new recovery key")
     try:
         cryptsetup.add_keyslot(device, unlock_key=unlock_key, new_key=key.encode("ascii"),
-                               slot=slot, minimal_kdf=True)  # fmt: skip
+                               slot=slot, minimal_kdf=True)
     except SealerError:
         record(RecoveryRef(keyslot=old))  # e.g. a wrong passphrase: as it was before
         raise
@@ -135,7 +135,7 @@ def rotate(
             record_path = escrow_key(
                 escrow, device=device, uuid=header.uuid, token_id=tid, keyslot=slot, key=key,
                 keyslot_salt=cryptsetup.keyslot_salt(device, slot),
-            )  # fmt: skip
+            )
         except SealerError:
             # Nobody has the new key: take it away again, as a failed add would leave it.
             drop_keyslot_if_sealer_made(cryptsetup.read_header(device), slot)

@@ -40,7 +40,7 @@ def remove(device: str, token_id: int | None, tcti: str | None = None) -> Remove
     if len(tokens) > 1:
         ids = ", ".join(str(t.token_id) for t in tokens)
         raise UsageError(f"{device} has several sealer tokens ({ids})",
-                         "choose one with --token")  # fmt: skip
+                         "choose one with --token")
     token = tokens[0]
     slots = tuple(s for s in token.keyslots if s in header.keyslots)
     slots += _unfinished_slots(header, token)

@@ -145,7 +145,7 @@ def _pending(
                 kept.append(
                     ApprovedState(f"kept: approved {approval.created}", branch,
                                   approval.event_record(index))
-                )  # fmt: skip
+                )
     return kept
 
 
@@ -224,7 +224,7 @@ def _sign_and_write(rewrite: _Rewrite, states: Sequence[ApprovedState], epoch: i
     others = [
         doc for doc, approval in zip(token.approvals, approvals_of(enrollment), strict=True)
         if approval.key_name != rewrite.key_name
-    ]  # fmt: skip
+    ]
     counter = token.retirement
     approval = sign_approval(
         rewrite.key,
@@ -275,7 +275,7 @@ def _reseal_one(
         _bank_of(enrollment), token.pcrs, log_path=req.log_path, tcti=req.tcti,
         offline=req.offline, revocation=field.locator if field else None,
         retirement_index=enrollment.counter_index,
-    )  # fmt: skip
+    )
     current_values = _with_cap(enrollment, state.values(token.pcrs))
     warnings = []
     if not state.verified:
@@ -309,14 +309,14 @@ def _reseal_one(
     states += _pending(
         [a for a in holding if a.key_name == key_name], machine_pem, state.tpm_boot,
         current_values,
-    )  # fmt: skip
+    )
     states = _dedupe(states)[: digest.MAX_OR_BRANCHES]
     progress(f"signing an approval of {len(states)} boot state(s) for token {enrollment.token_id}")
     release = _release(enrollment, mine, state.revoked_bits)
     rewrite = _Rewrite(
         enrollment, device, key, key_name, "reseal", req.dry_run, state.tpm_boot, release,
         req.tcti, offline=req.offline,
-    )  # fmt: skip
+    )
     _write(rewrite, states, mine)
     return VolumeApproval(
         device=device,
@@ -354,7 +354,7 @@ def _prune_one(
     approvals = [
         a for a in approvals_of(enrollment)
         if a.key_name == key_name and _holds(enrollment, bits, counter, a)
-    ]  # fmt: skip
+    ]
     current = _with_cap(enrollment, live)
     match = _matching(approvals, current)
     if match is None:
@@ -368,7 +368,7 @@ def _prune_one(
         ApprovedState("this boot", approvals[a_index].branches[b_index],
                       approvals[a_index].event_record(b_index)),
         *_pending(approvals, keys.public_pem(key), tpm_boot, current),
-    ]  # fmt: skip
+    ]
     keep = _dedupe(keep)[: digest.MAX_OR_BRANCHES]
     before = sum(len(a.branches) for a in approvals)
     changed = before != len(keep)

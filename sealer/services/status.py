@@ -65,7 +65,7 @@ def _tpm_view(enrollment: Enrollment, tcti: str | None) -> dict[str, Any]:
     if enrollment.token.retirement is not None:
         view["retirement"] = {
             "nv_index": f"0x{enrollment.token.retirement.nv_index:08x}", "counter": counter,
-        }  # fmt: skip
+        }
     view["srk_present"] = srk is not None
     view["srk_matches"] = srk is not None and srk.name == token.srk_name
     view["current_pcrs"] = {str(p): v.hex() for p, v in sorted(current.items())}
@@ -102,7 +102,7 @@ CheckNextBoot = Callable[[str, Enrollment], dict[str, Any]]
 def volume_status(
     device: str, tcti: str | None, next_boot: CheckNextBoot | None = None,
     escrow_dir: Path = DEFAULT_ESCROW_DIR, state_dir: Path = DEFAULT_STATE_DIR,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     header = cryptsetup.read_header(device)
     report = _describe(header, tcti, next_boot, escrow_dir)
     report["tpm"] = _tpm_state(tcti, state_dir)
@@ -117,7 +117,7 @@ def _tpm_state(tcti: str | None, state_dir: Path = DEFAULT_STATE_DIR) -> dict[st
     try:
         with connect(tcti) as ctx:
             return {"lockout": read_lockout(ctx).to_json(),
-                    "hygiene": tpm_hygiene(ctx, state_dir)}  # fmt: skip
+                    "hygiene": tpm_hygiene(ctx, state_dir)}
     except SealerError as exc:
         return {"error": exc.one_line()}
 
@@ -140,7 +140,7 @@ def _render_tpm(tpm: dict[str, Any]) -> str:
 def _describe(
     header: LuksHeader, tcti: str | None, next_boot: CheckNextBoot | None = None,
     escrow_dir: Path = DEFAULT_ESCROW_DIR,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     claimed: dict[int, str] = {}
     for token in header.tokens.values():
         for slot in token.keyslots:

@@ -165,7 +165,7 @@ def _escrow(escrow: Escrow, auth: bytes, progress: Progress) -> Path:
 def _take(
     ctx: Tpm, srk: Srk, state_dir: Path, auth: bytes | None, escrow: Escrow | None,
     progress: Progress,
-) -> None:  # fmt: skip
+) -> None:
     """The lockout authorization is empty: set the DA parameters, then ``auth`` (or a new one)."""
     progress(
         f"closing the TPM's lockout hierarchy (DA: {SEALER_DA.max_tries} tries, one back every "
@@ -217,7 +217,7 @@ def _secure(
             return []
         _set_aside(state_dir)  # never tried again: each wrong try locks the hierarchy
         return [f"{SOMEONE_ELSES} (an interrupted enrollment's value is not it: kept as "
-                f"{_rejected_path(state_dir)})"]  # fmt: skip
+                f"{_rejected_path(state_dir)})"]
     if held is not None:  # sealer set it; escrowed now if it was not yet to this directory
         if escrow is not None and not _escrow_path(escrow).exists():
             _escrow(escrow, held, progress)

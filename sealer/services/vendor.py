@@ -81,7 +81,7 @@ def sign_release(
         key, name, bank, [values], comment=comment,
         events=[event_record(prediction.measurements, pcrs)], release=(release, field.name),
         policy_ref=binding.policy_ref("vendor"),
-    )  # fmt: skip
+    )
     return ApprovalFile(approval, pem)
 
 
@@ -139,7 +139,7 @@ def install(path: Path, devices: Sequence[str]) -> list[Installed]:
                 doc for doc in token.approvals
                 if not (doc.get("key_name") == approval.key_name.hex()
                         and doc.get("release") == approval.release)
-            ]  # fmt: skip
+            ]
             vendor = [d for d in kept if d.get("key_name") == approval.key_name.hex()]
             vendor.sort(key=lambda d: int(d.get("release", 0)))
             dropped = vendor[: max(0, len(vendor) + 1 - KEEP_VENDOR_APPROVALS)]

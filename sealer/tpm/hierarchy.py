@@ -158,7 +158,7 @@ def set_da_parameters(ctx: ESAPI, auth: bytes, params: DaParameters = SEALER_DA)
         ctx.dictionary_attack_parameters(
             params.max_tries, params.recovery_time_s, params.lockout_recovery_s,
             lock_handle=ESYS_TR.LOCKOUT, session1=session,
-        )  # fmt: skip
+        )
 
 
 def lockout_auth_in_force(ctx: ESAPI, auth: bytes, params: DaParameters = SEALER_DA) -> bool:

@@ -91,7 +91,7 @@ def ensure_revocation_index(ctx: ESAPI, wanted: RevocationIndex) -> bytes:
     area = public.nvPublic
     if (int(area.attributes) & ~WRITTEN, bytes(area.authPolicy), int(area.dataSize)) != (
         ATTRIBUTES, wanted.auth_policy, _FIELD_BYTES,
-    ):  # fmt: skip
+    ):
         raise RefusedError(
             f"TPM NV index 0x{wanted.index:08x} exists but is not this revocation field (another "
             "program's, or one made for another revocation authority)",
@@ -180,4 +180,4 @@ def apply_release_check(ctx: ESAPI, session: ESYS_TR, index: int, operand: bytes
     ctx.policy_nv(
         handle, handle, session, TPM2B_OPERAND(operand), TPM2_EO.BITCLEAR,
         session1=ESYS_TR.PASSWORD,
-    )  # fmt: skip
+    )

@@ -125,4 +125,4 @@ def apply_epoch_check(ctx: ESAPI, session: ESYS_TR, index: int, operand: bytes) 
     ctx.policy_nv(
         handle, handle, session, TPM2B_OPERAND(operand), TPM2_EO.UNSIGNED_LE,
         session1=ESYS_TR.PASSWORD,
-    )  # fmt: skip
+    )

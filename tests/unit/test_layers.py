@@ -22,12 +22,12 @@ import sealer
 
 PACKAGE = Path(sealer.__file__).parent
 LAYERS = {
-    "errors": 0, "pcrs": 0, "host": 0, "__init__": 0,
-    "tpm": 1, "luks": 1, "policy": 1, "measure": 1, "escrow": 1, "interop": 1,
+    **dict.fromkeys(("errors", "pcrs", "host", "__init__"), 0),
+    **dict.fromkeys(("tpm", "luks", "policy", "measure", "escrow", "interop"), 1),
     "install": 2,
     "services": 3,
-    "boot": 4, "cli": 4, "__main__": 4,
-}  # fmt: skip
+    **dict.fromkeys(("boot", "cli", "__main__"), 4),
+}
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -80,8 +80,11 @@ def test_no_import_runs_up_the_layers() -> None:
 
 def test_no_two_folders_import_each_other() -> None:
     pairs = {(_folder(m), folder) for m, _, folder in _edges() if _folder(m) != folder}
-    loops = sorted(f"{a} <-> {b}" for a, b in itertools.combinations(sorted(LAYERS), 2)
-                   if (a, b) in pairs and (b, a) in pairs)  # fmt: skip
+    loops = sorted(
+        f"{a} <-> {b}"
+        for a, b in itertools.combinations(sorted(LAYERS), 2)
+        if (a, b) in pairs and (b, a) in pairs
+    )
     assert loops == []
 
 
