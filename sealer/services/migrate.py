@@ -28,8 +28,7 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class MigrateRequest:
-    """A volume bound by another tool (systemd-cryptenroll, clevis) to move to a sealer enrollment.
-    """
+    """A volume bound by systemd-cryptenroll or clevis, to be moved to a sealer enrollment."""
 
     device: str
     pcrs: Sequence[int] | None  # None: the PCRs the old binding used
@@ -42,8 +41,7 @@ class MigrateRequest:
 
 @dataclass(frozen=True)
 class Migrated:
-    """What migrate did: the other tool's binding it replaced, and whether that binding was removed.
-    """
+    """What migrate did: the other tool's binding it replaced, and whether that was removed."""
 
     device: str
     old_kind: str
