@@ -11,6 +11,8 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
+    """The process exit codes, one per error class (documented in README.md)."""
+
     OK = 0
     INTERNAL = 1  # a bug in sealer: please report it
     USAGE = 2  # bad command line (click's own code)
@@ -46,46 +48,68 @@ class SealerError(Exception):
 
 
 class DeviceError(SealerError):
+    """The device is missing, unreadable, or not a LUKS2 volume."""
+
     exit_code = ExitCode.DEVICE
 
 
 class TPMUnavailableError(SealerError):
+    """No TPM can be reached: no device node, no resource manager, or a bad TCTI."""
+
     exit_code = ExitCode.TPM_UNAVAILABLE
 
 
 class PolicyMismatchError(SealerError):
+    """The boot state matches no approval that holds, so the TPM will not release the key."""
+
     exit_code = ExitCode.POLICY
 
 
 class AuthError(SealerError):
+    """A wrong passphrase, recovery key or PIN."""
+
     exit_code = ExitCode.AUTH
 
 
 class TPMMismatchError(SealerError):
+    """The volume was enrolled with another TPM, or that TPM's SRK is gone."""
+
     exit_code = ExitCode.TPM_MISMATCH
 
 
 class LockoutError(SealerError):
+    """The TPM is in dictionary-attack lockout and refuses authorization for now."""
+
     exit_code = ExitCode.LOCKOUT
 
 
 class TokenError(SealerError):
+    """No usable sealer token: none, a corrupted one, one of an unknown version."""
+
     exit_code = ExitCode.TOKEN
 
 
 class HeaderFullError(SealerError):
+    """The LUKS2 header has no free keyslot, or no room left for the token."""
+
     exit_code = ExitCode.HEADER_FULL
 
 
 class StateError(SealerError):
+    """The state directory or the machine policy key in it cannot be used."""
+
     exit_code = ExitCode.STATE
 
 
 class RefusedError(SealerError):
+    """Going on would leave the volume without a passphrase or recovery key to open it."""
+
     exit_code = ExitCode.REFUSED
 
 
 class UsageError(SealerError):
+    """The request itself is wrong: conflicting options, a value out of range, a missing input."""
+
     exit_code = ExitCode.USAGE
 
 

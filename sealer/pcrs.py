@@ -19,6 +19,8 @@ _ONES_AT_RESET = range(17, 23)
 
 @dataclass(frozen=True)
 class Bank:
+    """A PCR bank: its hash and TPM algorithm id, and the PCR arithmetic done with that hash."""
+
     name: str
     alg_id: int  # TPM2_ALG_ID
     size: int
@@ -47,6 +49,7 @@ PcrValues = Mapping[int, bytes]
 
 
 def bank_named(name: str) -> Bank:
+    """The bank called ``name`` (in any case); UsageError when there is none."""
     try:
         return BANKS[name.lower()]
     except KeyError:
@@ -56,6 +59,7 @@ def bank_named(name: str) -> Bank:
 
 
 def parse_pcr_index(text: str) -> int:
+    """A PCR index given as text (e.g. on the command line); UsageError when it is not one."""
     text = text.strip()
     # isascii(): str.isdigit() is also true for digits int() refuses, such as "²".
     if not (text.isascii() and text.isdigit()) or not 0 <= int(text) < PCR_COUNT:
@@ -93,4 +97,5 @@ def parse_pcr_value(text: str, default_bank: Bank) -> tuple[int, Bank, bytes]:
 
 
 def format_pcrs(indices: Iterable[int]) -> str:
+    """PCR indices as messages show them: sorted, comma-separated."""
     return ",".join(str(i) for i in sorted(indices))

@@ -174,11 +174,14 @@ def expired(not_after: int, now: int) -> bool:
 
 
 def monotonic_us() -> int:
+    """Now on CLOCK_MONOTONIC in µs: the clock and unit of an ask file's ``NotAfter=``."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
 @dataclass(frozen=True)
 class Target:
+    """The volume a passphrase request is for: its mapping name and its LUKS device."""
+
     volume: str  # the mapping's name, as the console and the user know it
     source: str  # the device holding the LUKS header
 
@@ -193,6 +196,7 @@ def attach_target(argv: list[str], device: str) -> Target:
 
 
 def read_cmdline(pid: int | None) -> list[str]:
+    """The command line of process ``pid`` (the asker), or [] when it is gone or unknown."""
     if pid is None:
         return []
     try:
@@ -216,6 +220,7 @@ def process_alive(pid: int | None) -> bool:
 
 
 def read_tried(record: Path) -> set[str]:
+    """The devices the TPM was already tried for in this boot (none when there is no record)."""
     try:
         return set(record.read_text(encoding="utf-8", errors="surrogateescape").splitlines())
     except OSError:
@@ -223,6 +228,7 @@ def read_tried(record: Path) -> set[str]:
 
 
 def remember_tried(record: Path, device: str) -> None:
+    """Record that the TPM was tried for ``device``, so this boot never tries it again."""
     record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(record, "a", encoding="utf-8", errors="surrogateescape") as handle:
         handle.write(device + "\n")
@@ -249,6 +255,7 @@ def notify_ready() -> None:
 
 
 def pending_files(ask_dir: Path) -> Iterator[Path]:
+    """The ask files waiting in ``ask_dir``, in name order (none when it cannot be read)."""
     try:
         names = sorted(os.listdir(ask_dir))
     except OSError:
@@ -259,6 +266,7 @@ def pending_files(ask_dir: Path) -> Iterator[Path]:
 
 
 def directory_empty(ask_dir: Path) -> bool:
+    """Whether no request is left in ``ask_dir`` (an unreadable one counts as empty)."""
     try:
         return not os.listdir(ask_dir)
     except OSError:
@@ -310,6 +318,11 @@ class ConsolePin:
 
 @dataclass
 class Agent:
+    """The password agent: answers each request with the TPM's key, once per device and boot.
+
+    Its paths, TPM and unlocker are fields so that tests can point them elsewhere.
+    """
+
     ask_dir: Path = ASK_DIR
     tried_record: Path = TRIED_RECORD
     cap_record: Path = CAP_RECORD
@@ -427,6 +440,11 @@ def stand_aside(ask_dir: Path, error: BaseException) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the agent (``--once``: one pass over the requests); returns the exit status.
+
+    Any exception, even a bug, ends in standing aside for the console agent, so the user still
+    gets the passphrase prompt.
+    """
     ask_dir = ASK_DIR
     try:
         parser = argparse.ArgumentParser(

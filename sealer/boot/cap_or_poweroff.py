@@ -62,6 +62,11 @@ def _released(record: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Cap the recorded PCRs; returns 0 when capped (or no TPM and no key released), otherwise 1
+    after wiping the open mappings' keys, for the wrapper to power off.
+
+    Takes no options (``argv`` is ignored), so that no caller can weaken it.
+    """
     del argv  # no options: the same program for every caller, so that none can weaken it
     pcrs = recorded_caps()
     released = _released(CAP_RECORD)

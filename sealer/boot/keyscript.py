@@ -56,6 +56,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def main() -> int:
+    """Print the key of the crypttab volume in the environment; returns the exit status.
+
+    0 when the key was written to standard output; otherwise non-zero, with one console line
+    saying why, so that the wrapper falls back to the passphrase prompt (even after a bug).
+    """
     source = os.environ.get("CRYPTTAB_SOURCE", "")
     volume = os.environ.get("CRYPTTAB_NAME") or source
     if not source:

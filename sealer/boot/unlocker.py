@@ -51,6 +51,8 @@ class _PinAttempt:
 
 @dataclass(frozen=True)
 class BootUnlock:
+    """The key the TPM released for a volume at boot, and how long that took."""
+
     unsealed: Unsealed
     seconds: float  # from the start of this process to the key in hand
 
@@ -85,6 +87,12 @@ def seconds_since_process_start() -> float:
 def unlock_for_boot(
     device: str, *, tcti: str | None, read_pin: PinAsker, tpm_timeout: float
 ) -> BootUnlock:
+    """Release ``device``'s key in the initramfs: wait for the TPM, then unseal.
+
+    A wrong PIN is asked again, up to PIN_PROMPTS times, saying what went wrong. Raises
+    SealerError (PolicyMismatchError, AuthError, TPMUnavailableError, ...) when no key is
+    released; the caller then falls back to the passphrase.
+    """
     # The header first: a volume with no enrollment falls back at once, not after the wait.
     header = enrolled_header(device)
     if tcti is None:
@@ -123,6 +131,7 @@ def fallback_line(volume: str, error: BaseException) -> str:
 
 
 def released_line(volume: str, seconds: float) -> str:
+    """The console line that says the TPM released ``volume``'s key, and how fast."""
     return f"sealer: {volume}: key released by the TPM in {seconds:.2f} s"
 
 

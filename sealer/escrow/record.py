@@ -42,6 +42,10 @@ _MAX_SLOT = 31  # LUKS2 has keyslots and tokens 0 to 31
 
 @dataclass(frozen=True)
 class EscrowRecord:
+    """One escrowed recovery key: the volume and keyslot it opens, and the key itself in a CMS
+    envelope that only the holder of the escrow certificate's private key can open.
+    """
+
     machine_id: str
     hostname: str
     device: str
@@ -169,6 +173,7 @@ def write_record(directory: Path, record: EscrowRecord) -> Path:
 
 
 def directory_hint(directory: Path, error: int | None = None) -> str:
+    """What to do about an escrow directory sealer cannot write (``--escrow-dir`` names another)."""
     return files.directory_hint(directory, "--escrow-dir", error)
 
 

@@ -29,6 +29,8 @@ _PIPE_CAPACITY = 65536
 
 @dataclass(frozen=True)
 class Completed:
+    """A child process that ran to its end: its argv, exit status and output."""
+
     argv: tuple[str, ...]
     returncode: int
     stdout: bytes
@@ -98,6 +100,7 @@ def secret_pipe(secret: bytes) -> Iterator[int]:
 
 
 def fd_path(fd: int) -> str:
+    """The path under which a child process opens descriptor ``fd`` passed on to it."""
     return f"/dev/fd/{fd}"
 
 

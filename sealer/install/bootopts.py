@@ -26,6 +26,8 @@ _RUNLEVEL_SHELLS = ("single", "emergency", "rescue", "-b", "s", "S", "1")
 
 @dataclass(frozen=True)
 class BootOptionFinding:
+    """What one kernel command-line option (or a missing one) means for a TPM unlock."""
+
     option: str  # as on the command line (or "panic=" when its absence is the finding)
     level: str  # "risk", "capped" or "note"
     text: str

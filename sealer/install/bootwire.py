@@ -71,6 +71,8 @@ EnrollmentCheck = Callable[[str], str | None]
 
 @dataclass(frozen=True)
 class WireRequest:
+    """What ``sealer boot enable|disable`` is asked to do: which crypttab entries, where."""
+
     names: tuple[str, ...] = ()
     root: Path | None = None  # a chroot or image tree; None: this machine
     crypttab: Path | None = None  # None: /etc/crypttab (under root)
@@ -81,6 +83,8 @@ class WireRequest:
 
 @dataclass(frozen=True)
 class FileChange:
+    """One file the plan creates, updates or removes: its contents and mode before and after."""
+
     path: Path
     change: Change
     before: bytes | None
@@ -119,6 +123,8 @@ class FileChange:
 
 @dataclass(frozen=True)
 class EntryChange:
+    """One crypttab entry's line before and after the plan (the same when it needs no change)."""
+
     name: str
     line: int
     source: str
@@ -132,6 +138,12 @@ class EntryChange:
 
 @dataclass(frozen=True)
 class Plan:
+    """Everything ``sealer boot enable|disable`` would do, computed by pure reads.
+
+    Applying it writes the files in order, then runs the commands; ``--dry-run`` prints it
+    instead.
+    """
+
     action: Literal["enable", "disable"]
     crypttab: Path
     entries: tuple[EntryChange, ...]

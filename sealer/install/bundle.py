@@ -194,6 +194,7 @@ def shared_libpython() -> Path | None:
 
 
 def find_library(name: str) -> Path:
+    """The installed shared library ``name``, resolved; SealerError when it is not installed."""
     for directory in _LIBRARY_DIRS:
         candidate = Path(directory) / name
         if candidate.exists():
@@ -221,6 +222,9 @@ def write_pure(bundle: Bundle, destdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Lay out the bundle in ``--destdir``, printing each file the hook must copy as an
+    ``exec|file SOURCE DEST`` line; returns 1 (with the reason on stderr) when it cannot.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m sealer.install.bundle",
         description=__doc__,

@@ -72,6 +72,10 @@ class Line:
 
 @dataclass(frozen=True)
 class Crypttab:
+    """An /etc/crypttab, line by line: rendering it gives back the exact text it was parsed
+    from, so that an edit changes only the lines it means to.
+    """
+
     lines: tuple[Line, ...]
 
     @classmethod

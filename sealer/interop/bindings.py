@@ -20,6 +20,10 @@ PinReader = Callable[[], bytes]
 
 @dataclass(frozen=True)
 class ToolBinding:
+    """Another tool's TPM binding of a volume (systemd-cryptenroll or clevis), and how to ask
+    the TPM for its key.
+    """
+
     kind: str  # the LUKS2 token type: "systemd-tpm2" or "clevis"
     tool: str  # who made it, for messages
     token_id: int
@@ -63,6 +67,9 @@ _READERS: dict[str, Callable[[Token], ToolBinding]] = {
 
 
 def has_tool_binding(header: LuksHeader) -> bool:
+    """Whether the header holds a token of another tool that sealer can read (systemd-tpm2,
+    clevis).
+    """
     return any(header.tokens_of_type(kind) for kind in _READERS)
 
 
@@ -81,6 +88,8 @@ def tool_bindings(header: LuksHeader) -> tuple[list[ToolBinding], list[SealerErr
 
 @dataclass(frozen=True)
 class ToolKey:
+    """The key another tool's binding released, and that binding."""
+
     key: bytes  # the keyslot passphrase: a secret, never logged
     binding: ToolBinding
 

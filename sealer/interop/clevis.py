@@ -52,6 +52,10 @@ _REPAIR = "unlock with the passphrase, then 'clevis luks unbind' this binding an
 
 @dataclass(frozen=True)
 class ClevisTpm2Token:
+    """A clevis tpm2 pin's LUKS2 token, parsed: the object the TPM unseals (a JWK), and the JWE
+    that this JWK decrypts to the keyslot passphrase.
+    """
+
     token_id: int
     keyslots: tuple[int, ...]
     pcr_bank: str  # "" when clevis bound without a PCR policy (no pcr_ids)

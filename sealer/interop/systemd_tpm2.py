@@ -47,6 +47,8 @@ _HINT = "unlock with the passphrase or recovery key"
 
 @dataclass(frozen=True)
 class SystemdTpm2Token:
+    """A ``systemd-tpm2`` token of systemd-cryptenroll, parsed as systemd 252 writes it."""
+
     token_id: int
     keyslots: tuple[int, ...]
     pcr_bank: str  # "sha1", "sha256", "sha384" or "sha512"

@@ -41,6 +41,7 @@ def _check_device(device: str) -> bytes:
 
 
 def read_header(device: str) -> LuksHeader:
+    """The LUKS2 header of ``device``; DeviceError when it is missing, unreadable or not LUKS2."""
     info = probe(device, _check_device(device))
     result = run([CRYPTSETUP, "luksDump", "--dump-json-metadata", device])
     if result.returncode != 0:
@@ -111,6 +112,11 @@ def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
 
 
 def open_volume(device: str, name: str, key: bytes, slot: int) -> None:
+    """Open ``device`` as /dev/mapper/``name`` with ``key``, trying keyslot ``slot`` only.
+
+    AuthError when the keyslot rejects the key; DeviceError for any other failure (such as no
+    device-mapper, in a container).
+    """
     argv = [CRYPTSETUP, "open", "--type", "luks2", "--key-file=-", "--key-slot", str(slot)]
     result = run([*argv, device, name], stdin=key)
     if result.returncode != 0:
@@ -160,6 +166,7 @@ def wipe_open_keys(sys_block: str = "/sys/block") -> list[str]:
 
 
 def kill_keyslot(device: str, slot: int) -> None:
+    """Remove keyslot ``slot`` from ``device``; DeviceError when cryptsetup fails."""
     before_write(f"luks: remove keyslot {slot}")
     result = run([CRYPTSETUP, "luksKillSlot", "--batch-mode", device, str(slot)])
     if result.returncode != 0:
@@ -203,6 +210,7 @@ def _token_import_error(device: str, token_id: int, size: int, result: Completed
 
 
 def remove_token(device: str, token_id: int) -> None:
+    """Remove token ``token_id`` from ``device``'s header; DeviceError when cryptsetup fails."""
     before_write(f"luks: remove token {token_id}")
     argv = [CRYPTSETUP, "token", "remove", "--token-id", str(token_id), device]
     result = run(argv)

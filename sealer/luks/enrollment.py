@@ -13,6 +13,8 @@ from sealer.policy.binding import CAP_PCRS, Binding
 
 @dataclass(frozen=True)
 class Enrollment:
+    """One sealer enrollment of a volume: a parsed sealer token and its id in the header."""
+
     token_id: int
     token: SealerToken
 
@@ -56,6 +58,9 @@ def enrollments(header: LuksHeader, *, interrupted: bool = False) -> list[Enroll
 
 
 def interrupted_error(header: LuksHeader, token_id: int) -> TokenError:
+    """The error for an enrollment that stopped half-way: 'sealer enroll' finishes it, 'sealer
+    remove' takes it away.
+    """
     return TokenError(
         f"the enrollment in token {token_id} of {header.device} was interrupted before it "
         "was complete",
@@ -94,5 +99,8 @@ def require_enrollments(header: LuksHeader, token_id: int | None = None) -> list
 
 
 def default_mapping_name(header: LuksHeader) -> str:
+    """The mapping name when none is given, ``luks-<UUID>``; the UUID is checked, since it names
+    a path.
+    """
     # The UUID comes from the header: only a real UUID may name /dev/mapper/luks-UUID.
     return f"luks-{require_uuid(header.uuid, header.device)}"

@@ -35,6 +35,8 @@ MINIMAL_PBKDF2_ITERATIONS = 1000
 
 @dataclass(frozen=True)
 class Probe:
+    """What the first bytes of the device say, before cryptsetup reads it: LUKS version and UUID."""
+
     version: int
     uuid: str
 
@@ -78,6 +80,10 @@ def require_uuid(text: str, device: str) -> str:
 
 @dataclass(frozen=True)
 class Keyslot:
+    """One keyslot: its number and KDF, and the salt that tells its current key from earlier
+    ones.
+    """
+
     slot: int
     kdf: str  # "pbkdf2", "argon2id", "argon2i"
     iterations: int | None = None  # PBKDF2 only
@@ -92,6 +98,8 @@ class Keyslot:
 
 @dataclass(frozen=True)
 class Token:
+    """One token of any type, its JSON kept as stored: only the reader of that type parses it."""
+
     token_id: int
     type: str
     keyslots: tuple[int, ...]
@@ -100,6 +108,8 @@ class Token:
 
 @dataclass(frozen=True)
 class LuksHeader:
+    """What sealer needs of a LUKS2 header: its keyslots, its tokens and the room left for more."""
+
     device: str
     uuid: str
     keyslots: Mapping[int, Keyslot]

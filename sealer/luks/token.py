@@ -75,6 +75,8 @@ class RecoveryRef:
 
 @dataclass(frozen=True)
 class SealerToken:
+    """A sealer token, parsed: the sealed secret, what its policy binds, and its approvals."""
+
     keyslot: int
     srk_handle: int
     srk_name: bytes
@@ -193,6 +195,9 @@ class _Reader:
 
 
 def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
+    """Parse and check a sealer token's JSON; TokenError when it is corrupted or of an unknown
+    version.
+    """
     where = f"sealer token {token_id}"
     r = _Reader(doc, where)
     if doc.get("type") != TOKEN_TYPE:

@@ -20,6 +20,8 @@ from sealer.pcrs import format_pcrs
 
 @dataclass(frozen=True)
 class Coverage:
+    """Which PCRs measure the kernel, the initrd and the kernel command line in a boot."""
+
     kernel: tuple[int, ...]  # PCRs that measure it in this boot; () when none does
     initrd: tuple[int, ...]
     cmdline: tuple[int, ...]
@@ -33,6 +35,9 @@ class Coverage:
 
 
 def coverage(log: EventLog) -> Coverage:
+    """Which PCRs measured the kernel, the initrd and the command line in the boot ``log``
+    records.
+    """
     events = log.events
     application = any(
         e.pcr == 4 and e.type == eventlog.EV_EFI_BOOT_SERVICES_APPLICATION for e in events

@@ -20,6 +20,8 @@ from sealer.policy.approval import Approval, EventRecord
 
 @dataclass(frozen=True)
 class PcrDifference:
+    """How one PCR of this boot differs from an approved state, down to the events."""
+
     pcr: int
     approved: bytes
     current: bytes
@@ -32,6 +34,8 @@ class PcrDifference:
 
 @dataclass(frozen=True)
 class StateDifference:
+    """How this boot differs from one approved state (a branch of an approval), PCR by PCR."""
+
     approval: int
     branch: int
     created: str

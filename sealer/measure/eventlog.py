@@ -67,6 +67,8 @@ class EventLogError(MeasurementError):
 
 @dataclass(frozen=True)
 class Event:
+    """One event of the TCG event log: the PCR it extends, its type, its digests and its data."""
+
     number: int  # position in the log, the Spec ID event being 0
     pcr: int
     type: int
@@ -91,6 +93,8 @@ class Event:
 
 @dataclass(frozen=True)
 class EventLog:
+    """A parsed crypto-agile TCG event log: the banks it records and its events."""
+
     algorithms: Mapping[str, int]  # bank name -> digest size, as the Spec ID event lists them
     events: tuple[Event, ...]
     startup_locality: int = 0

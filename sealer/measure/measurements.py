@@ -29,6 +29,9 @@ class Measurement:
 
 
 def measurements_of(log: EventLog, bank: Bank) -> list[Measurement]:
+    """The log's measurements in ``bank``, described for a person (EV_NO_ACTION events left
+    out); EventLogError when the log does not record that bank.
+    """
     log.replay(bank)  # refuses a bank the log does not record, with a clear message
     found = []
     previous: eventlog.Event | None = None
@@ -55,10 +58,14 @@ def _stub_contents(event: eventlog.Event, previous: eventlog.Event | None) -> bo
 
 
 def replay(measurements: Sequence[Measurement], bank: Bank, locality: int) -> dict[int, bytes]:
+    """The PCR values ``measurements`` give when extended from reset (PCR 0's depends on
+    ``locality``).
+    """
     return eventlog.replay_digests(((m.pcr, m.digest) for m in measurements), bank, locality)
 
 
 def prefix(digest: bytes) -> str:
+    """The leading hex digits of ``digest`` that event records keep and messages show."""
     return digest.hex()[:EVENT_PREFIX_HEX]
 
 

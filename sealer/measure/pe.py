@@ -57,6 +57,8 @@ class PeImageError(MeasurementError):
 
 @dataclass(frozen=True)
 class Section:
+    """One section of a PE image (a UKI), as the firmware loads it into memory."""
+
     name: str  # the header's 8-byte name up to its first NUL, e.g. ".linux"
     # The section as the firmware loads it into memory, which is what systemd-stub hashes:
     # VirtualSize bytes, i.e. the raw data truncated to VirtualSize, or zero-filled up to it.

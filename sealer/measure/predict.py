@@ -35,6 +35,8 @@ MAX_IMAGE_BYTES = 1024 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Change:
+    """One event that differs between this boot's log and the predicted next boot."""
+
     pcr: int
     event: int | None  # the current log's event that changes (None: a new event)
     type_name: str
@@ -65,6 +67,8 @@ class NextBoot:
 
 @dataclass(frozen=True)
 class Prediction:
+    """The next boot's predicted PCR values in one bank, and the events that make them differ."""
+
     bank: Bank
     current: Mapping[int, bytes]  # the current log replayed: every PCR it extends
     predicted: Mapping[int, bytes]  # the predicted measurements replayed
@@ -80,6 +84,7 @@ class Prediction:
 
 
 def read_image(path: Path) -> bytes:
+    """A boot image's bytes; MeasurementError when it cannot be read or is over 1 GiB."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_IMAGE_BYTES + 1)

@@ -37,6 +37,10 @@ _TPM_BOOT_CONTEXT = b"sealer approval tpm_boot v1\x00"
 
 @dataclass(frozen=True)
 class Approval:
+    """A signed approval: the boot states (PCR values, one branch each) in which a policy key
+    lets the TPM release the sealed secret, through PolicyAuthorize.
+    """
+
     bank: Bank
     branches: tuple[PcrValues, ...]
     policy_ref: bytes
@@ -159,6 +163,11 @@ def sign_approval(
     release: tuple[int, bytes] | None = None,  # (release number, revocation field's NV name)
     epoch: tuple[int, bytes] | None = None,  # (epoch, retirement counter's NV name)
 ) -> Approval:
+    """Sign an approval of ``branches`` with ``key``, whose TPM name is ``key_name``.
+
+    ``release`` and ``epoch`` bind it to the revocation field and the retirement counter.
+    ValueError when there are not 1 to MAX_OR_BRANCHES branches.
+    """
     if not 1 <= len(branches) <= digest.MAX_OR_BRANCHES:
         raise ValueError(f"an approval holds 1 to {digest.MAX_OR_BRANCHES} boot states")
     unsigned = Approval(
@@ -213,6 +222,10 @@ def verify_approval(approval: Approval, public_pem: str) -> None:
 
 
 def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:
+    """Parse and check an approval's JSON, not its signature (verify_approval does that);
+    TokenError when it is corrupted or of an unknown version.
+    """
+
     def fail(what: str) -> TokenError:
         return TokenError(f"{where} is corrupted ({what})")
 

@@ -53,11 +53,15 @@ def pcr_composite(values: PcrValues) -> bytes:
 
 
 def policy_pcr(previous: bytes, bank: Bank, values: PcrValues) -> bytes:
+    """The policy digest after TPM2_PolicyPCR of ``values`` in ``bank``."""
     selection = pcr_selection(bank, sorted(values))
     return _h(previous, _cc(CC_POLICY_PCR), selection, pcr_composite(values))
 
 
 def policy_or(branches: Sequence[bytes]) -> bytes:
+    """The policy digest after TPM2_PolicyOR of ``branches`` (2 to MAX_OR_BRANCHES); ValueError
+    otherwise.
+    """
     if not 2 <= len(branches) <= MAX_OR_BRANCHES:
         raise ValueError(f"PolicyOR takes 2 to {MAX_OR_BRANCHES} branches, not {len(branches)}")
     # PolicyOR resets the digest, then hashes in the list of allowed branch digests.
@@ -65,10 +69,12 @@ def policy_or(branches: Sequence[bytes]) -> bytes:
 
 
 def policy_authorize(previous: bytes, key_name: bytes, policy_ref: bytes) -> bytes:
+    """The policy digest after TPM2_PolicyAuthorize by the key named ``key_name``."""
     return _h(_h(previous, _cc(CC_POLICY_AUTHORIZE), key_name), policy_ref)
 
 
 def policy_auth_value(previous: bytes) -> bytes:
+    """The policy digest after TPM2_PolicyAuthValue (the PIN)."""
     return _h(previous, _cc(CC_POLICY_AUTH_VALUE))
 
 
@@ -83,19 +89,23 @@ def approved_policy(bank: Bank, branches: Sequence[PcrValues]) -> bytes:
 def policy_nv(
     previous: bytes, nv_name: bytes, operand: bytes, offset: int, operation: int
 ) -> bytes:
+    """The policy digest after TPM2_PolicyNV comparing ``operand`` with the NV index's data."""
     args = _h(operand, struct.pack(">HH", offset, operation))
     return _h(previous, _cc(CC_POLICY_NV), args, nv_name)
 
 
 def policy_cp_hash(previous: bytes, cp_hash: bytes) -> bytes:
+    """The policy digest after TPM2_PolicyCpHash: only the command with these parameters."""
     return _h(previous, _cc(CC_POLICY_CP_HASH), cp_hash)
 
 
 def policy_command_code(previous: bytes, code: int) -> bytes:
+    """The policy digest after TPM2_PolicyCommandCode: only the command ``code``."""
     return _h(previous, _cc(CC_POLICY_COMMAND_CODE), _cc(code))
 
 
 def policy_nv_written(previous: bytes, written: bool) -> bytes:
+    """The policy digest after TPM2_PolicyNvWritten: the index was (or was never) written."""
     return _h(previous, _cc(CC_POLICY_NV_WRITTEN), bytes([written]))
 
 

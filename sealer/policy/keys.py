@@ -20,6 +20,7 @@ _KEY_HINT = "make one with 'sealer policy keygen' (ECC P-256, PEM, as openssl wr
 
 
 def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    """The public half of ``key`` as PEM (SubjectPublicKeyInfo)."""
     return (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -59,6 +60,9 @@ def _state_hint(state_dir: Path, error: int | None = None) -> str:
 def load_machine_key(
     state_dir: Path, name: str = MACHINE_KEY_FILE
 ) -> ec.EllipticCurvePrivateKey | None:
+    """The policy key ``name`` in ``state_dir``, or None when there is none; StateError when it
+    cannot be read or used.
+    """
     path = state_dir / name
     try:
         data = path.read_bytes()
@@ -79,6 +83,9 @@ def load_machine_key(
 def load_or_create_machine_key(
     state_dir: Path, name: str = MACHINE_KEY_FILE
 ) -> ec.EllipticCurvePrivateKey:
+    """The policy key ``name`` in ``state_dir``, created (P-256, a private file) when there is
+    none yet.
+    """
     key = load_machine_key(state_dir, name)
     if key is not None:
         return key

@@ -47,6 +47,7 @@ def counter_tag(enrollment_id: bytes) -> bytes:
 
 
 def epoch_operand(epoch: int) -> bytes:
+    """``epoch`` as the 8-byte big-endian operand a PolicyNV compares the counter with."""
     if not 0 <= epoch < 2**64:
         raise ValueError(f"an epoch is a 64-bit counter value, not {epoch}")
     return struct.pack(">Q", epoch)

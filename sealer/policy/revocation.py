@@ -51,6 +51,8 @@ _SHA256 = 0x000B
 
 @dataclass(frozen=True)
 class RevocationIndex:
+    """The NV index whose bits revoke releases, and the key whose statements alone may set them."""
+
     index: int
     authority_name: bytes  # TPM name of the key whose statements may set bits
 
@@ -84,6 +86,7 @@ class RevocationIndex:
 
 
 def check_release(release: int) -> int:
+    """``release``, when it is a number the revocation field can revoke; ValueError otherwise."""
     if not 0 <= release < RELEASES:
         raise ValueError(f"a release is numbered 0 to {RELEASES - 1}, not {release}")
     return release
@@ -115,6 +118,7 @@ def level_of(bits: int) -> int:
 
 
 def is_revoked(bits: int, release: int) -> bool:
+    """Whether the revocation field's ``bits`` revoke ``release``."""
     return bool(bits & (1 << release))
 
 

@@ -24,6 +24,12 @@ from sealer.tpm.retirement import counter_value
 
 @dataclass(frozen=True)
 class BootState:
+    """What this boot measured: its event log, replayed, and (online) the TPM's live values.
+
+    Offline there is no TPM to check the log against, so ``live`` is None and the replayed log is
+    all there is.
+    """
+
     log: EventLog
     bank: Bank
     measurements: tuple[Measurement, ...]

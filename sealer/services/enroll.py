@@ -51,6 +51,8 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class EnrollRequest:
+    """Everything ``sealer enroll`` needs to bind a volume to this TPM and boot state."""
+
     device: str
     unlock_key: bytes
     bank: Bank
@@ -76,6 +78,8 @@ class EnrollRequest:
 
 @dataclass(frozen=True)
 class EnrollResult:
+    """What an enrollment added to the volume: its token, keyslots and approved state."""
+
     device: str
     uuid: str
     token_id: int
@@ -91,6 +95,11 @@ class EnrollResult:
 
 
 def check_request(req: EnrollRequest) -> None:
+    """Refuse a request that contradicts itself, before anything is read or changed.
+
+    UsageError when the capping PCR is also bound, a --pcr value is for an unselected PCR, or an
+    option needs another that is missing.
+    """
     check_cap_pcr(req.cap_pcr)
     if req.cap_pcr in req.pcrs:
         raise UsageError(
@@ -192,6 +201,15 @@ def _clear_interrupted(header: LuksHeader, tcti: str | None, progress: Progress)
 
 
 def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
+    """Seal a new secret in the TPM and add it to the volume as a keyslot and a sealer token.
+
+    The secret is bound to the selected PCRs through an approval signed by the machine's policy key
+    (created in ``state_dir`` on first use), so later boot images can be approved without enrolling
+    again. Returns what was added; with ``recovery_key``, the new recovery key is in the result,
+    shown once. An enrollment interrupted earlier is cleared first. HeaderFullError when no keyslot
+    or token slot is free; UsageError for a contradictory request; TPM errors as the TPM raises
+    them.
+    """
     check_request(req)
     header = cryptsetup.read_header(req.device)
     log, log_warnings = _boot_log(req)  # before any change: a bad --eventlog changes nothing

@@ -62,6 +62,7 @@ def prepare_escrow(
 
 
 def read_machine_id(path: Path = MACHINE_ID_FILE) -> str:
+    """This machine's id from /etc/machine-id; UsageError when it is missing or malformed."""
     try:
         text = path.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
@@ -123,6 +124,8 @@ def escrowed(directory: Path, header: LuksHeader, keyslot: int) -> bool | None:
 
 @dataclass(frozen=True)
 class Recovered:
+    """A recovery key taken back out of its escrow record, with the record it came from."""
+
     record: EscrowRecord
     key: str  # the recovery key itself: shown once to whoever holds the organisation's key
 

@@ -21,6 +21,8 @@ from sealer.tpm.pcr import read_pcrs
 
 @dataclass(frozen=True)
 class Explanation:
+    """Why one enrollment would or would not unlock in this boot, state by approved state."""
+
     device: str
     token_id: int
     bank: str
@@ -76,6 +78,13 @@ def _state_json(s: StateDifference) -> dict[str, Any]:
 def explain_volume(
     device: str, *, log_path: Path | None, tcti: str | None, offline: bool
 ) -> list[Explanation]:
+    """Explain, for each sealer enrollment of ``device``, whether this boot unlocks it and why.
+
+    Each approved state is compared with this boot, down to the events that changed a PCR. Online,
+    an unreadable event log still gives an answer from the TPM's live PCRs (without event details);
+    offline it raises MeasurementError, since the log is then the only source. TokenError when the
+    device has no sealer enrollment.
+    """
     header = cryptsetup.read_header(device)
     results = []
     for enrollment in require_enrollments(header):

@@ -44,6 +44,10 @@ SecretsFor = Callable[[str, bool], tuple[bytes, bytes | None]]
 
 @dataclass(frozen=True)
 class Rotated:
+    """One volume after a key rotation: the enrollments added under the next key and the old ones
+    removed.
+    """
+
     device: str
     enrolled: tuple[int, ...]  # the new tokens, under the next key
     removed: tuple[int, ...]  # the old tokens taken away
@@ -52,6 +56,8 @@ class Rotated:
 
 @dataclass(frozen=True)
 class RotateRequest:
+    """The volumes whose enrollments move to the next machine policy key."""
+
     devices: Sequence[str]
     state_dir: Path
     tcti: str | None
@@ -149,6 +155,13 @@ def rotate(
     req: RotateRequest, found: dict[str, list[Enrollment]], secrets: SecretsFor,
     progress: Progress,
 ) -> list[Rotated]:
+    """Replace the machine policy key: enroll each volume again under the next key, then remove the
+    enrollments under the current one, then promote the next key in ``state_dir``.
+
+    ``found`` holds each device's enrollments under the current key and ``secrets`` supplies the
+    passphrase or recovery key that authorises each new enrollment. Returns one Rotated per device.
+    Safe to interrupt and rerun: see the module's docstring.
+    """
     current = _current_key(req.state_dir)
     keys.load_or_create_machine_key(req.state_dir, NEXT_KEY_FILE)
     _replace_revocation_field(req, current, found)

@@ -22,6 +22,8 @@ from sealer.tpm.seal import AuthorizedPolicy
 
 @dataclass(frozen=True)
 class Match:
+    """The approval, and the branch of it, whose PCR values this boot's state matches."""
+
     approval_index: int
     approval: Approval
     branch_index: int
@@ -78,6 +80,9 @@ def find_match(
     current: PcrValues,
     holds: Callable[[Approval], bool] = lambda approval: True,
 ) -> Match | None:
+    """The first approval (among those ``holds`` accepts) with a branch that ``current`` matches, or
+    None.
+    """
     for index, approval in enumerate(approvals):
         if not holds(approval):
             continue
@@ -88,6 +93,7 @@ def find_match(
 
 
 def mismatch_error(approvals: Sequence[Approval], current: PcrValues) -> PolicyMismatchError:
+    """The error for a boot state no approval matches, naming the fewest PCRs that differ."""
     if not approvals:
         return PolicyMismatchError("the enrollment has no approved boot state")
     closest = min((a.differing_pcrs(current) for a in approvals), key=len)
@@ -101,6 +107,7 @@ def mismatch_error(approvals: Sequence[Approval], current: PcrValues) -> PolicyM
 
 
 def authorized_policy(enrollment: Enrollment, match: Match) -> AuthorizedPolicy:
+    """What the TPM needs to satisfy the sealed object's policy with the matched approval."""
     approval = match.approval
     token = enrollment.token
     binding = enrollment.binding
@@ -156,6 +163,7 @@ def _index_of(
 
 
 def retired_error(approval: Approval, counter: int) -> PolicyMismatchError:
+    """The error for a matching approval signed for an epoch the retirement counter has passed."""
     return PolicyMismatchError(
         f"the approval that matches this boot was retired (signed for epoch {approval.epoch}, "
         f"the enrollment's retirement counter is at {counter}): an older copy of the header, "
@@ -182,6 +190,7 @@ def still_holds(
 
 
 def revoked_error(approval: Approval, bits: int) -> PolicyMismatchError:
+    """The error for a matching approval whose release the revocation field has revoked."""
     level = revocation.level_of(bits)
     return PolicyMismatchError(
         f"this boot image was revoked: its approval is for release {approval.release}, and "

@@ -28,6 +28,8 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class MigrateRequest:
+    """A volume bound by systemd-cryptenroll or clevis, to be moved to a sealer enrollment."""
+
     device: str
     pcrs: Sequence[int] | None  # None: the PCRs the old binding used
     cap_pcr: int
@@ -39,6 +41,8 @@ class MigrateRequest:
 
 @dataclass(frozen=True)
 class Migrated:
+    """What migrate did: the other tool's binding it replaced, and whether that was removed."""
+
     device: str
     old_kind: str
     old_token: int
@@ -97,6 +101,15 @@ def _check_sealer_releases(req: MigrateRequest, read_pin: PinReader) -> None:
 
 
 def migrate(req: MigrateRequest, read_pin: PinReader, progress: Progress) -> Migrated:
+    """Move a volume from another tool's TPM binding to a sealer enrollment.
+
+    The other tool's binding releases the key (asking for its PIN through ``read_pin`` if it has
+    one), a sealer enrollment is made with it and checked to release, and then, unless ``keep_old``,
+    the old token and its keyslot are removed. A rerun after an interruption finishes the job.
+    UsageError when the old binding has no PCRs and ``pcrs`` gives none (it would unlock on any
+    boot); RefusedError when removing the old binding would leave no passphrase or recovery key
+    keyslot (it is then kept).
+    """
     header = cryptsetup.read_header(req.device)
     enrolling = not header.tokens_of_type(TOKEN_TYPE)
     readable, _ = tool_bindings(header)

@@ -126,6 +126,9 @@ def parse_update_conf(text: str, source: str = "update.conf") -> UpdateConf:
 
 
 def read_update_conf(etc_dir: Path) -> UpdateConf:
+    """The hook's settings from ``etc_dir``/update.conf (defaults when it is absent);
+    MeasurementError when unreadable.
+    """
     path = etc_dir / "update.conf"
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -176,6 +179,8 @@ def find_next_boot(etc_dir: Path = DEFAULT_ETC, boot_dir: Path = DEFAULT_BOOT) -
 
 @dataclass(frozen=True)
 class Verdict:
+    """Whether the next boot, with the images found or given, would unlock, and the reason."""
+
     image: str | None  # "UKI /path" or "kernel /boot/vmlinuz-V"; None: no image was found
     initrd: str | None
     unlocks: bool | None  # None: cannot tell (see reason)
@@ -212,6 +217,8 @@ def _reseal_command(boot: NextBoot, device: str, log_path: Path | None, offline:
 
 @dataclass(frozen=True)
 class NextBootRequest:
+    """The next boot's images (or where to find them) and how to read this boot's state."""
+
     boot: NextBoot | None  # the images given; None: find them from etc_dir and boot_dir
     etc_dir: Path
     boot_dir: Path

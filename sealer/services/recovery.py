@@ -30,6 +30,8 @@ KeyReader = Callable[[], bytes]
 
 @dataclass(frozen=True)
 class NewRecoveryKey:
+    """A recovery key just added to a volume, before it is handed over."""
+
     device: str
     uuid: str
     token_id: int
@@ -41,6 +43,8 @@ class NewRecoveryKey:
 
 @dataclass(frozen=True)
 class Rotated:
+    """The outcome of replacing a volume's recovery key."""
+
     new: NewRecoveryKey
     removed: int | None  # the old keyslot, once it is gone
     authorised_by: str  # "tpm" or "key": what proved the right to add a keyslot

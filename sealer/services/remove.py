@@ -14,6 +14,8 @@ from sealer.services.leftovers import free_counter
 
 @dataclass(frozen=True)
 class Removed:
+    """What was taken away: the token, its keyslots, and what became of its retirement counter."""
+
     device: str
     token_id: int
     keyslots: tuple[int, ...]
@@ -34,6 +36,12 @@ def _unfinished_slots(header: LuksHeader, token: Token) -> tuple[int, ...]:
 
 
 def remove(device: str, token_id: int | None, tcti: str | None = None) -> Removed:
+    """Remove a sealer enrollment from ``device``: its keyslots, its retirement counter, its token.
+
+    A token that is corrupted or was half removed is still removed. UsageError when the device has
+    several sealer tokens and ``token_id`` is None; RefusedError when the volume would be left
+    without a passphrase or recovery key keyslot. Safe to interrupt and run again.
+    """
     header = cryptsetup.read_header(device)
     # Raw tokens, not parsed ones: a corrupted or half-removed token must still be removable.
     tokens = select_tokens(header, token_id)

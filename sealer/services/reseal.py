@@ -45,6 +45,8 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ApprovedState:
+    """One boot state to approve: its PCR values and, when known, the events behind them."""
+
     label: str  # "this boot", "next boot: UKI /boot/efi/...", "kept: approved <time>"
     values: PcrValues
     record: EventRecord | None
@@ -52,6 +54,8 @@ class ApprovedState:
 
 @dataclass(frozen=True)
 class VolumeApproval:
+    """One enrollment's approvals after reseal or prune, and whether they were written."""
+
     device: str
     token_id: int
     bank: str
@@ -80,6 +84,8 @@ class VolumeApproval:
 
 @dataclass(frozen=True)
 class ResealRequest:
+    """The volumes to reseal and the boot images whose next state to approve."""
+
     devices: Sequence[str]
     boots: Sequence[NextBoot]  # empty: approve this boot's state only
     log_path: Path | None
@@ -338,6 +344,14 @@ def _enrollments(devices: Sequence[str]) -> Iterator[tuple[str, Enrollment]]:
 
 
 def reseal(req: ResealRequest, progress: Progress) -> list[VolumeApproval]:
+    """Approve this boot's state plus the predicted state of each image in ``req.boots``, for every
+    sealer enrollment of the devices given, and write the approvals into their tokens.
+
+    PolicyMismatchError when this boot matches no approval that holds (unless ``approve_current``),
+    since a tampered boot must not become the base of a prediction; MeasurementError when a next
+    boot's state cannot be predicted; StateError when the machine policy key is missing or is not
+    the one the enrollment trusts.
+    """
     return [_reseal_one(d, e, req, progress) for d, e in _enrollments(req.devices)]
 
 
@@ -392,4 +406,11 @@ def _prune_one(
 def prune(
     devices: Sequence[str], state_dir: Path, tcti: str | None, dry_run: bool
 ) -> list[VolumeApproval]:
+    """Drop the approvals that no longer matter, for every sealer enrollment of ``devices``.
+
+    Keeps the approved state that matches this boot and any approved during this boot (an update
+    waiting for its reboot); the rest go, so that older boot images no longer unlock. Reads the TPM,
+    so works online only. PolicyMismatchError when this boot matches no approval: then nothing tells
+    which states are stale, and nothing is pruned.
+    """
     return [_prune_one(d, e, state_dir, tcti, dry_run) for d, e in _enrollments(devices)]

@@ -86,6 +86,7 @@ def pin_auth_value(pin: bytes, salt: bytes) -> bytes:
 
 
 def new_recovery_key() -> str:
+    """A fresh random recovery key, as dash-separated groups meant to be typed by a person."""
     groups = (
         "".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(RECOVERY_GROUP_LENGTH))
         for _ in range(RECOVERY_GROUPS)

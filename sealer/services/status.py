@@ -103,6 +103,12 @@ def volume_status(
     device: str, tcti: str | None, next_boot: CheckNextBoot | None = None,
     escrow_dir: Path = DEFAULT_ESCROW_DIR, state_dir: Path = DEFAULT_STATE_DIR,
 ) -> dict[str, Any]:
+    """The status of ``device`` as a JSON-ready dict: its enrollments and whether this boot state
+    would unlock each, the other tools' bindings, the TPM's state, and the boot options.
+
+    With ``next_boot``, also whether the next boot would unlock. DeviceError when the device is not
+    LUKS2; problems with single enrollments or the TPM are reported in the dict, not raised.
+    """
     header = cryptsetup.read_header(device)
     report = _describe(header, tcti, next_boot, escrow_dir)
     report["tpm"] = _tpm_state(tcti, state_dir)

@@ -37,6 +37,8 @@ PinReader = Callable[[], bytes]
 
 @dataclass(frozen=True)
 class Released:
+    """Which enrollment (or other tool's binding) released the key that opened the volume."""
+
     device: str
     token_id: int
     keyslot: int
@@ -102,6 +104,8 @@ def _explained(
 
 @dataclass(frozen=True)
 class Unsealed:
+    """The key the TPM released, with the enrollment and the approval that released it."""
+
     key: bytes  # the keyslot passphrase: a secret, never logged
     header: LuksHeader
     enrollment: Enrollment
@@ -145,6 +149,15 @@ def unlock(
     tcti: str | None,
     read_pin: PinReader,
 ) -> Released:
+    """Release the key from the TPM and open ``device`` as ``name`` (or test it, with
+    ``test_only``).
+
+    A volume with only another tool's binding (systemd-cryptenroll, clevis) is opened as that tool
+    would. ``read_pin`` is asked for the PIN when the enrollment has one. Returns which enrollment
+    and approval released the key. PolicyMismatchError when this boot matches no approval; AuthError
+    for a wrong PIN; LockoutError, TPMMismatchError as the TPM answers; TokenError when the released
+    key does not open its keyslot.
+    """
     header = cryptsetup.read_header(device)
     if token_id is None and not header.tokens_of_type(TOKEN_TYPE):
         from sealer.interop.bindings import has_tool_binding

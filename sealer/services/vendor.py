@@ -91,6 +91,8 @@ def sign_release(
 
 @dataclass(frozen=True)
 class Installed:
+    """A vendor approval added to a volume's token."""
+
     device: str
     token_id: int
     release: int
@@ -171,6 +173,10 @@ def sign_revocation(key_path: Path, below: int) -> Statement:
 
 @dataclass(frozen=True)
 class Revoked:
+    """A raised revocation level: the NV index, the level before and after, and the volumes that use
+    it.
+    """
+
     nv_index: int
     level_before: int
     level_after: int

@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 
 def resolve_tcti(tcti: str | None) -> str:
+    """The TCTI to use: the one given, else $SEALER_TCTI, else the kernel's resource manager."""
     return tcti or os.environ.get(TCTI_ENV) or DEFAULT_TCTI
 
 

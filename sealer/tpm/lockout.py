@@ -27,6 +27,8 @@ _AFTER_LOCKOUT = "unlock with the passphrase or recovery key meanwhile"
 
 @dataclass(frozen=True)
 class LockoutState:
+    """The TPM's dictionary-attack state: failures so far, tries left, and how they heal."""
+
     failed_tries: int  # TPM2_PT_LOCKOUT_COUNTER
     max_tries: int  # TPM2_PT_MAX_AUTH_FAIL
     tries_left: int  # before the TPM locks out

@@ -34,6 +34,9 @@ _HANDLES: weakref.WeakKeyDictionary[ESAPI, dict[int, ESYS_TR]] = weakref.WeakKey
 
 
 def nv_handle(ctx: ESAPI, index: int) -> ESYS_TR | None:
+    """An ESAPI handle for NV index ``index``, or None when it is not defined; kept per
+    connection.
+    """
     known = _HANDLES.setdefault(ctx, {})
     if index in known:
         return known[index]

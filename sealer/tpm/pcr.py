@@ -13,6 +13,7 @@ from sealer.pcrs import BANKS, Bank
 
 
 def selection(bank: Bank, indices: Sequence[int]) -> TPML_PCR_SELECTION:
+    """The TPM's selection of PCRs ``indices`` in ``bank``."""
     return TPML_PCR_SELECTION.parse(f"{bank.name}:{','.join(str(i) for i in sorted(indices))}")
 
 
@@ -41,6 +42,7 @@ def read_pcrs(ctx: ESAPI, bank: Bank, indices: Sequence[int]) -> dict[int, bytes
 
 
 def extend_pcr(ctx: ESAPI, bank: Bank, index: int, digest: bytes) -> None:
+    """Extend PCR ``index`` of ``bank`` with ``digest``."""
     values = TPML_DIGEST_VALUES(
         [TPMT_HA(hashAlg=bank.alg_id, digest=TPMU_HA(**{bank.name: digest}))]
     )

@@ -41,6 +41,7 @@ def policy_key_name(pem: str) -> bytes:
 
 @contextmanager
 def loaded_policy_key(ctx: ESAPI, pem: str) -> Iterator[ESYS_TR]:
+    """The public policy key ``pem``, loaded into the TPM for the ``with`` block, then flushed."""
     # Loaded into the owner hierarchy: a key in the NULL hierarchy yields only NULL tickets,
     # which PolicyAuthorize refuses.
     handle = ctx.load_external(_public(pem), None, ESYS_TR.OWNER)
@@ -51,6 +52,7 @@ def loaded_policy_key(ctx: ESAPI, pem: str) -> Iterator[ESYS_TR]:
 
 
 def ecdsa_signature(rs: tuple[int, int]) -> TPMT_SIGNATURE:
+    """An ECDSA P-256/SHA-256 signature ``(r, s)`` in the TPM's form, for it to verify."""
     r, s = rs
     return TPMT_SIGNATURE(
         sigAlg=TPM2_ALG.ECDSA,

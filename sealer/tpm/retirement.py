@@ -25,6 +25,8 @@ from sealer.tpm.nv import forget_handle, nv_handle
 
 @dataclass(frozen=True)
 class Counter:
+    """An enrollment's retirement counter in NV memory: its index, TPM name and value."""
+
     index: int
     name: bytes  # what an approval's PolicyNV binds
     value: int

@@ -46,6 +46,8 @@ _AES128_CFB = TPMT_SYM_DEF(
 
 @dataclass(frozen=True)
 class SealedBlob:
+    """The sealed object as the TPM returns it, kept in the token to be loaded at unseal."""
+
     public: bytes  # marshalled TPM2B_PUBLIC
     private: bytes  # marshalled TPM2B_PRIVATE (encrypted by the TPM under the SRK)
 

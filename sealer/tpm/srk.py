@@ -29,6 +29,8 @@ SRK_HANDLE = 0x81000001
 
 @dataclass(frozen=True)
 class Srk:
+    """The storage root key the secret is sealed under: a persistent primary key in the TPM."""
+
     handle: ESYS_TR  # ESAPI handle for the persistent key; never flushed
     persistent: int
     name: bytes
