@@ -70,9 +70,7 @@ def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 def json_option(help_text: str = "Print the result as JSON.") -> Callable[[F], F]:
     """``--json`` (parameter ``as_json``): print the command's result object as JSON."""
-    return click.option(
-        "--json", "as_json", is_flag=True, callback=_remember_json, help=help_text
-    )
+    return click.option("--json", "as_json", is_flag=True, callback=_remember_json, help=help_text)
 
 
 def quiet_option() -> Callable[[F], F]:

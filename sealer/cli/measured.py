@@ -35,9 +35,7 @@ if TYPE_CHECKING:
     from sealer.services.reseal import VolumeApproval
 
 
-def _next_boots(
-    ukis: Sequence[Path], kernel: Path | None, initrd: Path | None
-) -> list[NextBoot]:
+def _next_boots(ukis: Sequence[Path], kernel: Path | None, initrd: Path | None) -> list[NextBoot]:
     from sealer.measure.predict import NextBoot
 
     check_initrd_has_kernel(kernel, initrd)

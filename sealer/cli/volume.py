@@ -65,9 +65,7 @@ if TYPE_CHECKING:
     help="PCR extended after unlock at boot (0-15: 16-23 can be reset without a reboot); "
     "the sealed object requires its pre-cap value.",
 )
-@click.option(
-    "--pin", is_flag=True, help="Also require a PIN (checked by the TPM, with lockout)."
-)
+@click.option("--pin", is_flag=True, help="Also require a PIN (checked by the TPM, with lockout).")
 @click.option(
     "--pin-file",
     metavar="PATH",
