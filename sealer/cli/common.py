@@ -89,7 +89,7 @@ def state_dir_option(help_text: str) -> Callable[[F], F]:
     )
 
 
-def eventlog_options(log_help: str | None = None) -> Callable[[F], F]:
+def eventlog_options() -> Callable[[F], F]:
     """``--eventlog FILE`` (parameter ``log_path``) and ``--offline``: where this boot's
     measurements come from (eventlog, predict, reseal, explain)."""
     return option_group(
@@ -98,8 +98,7 @@ def eventlog_options(log_help: str | None = None) -> Callable[[F], F]:
             "log_path",
             metavar="FILE",
             type=FILE,
-            help=log_help
-            or "Read the TCG event log from FILE instead of this boot's "
+            help="Read the TCG event log from FILE instead of this boot's "
             "(/sys/kernel/security/tpm0/binary_bios_measurements).",
         ),
         click.option(
