@@ -1,14 +1,30 @@
-"""Measured-boot commands: eventlog, predict, reseal, prune, explain. Parse, call, print."""
+"""Measured-boot commands: ``sealer eventlog``, ``predict``, ``reseal``, ``prune``, ``explain``.
+
+Parse, call the service (sealer.services.bootstate, reseal, explain; sealer.measure.predict),
+print.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from sealer.clikit import emit_json, progress, run_command, state_dir_option
+from sealer.cli.common import (
+    check_initrd_has_kernel,
+    emit_json,
+    enrolled_devices_or,
+    eventlog_options,
+    image_options,
+    json_option,
+    progress,
+    quiet_option,
+    state_dir_option,
+    warn,
+)
+from sealer.cli.results import ApprovalsOutput, EventlogOutput, ExplainOutput, PredictOutput
 from sealer.errors import UsageError
 from sealer.pcrs import bank_named, format_pcrs, parse_pcr_list
 
@@ -18,57 +34,11 @@ if TYPE_CHECKING:
     from sealer.services.explain import Explanation
     from sealer.services.reseal import VolumeApproval
 
-_LOG_HELP = (
-    "Read the TCG event log from FILE instead of this boot's "
-    "(/sys/kernel/security/tpm0/binary_bios_measurements)."
-)
-_OFFLINE_HELP = (
-    "Do not read the TPM: take the PCR values from the event log's replay (a log captured on "
-    "the target machine). Results are then not checked against live PCRs."
-)
 
-
-def _log_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--offline", is_flag=True, help=_OFFLINE_HELP)(func)
-    return click.option(
-        "--eventlog",
-        "log_path",
-        metavar="FILE",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help=_LOG_HELP,
-    )(func)
-
-
-def _image_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option(
-        "--initrd",
-        metavar="FILE",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The initrd that goes with --kernel (measured into PCR 9 by the kernel).",
-    )(func)
-    func = click.option(
-        "--kernel",
-        metavar="FILE",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="A kernel the firmware (or shim) starts through its EFI stub.",
-    )(func)
-    return click.option(
-        "--uki",
-        "ukis",
-        metavar="FILE",
-        multiple=True,
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="A unified kernel image (systemd-stub) the next boot starts. Repeatable.",
-    )(func)
-
-
-def _next_boots(
-    ukis: Sequence[Path], kernel: Path | None, initrd: Path | None
-) -> list[NextBoot]:
+def _next_boots(ukis: Sequence[Path], kernel: Path | None, initrd: Path | None) -> list[NextBoot]:
     from sealer.measure.predict import NextBoot
 
-    if initrd is not None and kernel is None:
-        raise UsageError("--initrd goes with --kernel", "give the kernel it belongs to")
+    check_initrd_has_kernel(kernel, initrd)
     boots = [NextBoot(uki=u) for u in ukis]
     if kernel is not None:
         boots.append(NextBoot(kernel=kernel, initrd=initrd))
@@ -90,23 +60,8 @@ def _change_line(c: Change) -> str:
     return f"  PCR {c.pcr:<2} {where:<10} {c.type_name:<34} {what}  {c.description}"
 
 
-def enrolled_devices_or(devices: Sequence[str]) -> list[str]:
-    """``devices``, or every enrolled LUKS2 device udev knows when none is named."""
-    if devices:
-        return list(devices)
-    from sealer.services.status import enrolled_devices
-
-    found = enrolled_devices()
-    if not found:
-        raise UsageError(
-            "no LUKS2 block device with a sealer enrollment was found",
-            "name the volume (block device or image file) on the command line",
-        )
-    return found
-
-
 @click.command("eventlog")
-@_log_options
+@eventlog_options()
 @click.option(
     "--pcr",
     "pcr_filter",
@@ -114,7 +69,7 @@ def enrolled_devices_or(devices: Sequence[str]) -> list[str]:
     help="Show only the events of these PCRs, e.g. '4,7'.",
 )
 @click.option("--pcr-bank", default="sha256", show_default=True, help="Bank of the digests.")
-@click.option("--json", "as_json", is_flag=True, help="Print events and PCRs as JSON.")
+@json_option("Print events and PCRs as JSON.")
 @click.pass_context
 def eventlog(
     ctx: click.Context,
@@ -140,81 +95,49 @@ def eventlog(
     from sealer.errors import TPMUnavailableError
     from sealer.services.bootstate import read_boot_state
 
-    def action() -> None:
-        bank = bank_named(pcr_bank)
-        wanted = list(parse_pcr_list(pcr_filter)) if pcr_filter else list(range(24))
-        note = None
-        try:
-            state = read_boot_state(
-                bank, wanted, log_path=log_path, tcti=ctx.obj.tcti, offline=offline
+    bank = bank_named(pcr_bank)
+    wanted = list(parse_pcr_list(pcr_filter)) if pcr_filter else list(range(24))
+    note = None
+    try:
+        state = read_boot_state(bank, wanted, log_path=log_path, tcti=ctx.obj.tcti, offline=offline)
+    except TPMUnavailableError as exc:
+        state = read_boot_state(bank, wanted, log_path=log_path, tcti=None, offline=True)
+        note = f"not checked against live PCRs: {exc.message}"
+    if offline:
+        note = "not checked against live PCRs (--offline)"
+    shown = [m for m in state.measurements if m.pcr in wanted]
+    pcrs = sorted({m.pcr for m in shown})
+    mismatched = set(state.unaccounted())
+    if as_json:
+        emit_json(
+            EventlogOutput(
+                bank=bank.name,
+                banks=list(state.log.algorithms),
+                events=shown,
+                pcrs=pcrs,
+                replayed=state.replayed,
+                live=state.live,
+                mismatched=frozenset(mismatched),
+                verified=state.verified,
+                note=note,
             )
-        except TPMUnavailableError as exc:
-            state = read_boot_state(bank, wanted, log_path=log_path, tcti=None, offline=True)
-            note = f"not checked against live PCRs: {exc.message}"
-        if offline:
-            note = "not checked against live PCRs (--offline)"
-        shown = [m for m in state.measurements if m.pcr in wanted]
-        pcrs = sorted({m.pcr for m in shown})
-        mismatched = set(state.unaccounted())
-        if as_json:
-            emit_json(
-                {
-                    "bank": bank.name,
-                    "banks": list(state.log.algorithms),
-                    "events": [
-                        {"event": m.event, "pcr": m.pcr, "type": m.type_name,
-                         "digest": m.digest.hex(), "description": m.description}
-                        for m in shown
-                    ],
-                    "pcrs": {
-                        str(p): {
-                            "replayed": state.replayed[p].hex(),
-                            "live": state.live[p].hex() if state.live else None,
-                            "matches": None if state.live is None else p not in mismatched,
-                        }
-                        for p in pcrs
-                    },
-                    "verified": state.verified,
-                    "note": note,
-                }
-            )  # fmt: skip
-            return
-        banks = ", ".join(state.log.algorithms)
-        click.echo(f"{len(state.log.events)} events (banks: {banks}); {bank.name} digests shown")
-        for m in shown:
-            click.echo(_event_line(m))
-        click.echo("")
-        for p in pcrs:
-            if state.live is None:
-                verdict = "replayed only"
-            elif p in mismatched:
-                verdict = f"DIFFERS from live {_short(state.live[p])}: not predictable"
-            else:
-                verdict = "matches the TPM"
-            click.echo(f"PCR {p:<2} {state.replayed[p].hex()}  {verdict}")
-        if note:
-            click.echo(f"\n{note}")
-
-    run_command(ctx, as_json, action)
-
-
-def _prediction_json(prediction: Prediction, pcrs: Sequence[int]) -> dict[str, Any]:
-    return {
-        "bank": prediction.bank.name,
-        "pcrs": {
-            str(p): {
-                "current": prediction.current.get(p, prediction.bank.initial_value(p)).hex(),
-                "predicted": None if p in prediction.unpredictable else prediction.value(p).hex(),
-                "unpredictable": prediction.unpredictable.get(p),
-            }
-            for p in pcrs
-        },
-        "changes": [
-            {"pcr": c.pcr, "event": c.event, "type": c.type_name, "description": c.description,
-             "old": c.old.hex() if c.old else None, "new": c.new.hex() if c.new else None}
-            for c in prediction.changes
-        ],
-    }  # fmt: skip
+        )
+        return
+    banks = ", ".join(state.log.algorithms)
+    click.echo(f"{len(state.log.events)} events (banks: {banks}); {bank.name} digests shown")
+    for m in shown:
+        click.echo(_event_line(m))
+    click.echo("")
+    for p in pcrs:
+        if state.live is None:
+            verdict = "replayed only"
+        elif p in mismatched:
+            verdict = f"DIFFERS from live {_short(state.live[p])}: not predictable"
+        else:
+            verdict = "matches the TPM"
+        click.echo(f"PCR {p:<2} {state.replayed[p].hex()}  {verdict}")
+    if note:
+        click.echo(f"\n{note}")
 
 
 def _print_prediction(boot: NextBoot, prediction: Prediction, pcrs: Sequence[int]) -> None:
@@ -236,8 +159,8 @@ def _print_prediction(boot: NextBoot, prediction: Prediction, pcrs: Sequence[int
 
 
 @click.command("predict")
-@_image_options
-@_log_options
+@image_options()
+@eventlog_options()
 @click.option(
     "--pcrs",
     "pcrs_text",
@@ -246,7 +169,7 @@ def _print_prediction(boot: NextBoot, prediction: Prediction, pcrs: Sequence[int
     help="PCRs to predict.",
 )
 @click.option("--pcr-bank", default="sha256", show_default=True, help="Bank to predict.")
-@click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON.")
+@json_option("Print the prediction as JSON.")
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -276,29 +199,20 @@ def predict(
     from sealer.measure.predict import predict as run_predict
     from sealer.services.bootstate import read_boot_state
 
-    def action() -> None:
-        bank = bank_named(pcr_bank)
-        pcrs = parse_pcr_list(pcrs_text)
-        boots = _next_boots(ukis, kernel, initrd)
-        if not boots:
-            raise UsageError("no boot image given", "give --uki FILE, or --kernel FILE")
-        state = read_boot_state(bank, pcrs, log_path=log_path, tcti=ctx.obj.tcti, offline=offline)
-        results = [(b, run_predict(state.log, bank, b, state.live)) for b in boots]
-        if as_json:
-            emit_json(
-                [
-                    {"boot": b.describe(), "verified": state.verified,
-                     **_prediction_json(p, pcrs)}
-                    for b, p in results
-                ]
-            )  # fmt: skip
-            return
-        for boot, prediction in results:
-            _print_prediction(boot, prediction, pcrs)
-        if not state.verified:
-            click.echo("(not checked against live PCRs: --offline)")
-
-    run_command(ctx, as_json, action)
+    bank = bank_named(pcr_bank)
+    pcrs = parse_pcr_list(pcrs_text)
+    boots = _next_boots(ukis, kernel, initrd)
+    if not boots:
+        raise UsageError("no boot image given", "give --uki FILE, or --kernel FILE")
+    state = read_boot_state(bank, pcrs, log_path=log_path, tcti=ctx.obj.tcti, offline=offline)
+    results = [(b, run_predict(state.log, bank, b, state.live)) for b in boots]
+    if as_json:
+        emit_json(PredictOutput(predictions=results, pcrs=pcrs, verified=state.verified))
+        return
+    for boot, prediction in results:
+        _print_prediction(boot, prediction, pcrs)
+    if not state.verified:
+        click.echo("(not checked against live PCRs: --offline)")
 
 
 def _print_approvals(results: Sequence[VolumeApproval], verb: str) -> None:
@@ -311,13 +225,13 @@ def _print_approvals(results: Sequence[VolumeApproval], verb: str) -> None:
         for state in r.states:
             click.echo(f"  - {state.label}")
         for warning in r.warnings:
-            click.echo(f"sealer: warning: {warning}", err=True)
+            warn(warning)
 
 
 @click.command("reseal")
 @click.argument("devices", nargs=-1, metavar="[DEVICE]...")
-@_image_options
-@_log_options
+@image_options()
+@eventlog_options()
 @click.option(
     "--approve-current",
     is_flag=True,
@@ -326,8 +240,8 @@ def _print_approvals(results: Sequence[VolumeApproval], verb: str) -> None:
 )
 @state_dir_option("Where the machine's policy key is (it signs the approval).")
 @click.option("--dry-run", is_flag=True, help="Show what would be approved; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@json_option()
+@quiet_option()
 @click.pass_context
 def reseal(
     ctx: click.Context,
@@ -364,35 +278,32 @@ def reseal(
     from sealer.services.reseal import ResealRequest
     from sealer.services.reseal import reseal as run_reseal
 
-    def action() -> None:
-        request = ResealRequest(
-            devices=enrolled_devices_or(devices),
-            boots=_next_boots(ukis, kernel, initrd),
-            log_path=log_path,
-            offline=offline,
-            approve_current=approve_current,
-            state_dir=state_dir,
-            tcti=ctx.obj.tcti,
-            dry_run=dry_run,
-        )
-        results = run_reseal(request, progress(quiet or as_json))
-        if as_json:
-            emit_json([r.to_json() for r in results])
-            return
-        _print_approvals(results, "written")
-        for r in results:
-            for boot, prediction in zip(request.boots, r.predictions, strict=True):
-                changed = format_pcrs(p for p in prediction.changed_pcrs() if p in r.pcrs)
-                click.echo(f"  {boot.describe()}: PCR {changed or 'none'} change(s)")
-
-    run_command(ctx, as_json, action)
+    request = ResealRequest(
+        devices=enrolled_devices_or(devices),
+        boots=_next_boots(ukis, kernel, initrd),
+        log_path=log_path,
+        offline=offline,
+        approve_current=approve_current,
+        state_dir=state_dir,
+        tcti=ctx.obj.tcti,
+        dry_run=dry_run,
+    )
+    results = run_reseal(request, progress(quiet or as_json))
+    if as_json:
+        emit_json(ApprovalsOutput(approvals=results))
+        return
+    _print_approvals(results, "written")
+    for r in results:
+        for boot, prediction in zip(request.boots, r.predictions, strict=True):
+            changed = format_pcrs(p for p in prediction.changed_pcrs() if p in r.pcrs)
+            click.echo(f"  {boot.describe()}: PCR {changed or 'none'} change(s)")
 
 
 @click.command("prune")
 @click.argument("devices", nargs=-1, metavar="[DEVICE]...")
 @state_dir_option("Where the machine's policy key is (it signs the approval).")
 @click.option("--dry-run", is_flag=True, help="Show what would be dropped; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @click.pass_context
 def prune(
     ctx: click.Context, devices: tuple[str, ...], state_dir: Path, dry_run: bool, as_json: bool
@@ -406,14 +317,11 @@ def prune(
     """
     from sealer.services.reseal import prune as run_prune
 
-    def action() -> None:
-        results = run_prune(enrolled_devices_or(devices), state_dir, ctx.obj.tcti, dry_run)
-        if as_json:
-            emit_json([r.to_json() for r in results])
-        else:
-            _print_approvals(results, "written")
-
-    run_command(ctx, as_json, action)
+    results = run_prune(enrolled_devices_or(devices), state_dir, ctx.obj.tcti, dry_run)
+    if as_json:
+        emit_json(ApprovalsOutput(approvals=results))
+    else:
+        _print_approvals(results, "written")
 
 
 def _print_explanation(e: Explanation) -> None:
@@ -450,8 +358,8 @@ def _print_explanation(e: Explanation) -> None:
 
 @click.command("explain")
 @click.argument("devices", nargs=-1, metavar="[DEVICE]...")
-@_log_options
-@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+@eventlog_options()
+@json_option("Print the explanation as JSON.")
 @click.pass_context
 def explain(
     ctx: click.Context,
@@ -469,19 +377,16 @@ def explain(
     """
     from sealer.services.explain import explain_volume
 
-    def action() -> None:
-        results = [
-            e
-            for device in enrolled_devices_or(devices)
-            for e in explain_volume(device, log_path=log_path, tcti=ctx.obj.tcti, offline=offline)
-        ]
-        if as_json:
-            emit_json([e.to_json() for e in results])
-            return
-        for e in results:
-            _print_explanation(e)
-
-    run_command(ctx, as_json, action)
+    results = [
+        e
+        for device in enrolled_devices_or(devices)
+        for e in explain_volume(device, log_path=log_path, tcti=ctx.obj.tcti, offline=offline)
+    ]
+    if as_json:
+        emit_json(ExplainOutput(explanations=results))
+        return
+    for e in results:
+        _print_explanation(e)
 
 
 COMMANDS = (eventlog, predict, reseal, prune, explain)

@@ -1,0 +1,222 @@
+"""The boot group: ``sealer boot enable`` and ``sealer boot disable``.
+
+Parse, call the install-time wiring (sealer.install.bootwire: a plan, then its application),
+print what the plan changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from sealer.cli.common import (
+    DIRECTORY,
+    FILE,
+    F,
+    emit_json,
+    json_option,
+    option_group,
+    progress,
+    warn,
+)
+from sealer.cli.results import BootPlanOutput
+
+if TYPE_CHECKING:
+    from sealer.install.bootopts import BootOptionFinding
+    from sealer.install.bootwire import Plan
+
+
+@click.group()
+def boot() -> None:
+    """Wire the boot-time unlocker into the initramfs (Debian initramfs-tools).
+
+    \b
+    'sealer boot enable' writes, as root:
+      /etc/crypttab                      keyscript=/usr/lib/sealer/keyscript added to the
+                                         chosen entries; every other line stays as it is
+      /usr/lib/sealer/keyscript          run by cryptsetup to get those volumes' keys
+      /etc/initramfs-tools/hooks/sealer  puts the unlocker into the initramfs
+      /etc/initramfs-tools/scripts/init-bottom/sealer
+                                         caps PCR 15 once every volume is open
+      /etc/sealer/initramfs.conf         which Python interpreter has sealer installed
+    then runs 'update-initramfs -u'. Look first with --dry-run.
+
+    At boot the keyscript asks the TPM for the key. When anything is unexpected it says why
+    in one line and the usual passphrase prompt appears: the passphrase and the recovery key
+    keep working. Undo everything with 'sealer boot disable'.
+    """
+
+
+def _wiring_options(default_choice: str) -> Callable[[F], F]:
+    """The options enable and disable share; ``default_choice`` says what --name defaults to."""
+    return option_group(
+        click.option(
+            "--name",
+            "names",
+            multiple=True,
+            metavar="NAME",
+            help=f"The crypttab entry (first field) to change. Repeatable. Default: "
+            f"{default_choice}.",
+        ),
+        click.option(
+            "--crypttab",
+            type=FILE,
+            metavar="PATH",
+            help="The crypttab to change. Default: /etc/crypttab (under --root).",
+        ),
+        click.option(
+            "--root",
+            type=click.Path(path_type=Path, file_okay=False, exists=True),
+            metavar="DIR",
+            help="Change the files under DIR (a chroot or image tree) instead of this "
+            "machine's; update-initramfs is then not run: run it inside DIR.",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Print a diff of every file that would change and the commands that would "
+            "run; change nothing.",
+        ),
+        click.option(
+            "--no-update-initramfs",
+            is_flag=True,
+            help="Do not run 'update-initramfs -u'; the change takes effect at the next rebuild.",
+        ),
+        json_option("Print the plan or result as JSON."),
+    )
+
+
+def _report_plan(
+    plan: Plan,
+    dry_run: bool,
+    as_json: bool,
+    boot_options: Sequence[BootOptionFinding] | None = None,
+) -> None:
+    """Print what a boot plan changes (or would change, with --dry-run), and, for enable,
+    what the kernel command line's options mean for the unlock (``boot_options``)."""
+    from sealer.install.crypttab import KEYSCRIPT_OPTION
+
+    for warning in plan.warnings:
+        warn(warning)
+    if as_json:
+        emit_json(BootPlanOutput(plan=plan, dry_run=dry_run, boot_options=boot_options))
+        return
+    for note in plan.notes:
+        click.echo(f"sealer: note: {note}", err=True)
+    for finding in boot_options or []:
+        click.echo(f"sealer: boot option {finding.line()}", err=True)
+    commands = ", ".join(" ".join(argv) for argv in plan.commands)
+    if dry_run:
+        for change in plan.changed_files:
+            click.echo(change.diff(), nl=False)
+        if not plan.changed_files:
+            click.echo("No file would change.")
+        if commands:
+            click.echo(f"Would run: {commands}")
+        click.echo("Dry run: nothing was changed.")
+        return
+    enabling = plan.action == "enable"
+    for entry in plan.entries:
+        if enabling:
+            state = "now uses" if entry.changed else "already uses"
+        else:
+            state = "no longer uses" if entry.changed else "did not use"
+        click.echo(f"{plan.crypttab}: {entry.name} (line {entry.line}) {state} {KEYSCRIPT_OPTION}")
+    verbs = {"create": "Installed", "update": "Updated", "remove": "Removed"}
+    for change in plan.changed_files:
+        if change.path != plan.crypttab:
+            click.echo(f"{verbs[change.change]} {change.path}")
+    if commands:
+        click.echo(f"Ran: {commands}")
+    when = "At the next boot" if commands else "Once the initramfs is rebuilt"
+    if enabling:
+        click.echo(
+            f"{when} the TPM unlocks these volumes; the passphrase prompt stays as the "
+            "fallback. Undo with 'sealer boot disable'."
+        )
+    elif plan.entries or plan.changed_files:
+        click.echo(f"{when} these volumes ask for their passphrase again.")
+    else:
+        click.echo("No crypttab entry uses sealer's keyscript: nothing to undo.")
+
+
+@boot.command("enable")
+@_wiring_options("every entry whose source is a LUKS2 volume enrolled with sealer")
+@click.option(
+    "--hook-source",
+    type=DIRECTORY,
+    metavar="DIR",
+    help="The initramfs-hook directory of a sealer source checkout to install the hook and "
+    "keyscript from. Default: the one next to the sealer package.",
+)
+def boot_enable(
+    names: tuple[str, ...],
+    crypttab: Path | None,
+    root: Path | None,
+    dry_run: bool,
+    no_update_initramfs: bool,
+    as_json: bool,
+    hook_source: Path | None,
+) -> None:
+    """Unlock the chosen crypttab volumes with the TPM at boot.
+
+    Installs the keyscript, the initramfs hook and /etc/sealer/initramfs.conf, adds
+    keyscript=/usr/lib/sealer/keyscript to the chosen /etc/crypttab entries (an entry without
+    options gets 'luks,keyscript=...'), then runs 'update-initramfs -u'. An entry that
+    already uses another keyscript is refused. Running it again changes nothing.
+
+    The passphrase prompt stays as the fallback whenever the TPM does not release the key.
+    Undo with 'sealer boot disable'.
+
+    It also says what this boot's kernel command line (under --root: DIR/etc/kernel/cmdline)
+    means for the unlock: options that reach a shell (capped first) or skip the initramfs.
+    """
+    from sealer.install.bootopts import cmdline_findings
+    from sealer.install.bootwire import WireRequest, apply, plan_enable
+
+    request = WireRequest(
+        names=names,
+        root=root,
+        crypttab=crypttab,
+        hook_source=hook_source,
+        update_initramfs=not no_update_initramfs,
+    )
+    plan = plan_enable(request)
+    if not dry_run:
+        apply(plan, progress(as_json))
+    _report_plan(plan, dry_run, as_json, cmdline_findings(root))
+
+
+@boot.command("disable")
+@_wiring_options("every entry that uses sealer's keyscript")
+def boot_disable(
+    names: tuple[str, ...],
+    crypttab: Path | None,
+    root: Path | None,
+    dry_run: bool,
+    no_update_initramfs: bool,
+    as_json: bool,
+) -> None:
+    """Undo 'sealer boot enable': the passphrase prompt is back at boot.
+
+    Removes keyscript=/usr/lib/sealer/keyscript from the chosen /etc/crypttab entries (any
+    other option, including 'luks', stays). Once no entry uses it, also removes the
+    keyscript, the initramfs hook and /etc/sealer/initramfs.conf. Then runs
+    'update-initramfs -u'. The TPM enrollments stay in the volumes ('sealer remove' takes
+    them away).
+    """
+    from sealer.install.bootwire import WireRequest, apply, plan_disable
+
+    request = WireRequest(
+        names=names, root=root, crypttab=crypttab, update_initramfs=not no_update_initramfs
+    )
+    plan = plan_disable(request)
+    if not dry_run:
+        apply(plan, progress(as_json))
+    _report_plan(plan, dry_run, as_json)
+
+
+COMMANDS = (boot,)
