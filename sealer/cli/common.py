@@ -111,8 +111,8 @@ def eventlog_options() -> Callable[[F], F]:
 
 
 def image_options() -> Callable[[F], F]:
-    """``--uki`` (repeatable, parameter ``ukis``), ``--kernel``, ``--initrd``: the boot images
-    of the next boot (predict, reseal)."""
+    """``--uki`` (repeatable, parameter ``ukis``), ``--kernel``, ``--initrd``, ``--grub-cfg``:
+    the boot images of the next boot (predict, reseal)."""
     return option_group(
         click.option(
             "--uki",
@@ -133,6 +133,14 @@ def image_options() -> Callable[[F], F]:
             metavar="FILE",
             type=FILE,
             help="The initrd that goes with --kernel (measured into PCR 9 by the kernel).",
+        ),
+        click.option(
+            "--grub-cfg",
+            metavar="FILE",
+            type=FILE,
+            help="On a machine that boots through shim and GRUB: the grub.cfg the next boot "
+            "reads (default /boot/grub/grub.cfg). GRUB's default entry decides the kernel and "
+            "initrd, so --kernel and --initrd may be left out. Ignored on other boot chains.",
         ),
     )
 

@@ -35,13 +35,16 @@ if TYPE_CHECKING:
     from sealer.services.reseal import VolumeApproval
 
 
-def _next_boots(ukis: Sequence[Path], kernel: Path | None, initrd: Path | None) -> list[NextBoot]:
+def _next_boots(
+    ukis: Sequence[Path], kernel: Path | None, initrd: Path | None, grub_cfg: Path | None
+) -> list[NextBoot]:
     from sealer.measure.predict import NextBoot
 
-    check_initrd_has_kernel(kernel, initrd)
+    if grub_cfg is None:
+        check_initrd_has_kernel(kernel, initrd)
     boots = [NextBoot(uki=u) for u in ukis]
-    if kernel is not None:
-        boots.append(NextBoot(kernel=kernel, initrd=initrd))
+    if kernel is not None or grub_cfg is not None:
+        boots.append(NextBoot(kernel=kernel, initrd=initrd, grub_cfg=grub_cfg))
     return boots
 
 
@@ -176,6 +179,7 @@ def predict(
     ukis: tuple[Path, ...],
     kernel: Path | None,
     initrd: Path | None,
+    grub_cfg: Path | None,
     log_path: Path | None,
     offline: bool,
     pcrs_text: str,
@@ -188,22 +192,26 @@ def predict(
     changes (PCR 4: the image's Authenticode hash; PCR 11: systemd-stub's section
     measurements; PCR 9: the kernel's initrd and command line), and replays it. PCR 7 is
     checked too: it stays the same only if the same db certificate signed the new image.
-    Nothing is changed; 'sealer reseal' approves the result.
+    On a boot through shim and GRUB, the new grub.cfg is run as GRUB would run it: PCR 8
+    gets its commands and the kernel command line, PCR 9 the files it reads (the config,
+    grubenv, the kernel, the initrd). Nothing is changed; 'sealer reseal' approves the
+    result.
 
     \b
     Examples:
       sealer predict --uki /boot/efi/EFI/Linux/debian-6.1.0-27.efi
       sealer predict --kernel /boot/vmlinuz-6.1.0-27-amd64 \\
                      --initrd /boot/initrd.img-6.1.0-27-amd64 --pcrs 4,9
+      sealer predict --grub-cfg /boot/grub/grub.cfg --pcrs 4,7,8,9
     """
     from sealer.measure.predict import predict as run_predict
     from sealer.services.bootstate import read_boot_state
 
     bank = bank_named(pcr_bank)
     pcrs = parse_pcr_list(pcrs_text)
-    boots = _next_boots(ukis, kernel, initrd)
+    boots = _next_boots(ukis, kernel, initrd, grub_cfg)
     if not boots:
-        raise UsageError("no boot image given", "give --uki FILE, or --kernel FILE")
+        raise UsageError("no boot image given", "give --uki FILE, --kernel FILE or --grub-cfg FILE")
     state = read_boot_state(bank, pcrs, log_path=log_path, tcti=ctx.obj.tcti, offline=offline)
     results = [(b, run_predict(state.log, bank, b, state.live)) for b in boots]
     if as_json:
@@ -249,6 +257,7 @@ def reseal(
     ukis: tuple[Path, ...],
     kernel: Path | None,
     initrd: Path | None,
+    grub_cfg: Path | None,
     log_path: Path | None,
     offline: bool,
     approve_current: bool,
@@ -280,7 +289,7 @@ def reseal(
 
     request = ResealRequest(
         devices=enrolled_devices_or(devices),
-        boots=_next_boots(ukis, kernel, initrd),
+        boots=_next_boots(ukis, kernel, initrd, grub_cfg),
         log_path=log_path,
         offline=offline,
         approve_current=approve_current,

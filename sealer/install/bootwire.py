@@ -42,7 +42,10 @@ PANIC_SCRIPT_PATH = "/etc/initramfs-tools/scripts/panic/sealer"
 PANIC_SCRIPT_SOURCE = "scripts/panic/sealer"
 CONF_PATH = "/etc/sealer/initramfs.conf"
 # After a kernel install or an initramfs rebuild, approve the next boot ('sealer reseal').
-KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zz-sealer"
+# "zzz": after Debian's zz-update-grub, so that on a GRUB machine the hook sees the new
+# grub.cfg. Earlier sealers installed it as zz-sealer, which ran before; it is removed.
+KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zzz-sealer"
+LEGACY_KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zz-sealer"
 INITRAMFS_UPDATE_HOOK_PATH = "/etc/initramfs/post-update.d/sealer"
 UPDATE_HOOK_SOURCE = "update/reseal-hook"  # relative to initramfs-hook/, like the next
 # After a boot the TPM unlocked, drop the approvals it made stale ('sealer prune').
@@ -477,6 +480,7 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
         _file_change(host_path(root, PANIC_SCRIPT_PATH), panic_script, _SCRIPT_MODE),
         _file_change(host_path(root, CONF_PATH), initramfs_conf(request.python), _CONF_MODE),
         _file_change(host_path(root, KERNEL_HOOK_PATH), update_hook, _SCRIPT_MODE),
+        _file_change(host_path(root, LEGACY_KERNEL_HOOK_PATH), None, None),
         _file_change(host_path(root, INITRAMFS_UPDATE_HOOK_PATH), update_hook, _SCRIPT_MODE),
         _file_change(host_path(root, PRUNE_UNIT_PATH), prune_unit, _CONF_MODE),
         _crypttab_change(crypttab, data, stat, new_table, follow=root is None),
@@ -533,7 +537,8 @@ def plan_disable(request: WireRequest) -> Plan:
             _file_change(host_path(root, path), None, None)
             for path in (
                 HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH,
-                KERNEL_HOOK_PATH, INITRAMFS_UPDATE_HOOK_PATH, PRUNE_UNIT_PATH,
+                KERNEL_HOOK_PATH, LEGACY_KERNEL_HOOK_PATH, INITRAMFS_UPDATE_HOOK_PATH,
+                PRUNE_UNIT_PATH,
             )
         ]
     commands, command_notes = _commands(request)

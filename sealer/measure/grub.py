@@ -27,7 +27,7 @@ from sealer.measure import eventlog, pe
 from sealer.measure.eventlog import EventLog
 from sealer.measure.grubscript import GrubFiles, GrubRun, Measured, UnsupportedScript, parse_script
 from sealer.measure.measurements import Measurement
-from sealer.pcrs import Bank
+from sealer.pcrs import BANKS, Bank
 
 DEFAULT_GRUB_CFG = Path("/boot/grub/grub.cfg")
 _COMMAND = "grub_cmd: "
@@ -330,6 +330,34 @@ def _name(description: str) -> str:
 def _short(description: str) -> str:
     first = description.split("\n", 1)[0]
     return first if len(first) <= 80 else first[:77] + "..."
+
+
+def current_kernel(log: EventLog, host_config: Path) -> Path | None:
+    """This boot's kernel file on this host: the file ``linux`` loaded, if it is still there
+    with the digest GRUB measured of it."""
+    boot = read_grub_boot(log)
+    events = list(log.events)
+    for i, event in enumerate(events):
+        command = _command_of(event)
+        if command is None or not command.startswith("linux "):
+            continue
+        name = command.split()[1]
+        measured = next((e for e in events[i + 1 :] if e.pcr == 9), None)
+        if measured is None or measured.data.rstrip(b"\0").decode("utf-8", "replace") != name:
+            return None
+        files = HostGrubFiles.for_config(boot, host_config)
+        path = name if name.startswith("(") else f"({boot.device}){name}"
+        try:
+            if not files.exists(path):
+                return None
+            data = files.read(path)
+        except MeasurementError:
+            return None
+        for bank_name, digest in measured.digests.items():
+            if bank_name in BANKS and BANKS[bank_name].hash(data) == digest:
+                return files.host_path(path)
+        return None
+    return None
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sealer.errors import MeasurementError
-from sealer.measure import eventlog, pe
+from sealer.measure import eventlog, grub, pe
 from sealer.measure.eventlog import EventLog
 from sealer.measure.measurements import Measurement, measurements_of, replay
 from sealer.pcrs import Bank
@@ -47,21 +47,27 @@ class Change:
 
 @dataclass(frozen=True)
 class NextBoot:
-    """The boot images the next boot will load: a UKI, or a kernel and its initrd."""
+    """The boot images the next boot will load: a UKI, or a kernel and its initrd; on a
+    machine that boots through GRUB, the ``grub.cfg`` that decides them."""
 
     uki: Path | None = None
     kernel: Path | None = None
     initrd: Path | None = None
+    grub_cfg: Path | None = None  # used when this boot went through GRUB
 
     def __post_init__(self) -> None:
-        if (self.uki is None) == (self.kernel is None):
+        if self.uki is not None and (self.kernel is not None or self.grub_cfg is not None):
             raise MeasurementError("give either a UKI or a kernel (with its initrd), not both")
+        if self.uki is None and self.kernel is None and self.grub_cfg is None:
+            raise MeasurementError("give a UKI, a kernel (with its initrd) or a GRUB config")
         if self.uki is not None and self.initrd is not None:
             raise MeasurementError("a UKI carries its own initrd: do not give --initrd with it")
 
     def describe(self) -> str:
         if self.uki is not None:
             return f"UKI {self.uki}"
+        if self.kernel is None:
+            return f"default entry of {self.grub_cfg}"
         return f"kernel {self.kernel}" + (f" with initrd {self.initrd}" if self.initrd else "")
 
 
@@ -199,9 +205,16 @@ def predict(
     if boot.uki is not None:
         image = read_image(boot.uki)
         _predict_uki(log, bank, editor, application, image, unpredictable, str(boot.uki))
-        what = "UKI"
+        reason = _signer_reason(log, image, "UKI", str(boot.uki))
+    elif grub.is_grub_boot(log):
+        reason = _predict_grub_chain(log, bank, editor, boot, unpredictable)
     else:
-        assert boot.kernel is not None
+        if boot.kernel is None:
+            raise MeasurementError(
+                "this boot did not go through GRUB, so its grub.cfg does not say what the next "
+                "boot starts",
+                "give the next boot's --kernel (and --initrd) or --uki",
+            )
         image = read_image(boot.kernel)
         editor.set_digest(application, pe.authenticode_digest(image, bank, source=str(boot.kernel)))
         if boot.initrd is not None:
@@ -210,8 +223,7 @@ def predict(
                 editor.set_event_digest(tagged[-1], bank.hash(read_image(boot.initrd)))
             else:
                 unpredictable[9] = "this boot's kernel measured no initrd, the next one may"
-        what = "kernel"
-    reason = _signer_reason(log, image, what, str(boot.uki or boot.kernel))
+        reason = _signer_reason(log, image, "kernel", str(boot.kernel))
     if reason:
         unpredictable[7] = reason
     predicted = replay(editor.measurements, bank, log.startup_locality)
@@ -263,3 +275,67 @@ def _predict_uki(
             unpredictable[9] = "the kernel's measurement of its command line is not known"
         else:
             editor.set_event_digest(options_events[-1], digest)
+
+
+def _predict_grub_chain(
+    log: EventLog, bank: Bank, editor: _Editor, boot: NextBoot, unpredictable: dict[int, str]
+) -> str | None:
+    """Replace GRUB's events (PCRs 8, 9) and the kernel's (PCR 4) with those of a run of the
+    new grub.cfg; return why PCR 7 would change, if it would."""
+    config = boot.grub_cfg or grub.DEFAULT_GRUB_CFG
+    try:
+        found = grub.predict_grub(log, bank, editor.measurements, config)
+    except MeasurementError as exc:
+        why = exc.one_line()
+        unpredictable.update({8: why, 9: why})
+        unpredictable.setdefault(4, why)
+        unpredictable.setdefault(7, why)
+        return None
+    if boot.kernel is not None and not grub.same_file(boot.kernel, found.kernel):
+        raise MeasurementError(
+            f"the default entry of {config} boots {found.kernel}, not {boot.kernel}",
+            "give the kernel GRUB boots, or leave --kernel out: GRUB's config decides it",
+        )
+    if boot.initrd is not None and not any(grub.same_file(boot.initrd, i) for i in found.initrds):
+        loaded = ", ".join(map(str, found.initrds)) or "no initrd"
+        raise MeasurementError(
+            f"the default entry of {config} loads {loaded}, not {boot.initrd}",
+            "give the initrd GRUB loads, or leave --initrd out",
+        )
+    for pcr in (8, 9, 4):
+        gone = set(found.replaced[pcr])
+        indices = [i for i, m in enumerate(editor.measurements) if m.event in gone]
+        editor.replace_run(indices, found.measurements[pcr])
+    return _grub_signer_reason(log, read_image(found.kernel), str(found.kernel), config)
+
+
+def _grub_signer_reason(log: EventLog, image: bytes, source: str, config: Path) -> str | None:
+    """Why PCR 7 would change with the new kernel on the shim + GRUB chain, or None.
+
+    shim records in PCR 7 the db or MOK certificate that verified an image, but nothing when
+    its built-in vendor certificate did (Debian's kernels). So PCR 7 stays the same when the
+    new kernel is signed by the certificate that signed this boot's kernel; that kernel is
+    found in /boot by the digest GRUB measured of it.
+    """
+    first = grub.read_grub_boot(log).first_event
+    after_grub = [
+        e for e in log.events
+        if e.pcr == 7 and e.type == eventlog.EV_EFI_VARIABLE_AUTHORITY and e.number > first
+    ]
+    if after_grub:
+        return _signer_reason(log, image, "kernel", source)
+    signers = pe.signer_certificates(image, source=source)
+    if not signers:
+        return "the new kernel is not signed: shim will refuse to start it"
+    current = grub.current_kernel(log, config)
+    if current is None:
+        return (
+            "this boot's kernel is no longer in /boot, so sealer cannot check that shim "
+            "verifies the new kernel the same way"
+        )
+    if set(pe.signer_certificates(read_image(current), source=str(current))) != set(signers):
+        return (
+            "the new kernel is signed by another certificate than this boot's kernel, so shim "
+            "may record another authority in PCR 7"
+        )
+    return None

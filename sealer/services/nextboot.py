@@ -171,7 +171,12 @@ def find_next_boot(etc_dir: Path = DEFAULT_ETC, boot_dir: Path = DEFAULT_BOOT) -
     newest = versions[-1]
     if conf.boot == "uki":
         return NextBoot(uki=Path(conf.uki.replace("%v", newest)))
-    return NextBoot(kernel=boot_dir / f"vmlinuz-{newest}", initrd=boot_dir / f"initrd.img-{newest}")
+    grub_cfg = boot_dir / "grub" / "grub.cfg"  # used only if this boot went through GRUB
+    return NextBoot(
+        kernel=boot_dir / f"vmlinuz-{newest}",
+        initrd=boot_dir / f"initrd.img-{newest}",
+        grub_cfg=grub_cfg if grub_cfg.is_file() else None,
+    )
 
 
 # --- will it unlock ---------------------------------------------------------------------

@@ -123,7 +123,7 @@ def test_dry_run_json_is_the_plan(root: Path, source: Path) -> None:
         (str(root / "etc/initramfs-tools/scripts/init-bottom/sealer"), "create", "0755"),
         (str(root / "etc/initramfs-tools/scripts/panic/sealer"), "create", "0755"),
         (str(root / "etc/sealer/initramfs.conf"), "create", "0644"),
-        (str(root / "etc/kernel/postinst.d/zz-sealer"), "create", "0755"),
+        (str(root / "etc/kernel/postinst.d/zzz-sealer"), "create", "0755"),
         (str(root / "etc/initramfs/post-update.d/sealer"), "create", "0755"),
         (str(root / "etc/systemd/system/sealer-prune.service"), "create", "0644"),
         (str(root / "etc/crypttab"), "update", "0640"),
@@ -149,7 +149,7 @@ def test_enable_then_again_then_disable_under_root(root: Path, source: Path) -> 
     assert files["etc/initramfs-tools/scripts/panic/sealer"] == (PANIC_SCRIPT, 0o755)
     assert files["etc/sealer/initramfs.conf"][1] == 0o644
     hook = (source / "update/reseal-hook").read_bytes()
-    assert files["etc/kernel/postinst.d/zz-sealer"] == (hook, 0o755)
+    assert files["etc/kernel/postinst.d/zzz-sealer"] == (hook, 0o755)
     assert files["etc/initramfs/post-update.d/sealer"] == (hook, 0o755)
     unit, unit_mode = files["etc/systemd/system/sealer-prune.service"]
     assert f"ExecStart={sys.executable} -m sealer prune\n".encode() in unit and unit_mode == 0o644

@@ -136,7 +136,7 @@ def test_plan_enable_lists_every_file_in_order_and_writes_nothing(
         (root / "etc/initramfs-tools/scripts/init-bottom/sealer", "create", 0o755),
         (root / "etc/initramfs-tools/scripts/panic/sealer", "create", 0o755),
         (root / "etc/sealer/initramfs.conf", "create", 0o644),
-        (root / "etc/kernel/postinst.d/zz-sealer", "create", 0o755),
+        (root / "etc/kernel/postinst.d/zzz-sealer", "create", 0o755),
         (root / "etc/initramfs/post-update.d/sealer", "create", 0o755),
         (root / "etc/systemd/system/sealer-prune.service", "create", 0o644),
         (root / "etc/crypttab", "update", 0o600),  # last: it names the keyscript
@@ -381,7 +381,7 @@ def test_disable_undoes_enable_exactly(root: Path, source: Path) -> None:
         (root / "etc/initramfs-tools/scripts/panic/sealer", "remove"),
         (root / "etc/sealer/initramfs.conf", "remove"),
         (root / "usr/lib/sealer/keyscript", "remove"),
-        (root / "etc/kernel/postinst.d/zz-sealer", "remove"),
+        (root / "etc/kernel/postinst.d/zzz-sealer", "remove"),
         (root / "etc/initramfs/post-update.d/sealer", "remove"),
         (root / "etc/systemd/system/sealer-prune.service", "remove"),
     ]
