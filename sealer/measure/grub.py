@@ -220,11 +220,11 @@ def predict_grub(
         raise UnsupportedScript("GRUB's default entry loads no kernel")
     if not boot.kernel_events:
         raise UnsupportedScript("this boot's log has no kernel image in PCR 4 after GRUB")
+    replaced = _replaced_events(log, measurements, boot)
+    _check_against_this_boot(measurements, replaced, run.measured)
     new: dict[int, list[Measurement]] = {4: [], 8: [], 9: []}
     for measured in run.measured:
         new[measured.pcr].append(_measurement(measured, bank, files, run))
-    replaced = _replaced_events(log, measurements, boot)
-    _check_against_this_boot(measurements, replaced, new)
     return GrubPrediction(
         measurements=new,
         replaced=replaced,
@@ -296,25 +296,24 @@ def _replaced_events(
 def _check_against_this_boot(
     measurements: Sequence[Measurement],
     replaced: dict[int, list[int]],
-    new: dict[int, list[Measurement]],
+    measured: Sequence[Measured],
 ) -> None:
     by_event = {m.event: m for m in measurements if m.event is not None}
     for pcr in (8, 9, 4):
         old = [by_event[n] for n in replaced[pcr]]
-        if len(old) != len(new[pcr]):
+        new = [m.description for m in measured if m.pcr == pcr]
+        if len(old) != len(new):
             raise UnsupportedScript(
-                f"the new grub.cfg makes GRUB measure {len(new[pcr])} events into PCR {pcr}, "
+                f"the new grub.cfg makes GRUB measure {len(new)} events into PCR {pcr}, "
                 f"this boot measured {len(old)}: it runs other commands than this boot did"
             )
-        for before, after in zip(old, new[pcr], strict=True):
-            if before.description == after.description or pcr == 4:
-                continue
-            if pcr == 9 or _name(before.description) == _name(after.description) in (
-                _UPDATED_COMMANDS | {"kernel_cmdline"}
-            ):
+        for before, after in zip(old, new, strict=True):
+            if before.description == after or pcr != 8:
+                continue  # PCR 9 and 4: the files the commands below name
+            if _name(before.description) == _name(after) in _UPDATED_COMMANDS | {"kernel_cmdline"}:
                 continue
             raise UnsupportedScript(
-                f"the new grub.cfg makes GRUB run {_short(after.description)!r} where this boot "
+                f"the new grub.cfg makes GRUB run {_short(after)!r} where this boot "
                 f"ran {_short(before.description)!r} (event {before.event}): sealer predicts "
                 "GRUB only where it follows this boot"
             )
