@@ -205,7 +205,9 @@ class Verdict:
 
 
 def _image_of(boot: NextBoot) -> str:
-    return f"UKI {boot.uki}" if boot.uki is not None else f"kernel {boot.kernel}"
+    if boot.uki is not None:
+        return f"UKI {boot.uki}"
+    return f"kernel {boot.kernel}" if boot.kernel is not None else boot.describe()
 
 
 def _reseal_command(boot: NextBoot, device: str, log_path: Path | None, offline: bool) -> str:
@@ -213,8 +215,9 @@ def _reseal_command(boot: NextBoot, device: str, log_path: Path | None, offline:
     if boot.uki is not None:
         args = ["--uki", str(boot.uki)]
     else:
-        args = ["--kernel", str(boot.kernel)]
+        args = ["--kernel", str(boot.kernel)] if boot.kernel is not None else []
         args += ["--initrd", str(boot.initrd)] if boot.initrd is not None else []
+        args += ["--grub-cfg", str(boot.grub_cfg)] if boot.grub_cfg is not None else []
     args += ["--eventlog", str(log_path)] if log_path is not None else []
     args += ["--offline"] if offline else []
     return shlex.join(["sealer", "reseal", *args, device])
