@@ -28,8 +28,6 @@ from luks_image import opens_with
 from simboot import captured_boot, make_uki
 from swtpm import Swtpm
 
-pytestmark = pytest.mark.integration
-
 HEALTHY = ("m1", "m2", "m3")
 ENROLL_TASK = "Enroll each volume with the TPM (recovery key escrowed)"
 FAIL_TASK = "Fail the machine if a volume did not enroll"

@@ -18,8 +18,6 @@ from swtpm import Swtpm
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
-
 
 def assert_one_clear_line(stderr: str, expected: str) -> None:
     assert "Traceback" not in stderr

@@ -18,8 +18,6 @@ from luks_image import make_luks_image
 
 from sealer.install.crypttab import KEYSCRIPT_OPTION
 
-pytestmark = pytest.mark.integration
-
 HOOK = b"#!/bin/sh\n# fake hook\nexit 0\n"
 CAP_SCRIPT = b"#!/bin/sh\n# fake init-bottom capping script\n"
 PANIC_SCRIPT = b"#!/bin/sh\n# fake panic capping script\n"

@@ -22,7 +22,6 @@ from sealer.tpm.lockout import read_lockout
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.srk import SRK_HANDLE, read_srk
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 

@@ -29,7 +29,6 @@ from test_boot_unlocker import run_module
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 EXIT_TPM, EXIT_AUTH, EXIT_SRK = 4, 6, 7
 EXIT_HEADER_FULL, EXIT_STATE, EXIT_REFUSED = 10, 11, 12
 PIN = b"2468"

@@ -32,7 +32,6 @@ from luks_image import opens_with
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 MACHINE = "0123456789abcdef0123456789abcdef"
 RECOVERY_KEY = re.compile(r"[0-9a-hjkmnp-tv-z]{5}(-[0-9a-hjkmnp-tv-z]{5}){5}")
 EXIT_USAGE, EXIT_AUTH, EXIT_TOKEN, EXIT_STATE = 2, 6, 9, 11

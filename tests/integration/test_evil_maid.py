@@ -37,7 +37,6 @@ from sealer.tpm.policykey import policy_key_name
 from sealer.tpm.seal import SealedBlob, unseal
 from sealer.tpm.srk import require_srk
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 

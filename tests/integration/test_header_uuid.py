@@ -16,7 +16,6 @@ from conftest import PASSPHRASE, Result, SealerCli
 from escrow_certs import OrgKeys, org_pair
 from luks_image import opens_with, rewrite_header_uuid
 
-pytestmark = pytest.mark.integration
 MACHINE = "0123456789abcdef0123456789abcdef"
 EXIT_DEVICE = 3
 # From STATE/escrow/MACHINE-<uuid>-keyslot2.json this climbs to the test's tmp_path:

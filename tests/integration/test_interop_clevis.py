@@ -31,7 +31,6 @@ from sealer.tpm.connection import connect
 from sealer.tpm.pcr import active_banks
 
 pytestmark = [
-    pytest.mark.integration,
     pytest.mark.skipif(
         shutil.which("clevis") is None,
         reason="clevis is not installed (apt-get install clevis clevis-luks clevis-tpm2)",

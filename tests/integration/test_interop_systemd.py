@@ -31,8 +31,6 @@ from sealer.pcrs import BANKS
 from sealer.tpm import systemd_tpm2 as tpm
 from sealer.tpm.connection import connect
 
-pytestmark = pytest.mark.integration
-
 # A token systemd-cryptenroll 252 wrote (--tpm2-pcrs=7, fresh swtpm), for the parser tests.
 REAL_TOKEN: dict[str, Any] = {
     "type": "systemd-tpm2",

@@ -41,7 +41,6 @@ from sealer.luks import cryptsetup
 from sealer.policy import keys
 from sealer.tpm.policykey import policy_key_name
 
-pytestmark = pytest.mark.integration
 INJECTOR = ROOT / "swtpm-fixtures" / "faultinject.py"
 ANONYMOUS = "passphrase or recovery key"
 MACHINE_ID = "0123456789abcdef0123456789abcdef"

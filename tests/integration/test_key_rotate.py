@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from conftest import PASSPHRASE, SealerCli
 from header_edit import edit_token, token_doc
 from luks_image import make_luks_image, opens_with
@@ -21,7 +20,6 @@ from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.policykey import policy_key_name
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 

@@ -33,7 +33,6 @@ from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.seal import SealedBlob, unseal
 from sealer.tpm.srk import require_srk
 
-pytestmark = pytest.mark.integration
 PIN = b"2468"
 EXIT_AUTH, EXIT_POLICY, EXIT_LOCKOUT = 6, 5, 8
 COMES_BACK = "one try comes back every 600 s while the TPM is powered, the next within 600 s"

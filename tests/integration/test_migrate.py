@@ -16,7 +16,6 @@ from swtpm import Swtpm
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 EXIT_POLICY = 5
 
 

@@ -21,7 +21,6 @@ from conftest import SealerCli
 from conftest import SealerMachine as Machine
 from simboot import boot_of, captured_boot, make_uki
 
-pytestmark = pytest.mark.integration
 LOG = str(eventlogs.UKI_BOOT_LOG)
 
 

@@ -10,13 +10,11 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 from conftest import PASSPHRASE, SealerCli
 from luks_image import opens_with
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 EXIT_USAGE, EXIT_POLICY, EXIT_AUTH = 2, 5, 6
 
 

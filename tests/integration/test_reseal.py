@@ -26,7 +26,6 @@ from simboot import (
 
 from sealer.measure.pe import authenticode_digest
 
-pytestmark = pytest.mark.integration
 EXIT_POLICY = 5
 EXIT_MEASUREMENT = 14
 

@@ -30,7 +30,6 @@ from sealer.interop import clevis
 from sealer.interop import systemd_tpm2 as systemd
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 PIN = b"2468"
 EXIT_AUTH, EXIT_TPM_MISMATCH, EXIT_LOCKOUT, EXIT_STATE = 6, 7, 8, 11
 AUTH_FILE = "tpm-lockout.auth"

@@ -28,7 +28,6 @@ from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.seal import SealedBlob, unseal
 from sealer.tpm.srk import require_srk
 
-pytestmark = pytest.mark.integration
 EXIT_POLICY, EXIT_TOKEN, EXIT_REFUSED = 5, 9, 12
 LOG = str(eventlogs.UKI_BOOT_LOG)
 

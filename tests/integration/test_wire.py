@@ -28,7 +28,6 @@ from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.seal import AuthorizedPolicy, trial_policy_digest
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 # ReadPublic(SRK), PCR_Read, NV_ReadPublic + NV_Read (is the approval's release revoked?),

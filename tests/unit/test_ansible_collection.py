@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import yaml
 
 COLLECTION = Path(__file__).resolve().parents[2] / "ansible"
 MODULES = COLLECTION / "ansible_collections" / "sealer" / "tpm" / "plugins" / "modules"
-sys.path.insert(0, str(COLLECTION))
 
 PREFIX = "ansible_collections.sealer.tpm.plugins"
 sealer_cli: Any = importlib.import_module(f"{PREFIX}.module_utils.sealer_cli")

@@ -18,13 +18,15 @@ import contextlib
 import copy
 import json
 import struct
-import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mutators
 import pytest
+import seeds
+import targets
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -36,11 +38,6 @@ from sealer.measure.eventlog import EventLogError
 from sealer.pcrs import BANKS
 from sealer.policy.approval import parse_approval, verify_approval
 from sealer.services.vendor import read_approval_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
-import mutators
-import seeds
-import targets
 
 # Deterministic for CI (derandomize, no example database); no per-example deadline, since
 # a slow CI machine must not turn into a flaky failure: hangs are libFuzzer's -timeout job.
