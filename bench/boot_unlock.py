@@ -21,11 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures"), str(ROOT / "tests" / "e2e")]
-
-from bootimage import build_initramfs  # noqa: E402
-from bootkit import (  # noqa: E402
+from bootimage import build_initramfs
+from bootkit import (
     KEYSCRIPT,
     ROOT_PASSPHRASE,
     enroll_on_host,
@@ -33,7 +30,7 @@ from bootkit import (  # noqa: E402
     missing_boot_parts,
     type_passphrase,
 )
-from qemu import Machine  # noqa: E402
+from qemu import Machine
 
 ROOT_UP = "SEALER-E2E: root file system is up"
 UNLOCKER_LINE = re.compile(r"key released by the TPM in ([0-9.]+) s")

@@ -26,18 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures")]
+import eventlogs
+from bootimage import assemble_uki, installed_kernel
+from luks_image import make_luks_image
+from secureboot import make_keys, sign
+from swtpm import Swtpm, WireLog, log_size
 
-import eventlogs  # noqa: E402
-from bootimage import assemble_uki, installed_kernel  # noqa: E402
-from luks_image import make_luks_image  # noqa: E402
-from secureboot import make_keys, sign  # noqa: E402
-from swtpm import Swtpm, WireLog, log_size  # noqa: E402
-
-from sealer.measure.eventlog import parse  # noqa: E402
-from sealer.measure.predict import NextBoot, predict  # noqa: E402
-from sealer.pcrs import BANKS  # noqa: E402
+from sealer.measure.eventlog import parse
+from sealer.measure.predict import NextBoot, predict
+from sealer.pcrs import BANKS
 
 SHA256 = BANKS["sha256"]
 PASSPHRASE = b"bench passphrase"

@@ -33,14 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from luks_image import make_luks_image
+from swtpm import Swtpm, WireLog, log_size
+
+from sealer.interop.bindings import tool_bindings
+from sealer.luks import cryptsetup
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures")]
-
-from luks_image import make_luks_image  # noqa: E402
-from swtpm import Swtpm, WireLog, log_size  # noqa: E402
-
-from sealer.interop.bindings import tool_bindings  # noqa: E402
-from sealer.luks import cryptsetup  # noqa: E402
 
 PASSPHRASE = b"bench passphrase"
 RUNS = 5

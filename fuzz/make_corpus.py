@@ -27,15 +27,14 @@ from typing import Any
 
 import seeds
 from cryptography.hazmat.primitives.asymmetric import ec
+from luks_image import make_luks_image
+from swtpm import Swtpm
 
 from sealer.measure import eventlog
 from sealer.pcrs import BANKS
 
 FUZZ = Path(__file__).resolve().parent
 ROOT = FUZZ.parent
-sys.path.insert(0, str(ROOT / "swtpm-fixtures"))
-from luks_image import make_luks_image  # noqa: E402
-from swtpm import Swtpm  # noqa: E402
 
 PASSPHRASE = b"correct horse battery staple"
 SEALER = Path(sys.executable).parent / "sealer"
