@@ -66,7 +66,7 @@ def main() -> int:
         plain = build_initramfs(
             work / "initrd-plain.img", kit.kernel, work / "plain", with_sealer=False,
             extra_hooks={"print-passphrase": PRINTING_KEYSCRIPT_HOOK % ROOT_PASSPHRASE},
-        )  # fmt: skip
+        )
 
         print("bench: provisioning boot (passphrase typed), then enrolling...", file=sys.stderr)
         disk = kit.new_root(work / "machine")
@@ -111,7 +111,7 @@ def main() -> int:
         ("initramfs unpacked, with / without sealer (MiB)",
          f"{figures['initramfs_with_sealer_unpacked_bytes'] / mib:.1f} / "
          f"{figures['initramfs_without_sealer_unpacked_bytes'] / mib:.1f}"),
-    ]  # fmt: skip
+    ]
     print("| figure (QEMU -accel tcg, one run) | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -58,7 +58,7 @@ def main() -> int:
         sealer(
             tpm.tcti, "enroll", "--unlock-key-file", "-", "--recovery-key",
             "--state-dir", str(WORK / "state"), str(image), stdin=PASSPHRASE + b"\n",
-        )  # fmt: skip
+        )
         step("Status")
         sealer(tpm.tcti, "status", "--state-dir", str(WORK / "state"), str(image))
         step("Unlock test: the TPM releases a key that the volume accepts")

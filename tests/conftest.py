@@ -181,7 +181,7 @@ class SealerCli:
         return self(
             "enroll", "--unlock-key-file", "-", "--state-dir", str(self.state_dir),
             "--quiet", *pin_args, *extra, str(device), stdin=passphrase, fds=[pin] if pin else [],
-        )  # fmt: skip
+        )
 
 
 class SealerMachine(SimulatedMachine):

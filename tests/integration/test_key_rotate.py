@@ -29,7 +29,7 @@ def rotate(sealer: SealerCli, *devices: Path) -> dict[str, object]:
     result = sealer(
         "key", "rotate", "--unlock-key-file", str(key_file), "--state-dir",
         str(sealer.state_dir), "--json", *map(str, devices),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     return {"results": json.loads(result.stdout)}
 
@@ -46,7 +46,7 @@ def forged_approval(
         policy_ref=current.policy_ref,
         release=None if current.release is None else (current.release, current.nv_name),
         epoch=None if current.epoch is None else (current.epoch, current.epoch_nv_name),
-    )  # fmt: skip
+    )
     return signed.to_json()
 
 

@@ -129,7 +129,6 @@ def nested(depth: int) -> Any:
 
 # Values that broke or could break a reader: int() past 4300 digits, negative handles,
 # lone surrogates (valid JSON, not encodable), NUL, nesting deep enough to reach repr().
-# fmt: off
 HOSTILE_VALUES = st.sampled_from(
     [
         10**4000, -(10**4000), -1, 2**64, 2**32, 0, 1, True, False, None,
@@ -138,7 +137,6 @@ HOSTILE_VALUES = st.sampled_from(
         [], {}, [[]], {"": None}, nested(200), {"9" * 5000: []},
     ]
 ).map(copy.deepcopy) | JSON_VALUES  # a copy: later mutations may change what they are put in
-# fmt: on
 
 
 def _pick_container(draw: st.DrawFn, doc: Any) -> Any:
@@ -229,9 +227,9 @@ def structured_logs(draw: st.DrawFn) -> bytes:
         listed = list(algorithms.items())
         digests = draw(st.permutations(listed)) if draw(st.booleans()) else draw(
             st.lists(st.sampled_from(listed), max_size=4) if listed else st.just([])
-        )  # fmt: skip
+        )
         log += seeds.event2(draw(st.integers(0, 30)), kind,
-                            [(alg, bytes(size)) for alg, size in digests], data)  # fmt: skip
+                            [(alg, bytes(size)) for alg, size in digests], data)
     if draw(st.booleans()) and len(log) >= 4:
         at = draw(st.integers(0, len(log) - 4))
         log = log[:at] + struct.pack("<I", draw(st.sampled_from(HUGE_U32))) + log[at + 4 :]

@@ -27,7 +27,7 @@ LAYERS = {
     "install": 2,
     "services": 3,
     "boot": 4, "cli": 4, "__main__": 4,
-}  # fmt: skip
+}
 
 
 def _modules() -> Iterator[tuple[str, Path]]:
@@ -81,7 +81,7 @@ def test_no_import_runs_up_the_layers() -> None:
 def test_no_two_folders_import_each_other() -> None:
     pairs = {(_folder(m), folder) for m, _, folder in _edges() if _folder(m) != folder}
     loops = sorted(f"{a} <-> {b}" for a, b in itertools.combinations(sorted(LAYERS), 2)
-                   if (a, b) in pairs and (b, a) in pairs)  # fmt: skip
+                   if (a, b) in pairs and (b, a) in pairs)
     assert loops == []
 
 
