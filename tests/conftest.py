@@ -99,18 +99,25 @@ def unit_tier_guard(
     which = shutil.which
     popen_init = subprocess.Popen.__init__
 
+    # Refused only when the lookup would find the program (the real one or the stub): a test of
+    # the "not installed" path, with an empty PATH, still runs.
     def guarded_which(cmd: Any, *args: Any, **kwargs: Any) -> Any:
-        if forbidden_in_unit_tests(os.fspath(cmd)):
+        found = which(cmd, *args, **kwargs)
+        if found is not None and forbidden_in_unit_tests(os.fspath(cmd)):
             guard.refuse(os.fspath(cmd), "look up")
-        return which(cmd, *args, **kwargs)
+        return found
 
     def guarded_popen_init(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
         if isinstance(args, str | bytes | os.PathLike):
             argv = [os.fsdecode(args)] if not kwargs.get("shell") else shlex.split(str(args))
         else:
             argv = [os.fsdecode(a) for a in args]
+        env = kwargs.get("env")
+        search = (os.environ if env is None else env).get("PATH", os.defpath)
         for program in (kwargs.get("executable"), argv[0] if argv else None):
-            if program is not None and forbidden_in_unit_tests(os.fsdecode(program)):
+            if program is None or not forbidden_in_unit_tests(os.fsdecode(program)):
+                continue
+            if which(os.fsdecode(program), path=search) is not None:
                 guard.refuse(os.fsdecode(program), "start")
         popen_init(self, args, *rest, **kwargs)
 

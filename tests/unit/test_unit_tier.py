@@ -1,5 +1,6 @@
 """The unit tier runs no real component: tests/conftest.py's guard refuses swtpm, cryptsetup and
-QEMU under tests/unit/, in this process and in child processes, and marks tiers by folder."""
+QEMU under tests/unit/, in this process and in child processes, whether they are installed or
+not (PATH finds the guard's stubs first); and the tiers' markers come from the folders."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _refused(guard: UnitTierGuard) -> str:
 
 
 @pytest.mark.parametrize(
-    "program", ["swtpm", "swtpm_setup", "/usr/bin/swtpm", "cryptsetup", "qemu-system-x86_64"]
+    "program", ["swtpm", "swtpm_setup", "swtpm_ioctl", "cryptsetup", "qemu-system-x86_64"]
 )
 def test_looking_up_a_real_component_fails_the_test(guard: UnitTierGuard, program: str) -> None:
     with pytest.raises(Failed):
@@ -39,7 +40,7 @@ def test_looking_up_a_real_component_fails_the_test(guard: UnitTierGuard, progra
     assert program in _refused(guard)
 
 
-@pytest.mark.parametrize("argv", [["swtpm", "--version"], ["/sbin/cryptsetup", "--version"]])
+@pytest.mark.parametrize("argv", [["swtpm", "--version"], ["cryptsetup", "--version"]])
 def test_starting_a_real_component_fails_the_test(guard: UnitTierGuard, argv: list[str]) -> None:
     with pytest.raises(Failed):
         subprocess.run(argv, capture_output=True)
@@ -65,6 +66,16 @@ def test_a_child_process_finds_only_a_stub_that_reports_it(guard: UnitTierGuard)
     assert "tests/unit must not run cryptsetup" in child.stderr
     assert guard.from_children() == ["cryptsetup luksDump x"]
     guard.offset = guard.log.stat().st_size  # this test expected it: the teardown check passes
+
+
+def test_a_program_that_cannot_be_found_is_not_refused(
+    guard: UnitTierGuard, tmp_path: Path
+) -> None:
+    """The "not installed" path stays testable: with an empty PATH, nothing real can start."""
+    assert shutil.which("cryptsetup", path=str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError):
+        subprocess.run(["cryptsetup", "--version"], env={"PATH": str(tmp_path)})
+    assert guard.violations == []
 
 
 def test_other_programs_still_run(guard: UnitTierGuard) -> None:
