@@ -109,7 +109,8 @@ def unit_tier_guard(
 
     def guarded_popen_init(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
         if isinstance(args, str | bytes | os.PathLike):
-            argv = [os.fsdecode(args)] if not kwargs.get("shell") else shlex.split(str(args))
+            text = os.fsdecode(args)
+            argv = shlex.split(text) if kwargs.get("shell") else [text]
         else:
             argv = [os.fsdecode(a) for a in args]
         env = kwargs.get("env")
