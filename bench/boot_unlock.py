@@ -21,11 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures"), str(ROOT / "tests" / "e2e")]
-
-from bootimage import build_initramfs  # noqa: E402
-from bootkit import (  # noqa: E402
+from bootimage import build_initramfs
+from bootkit import (
     KEYSCRIPT,
     ROOT_PASSPHRASE,
     enroll_on_host,
@@ -33,7 +30,7 @@ from bootkit import (  # noqa: E402
     missing_boot_parts,
     type_passphrase,
 )
-from qemu import Machine  # noqa: E402
+from qemu import Machine
 
 ROOT_UP = "SEALER-E2E: root file system is up"
 UNLOCKER_LINE = re.compile(r"key released by the TPM in ([0-9.]+) s")
@@ -69,7 +66,7 @@ def main() -> int:
         plain = build_initramfs(
             work / "initrd-plain.img", kit.kernel, work / "plain", with_sealer=False,
             extra_hooks={"print-passphrase": PRINTING_KEYSCRIPT_HOOK % ROOT_PASSPHRASE},
-        )  # fmt: skip
+        )
 
         print("bench: provisioning boot (passphrase typed), then enrolling...", file=sys.stderr)
         disk = kit.new_root(work / "machine")
@@ -114,7 +111,7 @@ def main() -> int:
         ("initramfs unpacked, with / without sealer (MiB)",
          f"{figures['initramfs_with_sealer_unpacked_bytes'] / mib:.1f} / "
          f"{figures['initramfs_without_sealer_unpacked_bytes'] / mib:.1f}"),
-    ]  # fmt: skip
+    ]
     print("| figure (QEMU -accel tcg, one run) | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -24,10 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures")]
-
-from ansible_fleet import Fleet, PlaybookRun  # noqa: E402
+from ansible_fleet import Fleet, PlaybookRun
 
 
 def in_flight(run: PlaybookRun) -> dict[str, float]:

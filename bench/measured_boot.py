@@ -26,18 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures")]
+import eventlogs
+from bootimage import assemble_uki, installed_kernel
+from luks_image import make_luks_image
+from secureboot import make_keys, sign
+from swtpm import Swtpm, WireLog, log_size
 
-import eventlogs  # noqa: E402
-from bootimage import assemble_uki, installed_kernel  # noqa: E402
-from luks_image import make_luks_image  # noqa: E402
-from secureboot import make_keys, sign  # noqa: E402
-from swtpm import Swtpm, WireLog, log_size  # noqa: E402
-
-from sealer.measure.eventlog import parse  # noqa: E402
-from sealer.measure.predict import NextBoot, predict  # noqa: E402
-from sealer.pcrs import BANKS  # noqa: E402
+from sealer.measure.eventlog import parse
+from sealer.measure.predict import NextBoot, predict
+from sealer.pcrs import BANKS
 
 SHA256 = BANKS["sha256"]
 PASSPHRASE = b"bench passphrase"
@@ -58,7 +55,7 @@ def sealer(*args: str, tcti: str = "", stdin: bytes = b"") -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "sealer", *tcti_args, *args],
         input=stdin, capture_output=True, check=True,
-    )  # fmt: skip
+    )
 
 
 def realistic_uki(work: Path) -> Path:
@@ -88,14 +85,14 @@ def unlock_commands(work: Path, uki: Path) -> dict[str, dict[str, int]]:
             "enroll", "--quiet", "--unlock-key-file", "-", "--state-dir", str(state),
             "--pcrs", "4,11", "--eventlog", str(eventlogs.UKI_BOOT_LOG), str(image),
             tcti=tpm.tcti, stdin=PASSPHRASE,
-        )  # fmt: skip
+        )
         counts = {}
         for label in ("1 boot state", "2 OR'ed boot states"):
             if label.startswith("2"):
                 sealer(
                     "reseal", "--quiet", "--eventlog", str(eventlogs.UKI_BOOT_LOG),
                     "--state-dir", str(state), "--uki", str(uki), str(image), tcti=tpm.tcti,
-                )  # fmt: skip
+                )
             start = log_size(log)
             sealer("unlock", "--test", str(image), tcti=tpm.tcti)
             counts[label] = dict(sorted(WireLog.read(log, start).counts().items()))
@@ -123,7 +120,7 @@ def main() -> int:
         command = (
             "predict", "--offline", "--eventlog", str(eventlogs.UKI_BOOT_LOG),
             "--uki", str(uki), "--pcrs", "4,7,9,11",
-        )  # fmt: skip
+        )
         results["predict_command_s"] = median_seconds(lambda: sealer(*command), 5)
         results["unlock_tpm_commands"] = unlock_commands(work, uki)
 
@@ -133,9 +130,9 @@ def main() -> int:
 
     print("| measured-boot work | median | min / max |\n| --- | --- | --- |")
     print(row(f"parse + replay the captured log ({len(data)} bytes)",
-              results["eventlog_parse_replay_s"]))  # fmt: skip
+              results["eventlog_parse_replay_s"]))
     print(row(f"predict a {results['uki_mib']} MiB signed UKI, in process",
-              results["predict_in_process_s"]))  # fmt: skip
+              results["predict_in_process_s"]))
     print(row("`sealer predict` command, same UKI", results["predict_command_s"]))
     counts = results["unlock_tpm_commands"]
     names = sorted({name for c in counts.values() for name in c})

@@ -33,14 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from luks_image import make_luks_image
+from swtpm import Swtpm, WireLog, log_size
+
+from sealer.interop.bindings import tool_bindings
+from sealer.luks import cryptsetup
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures")]
-
-from luks_image import make_luks_image  # noqa: E402
-from swtpm import Swtpm, WireLog, log_size  # noqa: E402
-
-from sealer.interop.bindings import tool_bindings  # noqa: E402
-from sealer.luks import cryptsetup  # noqa: E402
 
 PASSPHRASE = b"bench passphrase"
 RUNS = 5
@@ -92,7 +91,7 @@ class Sealer(Tool):
         self._sealer(
             "enroll", "--quiet", "--unlock-key-file", "-", "--state-dir",
             str(self.work / "state"), "--pcrs", "7", str(image), stdin=PASSPHRASE,
-        )  # fmt: skip
+        )
 
     def unlock(self, image: Path) -> bytes:
         self._sealer("unlock", "--test", str(image))
@@ -108,11 +107,11 @@ class SystemdCryptenroll(Tool):
 
     def enroll(self, image: Path) -> None:
         run(["systemd-cryptenroll", f"--tpm2-device=swtpm:host=127.0.0.1,port={self.port}",
-             "--tpm2-pcrs=7", str(image)], env={"PASSWORD": PASSPHRASE.decode()})  # fmt: skip
+             "--tpm2-pcrs=7", str(image)], env={"PASSWORD": PASSPHRASE.decode()})
 
     def unlock(self, image: Path) -> bytes:
         run([sys.executable, "-m", "sealer", "--tcti", self.tpm.tcti, "unlock", "--test",
-             str(image)])  # fmt: skip
+             str(image)])
         return b""
 
     def key(self, image: Path) -> bytes:
@@ -130,12 +129,12 @@ class Clevis(Tool):
 
     def enroll(self, image: Path) -> None:
         run(["clevis", "luks", "bind", "-y", "-k", "-", "-d", str(image), "tpm2",
-             '{"pcr_bank":"sha256","pcr_ids":"7"}'], PASSPHRASE, self._env())  # fmt: skip
+             '{"pcr_bank":"sha256","pcr_ids":"7"}'], PASSPHRASE, self._env())
 
     def unlock(self, image: Path) -> bytes:
         slot = _token_keyslot(image, "clevis")
         return run(["clevis", "luks", "pass", "-d", str(image), "-s", str(slot)],
-                   env=self._env())  # fmt: skip
+                   env=self._env())
 
 
 def _token_keyslot(image: Path, kind: str) -> int:
@@ -151,7 +150,7 @@ def _secret_candidates(tool: Tool, key: bytes, image: Path) -> list[bytes]:
         from sealer.services.unlock import release_key
 
         unsealed = release_key(str(image), token_id=None, tcti=tool.tpm.tcti,
-                               read_pin=lambda: b"")  # fmt: skip
+                               read_pin=lambda: b"")
         return [unsealed.key, base64.b64decode(unsealed.key)]
     candidates = [key.strip()]
     with contextlib.suppress(ValueError):  # not every tool's passphrase is base64
@@ -230,7 +229,7 @@ def markdown(results: dict[str, dict[str, Any]], added: dict[str, str]) -> str:
          + (" *" if r["unlock_note"] else "")),
         ("secret in clear on the TPM wire during unlock",
          lambda r: "yes" if r["secret_in_clear_on_wire"] else "no"),
-    ]  # fmt: skip
+    ]
     lines = [f"| | {' | '.join(tools)} |", f"| --- |{' --- |' * len(tools)}"]
     for label, cell in rows:
         lines.append(f"| {label} | {' | '.join(cell(results[t]) for t in tools)} |")

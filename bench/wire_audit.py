@@ -22,10 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "swtpm-fixtures")]
-
-from wireaudit import WireAudit, run_lifecycle, search  # noqa: E402
+from wireaudit import WireAudit, run_lifecycle, search
 
 
 def report(audit: WireAudit, seconds: float) -> str:

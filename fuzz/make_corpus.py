@@ -27,15 +27,14 @@ from typing import Any
 
 import seeds
 from cryptography.hazmat.primitives.asymmetric import ec
+from luks_image import make_luks_image
+from swtpm import Swtpm
 
 from sealer.measure import eventlog
 from sealer.pcrs import BANKS
 
 FUZZ = Path(__file__).resolve().parent
 ROOT = FUZZ.parent
-sys.path.insert(0, str(ROOT / "swtpm-fixtures"))
-from luks_image import make_luks_image  # noqa: E402
-from swtpm import Swtpm  # noqa: E402
 
 PASSPHRASE = b"correct horse battery staple"
 SEALER = Path(sys.executable).parent / "sealer"
@@ -94,7 +93,7 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
 
 def sealer_enroll(tpm: Swtpm, image: Path, state: Path) -> None:
     argv = [str(SEALER), "--tcti", tpm.tcti, "enroll", "--unlock-key-file", "-", "--pcrs", "7",
-            "--state-dir", str(state), "-q", str(image)]  # fmt: skip
+            "--state-dir", str(state), "-q", str(image)]
     run(argv, input=PASSPHRASE)
 
 
@@ -109,7 +108,7 @@ def systemd_enroll(tpm: Swtpm, image: Path, *args: str, pin: str | None = None) 
 def clevis_bind(tpm: Swtpm, image: Path, config: str) -> None:
     env = {**os.environ, "TPM2TOOLS_TCTI": tpm.tcti}
     run(["clevis", "luks", "bind", "-y", "-k", "-", "-d", str(image), "tpm2", config],
-        input=PASSPHRASE, env=env)  # fmt: skip
+        input=PASSPHRASE, env=env)
     # clevis leaves tpm2_createpolicy's session loaded; swtpm has no resource manager.
     run(["tpm2_flushcontext", "-T", tpm.tcti, "-l"])
 
@@ -141,7 +140,7 @@ def fresh_tpm(base: Path, name: str) -> Iterator[Swtpm]:
 
 def real_tool_seeds() -> None:
     missing = [t for t in ("cryptsetup", "swtpm", "systemd-cryptenroll", "clevis") if not
-               shutil.which(t)]  # fmt: skip
+               shutil.which(t)]
     if missing:
         raise SystemExit(f"missing tools: {', '.join(missing)} (run scripts/setup.sh --boot-chain)")
     with tempfile.TemporaryDirectory(prefix="sealer-corpus-") as tmp:
@@ -196,7 +195,7 @@ def write_dictionary(target: str, words: set[bytes]) -> None:
 
 
 JSON_SYNTAX = {b"{", b"}", b"[", b"]", b":", b",", b"null", b"true", b"false", b'""', b"-1",
-               b"1e999", b"\\u0000", b"\\ud800"}  # fmt: skip
+               b"1e999", b"\\u0000", b"\\ud800"}
 
 
 def json_dictionary(documents: list[Any]) -> set[bytes]:
@@ -222,7 +221,7 @@ def dictionaries() -> None:
         *(struct.pack("<H", bank.alg_id) for bank in BANKS.values()),
         *(struct.pack("<I", kind) for kind in eventlog.EVENT_TYPES),
         struct.pack("<I", 0xFFFFFFFF),
-    }  # fmt: skip
+    }
     write_dictionary("eventlog", log_words)
     write_dictionary("token", json_dictionary(json_documents("token")))
     write_dictionary("approval", json_dictionary(json_documents("approval")))

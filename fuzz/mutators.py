@@ -21,7 +21,7 @@ ByteMutator = Callable[[bytes, int], bytes]  # atheris.Mutate(data, max_size)
 HOSTILE: tuple[Any, ...] = (
     10**4000, -(10**4000), -1, 2**32, 2**64, 0, True, None, "", "-1", "0x-1", "9" * 5000,
     "\ud800", "\x00", "٣", 1.5, float("inf"), [], {}, [[[[[]]]]], {"": []},
-)  # fmt: skip
+)
 
 
 def mutate_json(data: bytes, max_size: int, seed: int, byte_mutate: ByteMutator) -> bytes:

@@ -76,7 +76,7 @@ def libfuzzer_argv(target: str, seconds: int, work: Path, limits: Limits) -> lis
         f"-timeout={limits.timeout}",
         "-print_final_stats=1",
         f"-artifact_prefix={limits.findings}/{target}-",
-    ]  # fmt: skip
+    ]
     dictionary = FUZZ / "dicts" / f"{target}.dict"
     if dictionary.exists():
         argv.append(f"-dict={dictionary}")
@@ -116,7 +116,7 @@ def run_target(target: str, seconds: int, work: Path, limits: Limits) -> Report:
         result = subprocess.run(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             timeout=seconds * 2 + 120, env={**os.environ, SCRATCH_ENV: str(work)},
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired as exc:
         report.findings.append("the worker did not stop")
         report.returncode = -1

@@ -79,7 +79,7 @@ def sample_event_log(banks: Sequence[Bank] = (BANKS["sha1"], BANKS["sha256"])) -
         (9, eventlog.EV_EVENT_TAG, tag),
         (8, eventlog.EV_IPL, b"grub_cmd: linux /vmlinuz\0"),
         (7, eventlog.EV_EFI_VARIABLE_AUTHORITY, variable_event_data("db", b"cert")),
-    ]  # fmt: skip
+    ]
     log = spec_id_event(algorithms)
     for pcr, kind, data in events:
         digests = [(bank.alg_id, bank.hash(data)) for bank in banks]
@@ -108,5 +108,5 @@ def approval_file(
         key, name, bank, states, comment=f"release {release}",
         events=events if with_events else (),
         release=(release, RevocationIndex(REVOCATION_INDEX, name).name),
-    )  # fmt: skip
+    )
     return ApprovalFile(approval, pem).to_json()

@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "swtpm-fixtures"))
+from luks_image import make_luks_image, opens_with
+from swtpm import Swtpm
 
-from luks_image import make_luks_image, opens_with  # noqa: E402
-from swtpm import Swtpm  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 WORK = ROOT / "demo-work"
 # A demo passphrase, handed to cryptsetup and sealer on standard input, never in argv.
@@ -59,7 +58,7 @@ def main() -> int:
         sealer(
             tpm.tcti, "enroll", "--unlock-key-file", "-", "--recovery-key",
             "--state-dir", str(WORK / "state"), str(image), stdin=PASSPHRASE + b"\n",
-        )  # fmt: skip
+        )
         step("Status")
         sealer(tpm.tcti, "status", "--state-dir", str(WORK / "state"), str(image))
         step("Unlock test: the TPM releases a key that the volume accepts")

@@ -74,4 +74,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+# The test helpers are plain modules in folders, not an installed package (swtpm-fixtures/ has
+# a hyphen and they must never ship in sealer's wheel). pytest finds them through `pythonpath`
+# in pyproject.toml; the scripts run without pytest (bench/, fuzz/make_corpus.py,
+# scripts/demo.py, swtpm-fixtures/capture_eventlog.py) find the same folders through this .pth
+# file, which the virtualenv's Python reads at start: no sys.path edits in any script. Written
+# at every run, so a virtualenv made before it, or moved with the checkout, gets it too.
+site_packages=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+printf '%s\n' "$PWD/swtpm-fixtures" "$PWD/tests/e2e" >"$site_packages/sealer-dev-helpers.pth"
 echo "setup: ready (.venv/bin/sealer)" >&2

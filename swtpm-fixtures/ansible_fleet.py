@@ -288,7 +288,7 @@ class Fleet:
         argv = [
             str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), str(PLAYBOOKS / playbook),
             *options,
-        ]  # fmt: skip
+        ]
         start = time.monotonic()
         proc = subprocess.run(
             argv, capture_output=True, text=True, env=self.env(log, record), timeout=timeout

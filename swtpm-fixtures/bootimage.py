@@ -80,7 +80,7 @@ def build_initramfs(
     subprocess.run(
         ["mkinitramfs", "-d", str(confdir), "-o", str(output), kernel.version],
         check=True, capture_output=True, env=env,
-    )  # fmt: skip
+    )
     return output
 
 
@@ -92,7 +92,7 @@ def assemble_uki(output: Path, sections: Mapping[str, Path]) -> Path:
         argv += [
             "--add-section", f"{name}={path}",
             "--change-section-vma", f"{name}={_SECTION_VMAS[name]:#x}",
-        ]  # fmt: skip
+        ]
     subprocess.run([*argv, str(STUB), str(output)], check=True, capture_output=True)
     pin_pe_timestamp(output, STUB)
     return output
@@ -152,7 +152,7 @@ def build_esp(output: Path, uki: Path) -> Path:
     subprocess.run(
         ["mcopy", "-i", str(output), str(uki), "::/EFI/BOOT/BOOTX64.EFI"],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     return output
 
 
@@ -169,7 +169,7 @@ def extended_initramfs(output: Path, initrd: Path, files: Mapping[str, bytes]) -
     archive = subprocess.run(
         ["cpio", "--quiet", "-o", "-H", "newc", "--owner", "0:0"],
         input=listing.encode(), cwd=tree, check=True, capture_output=True,
-    ).stdout  # fmt: skip
+    ).stdout
     base = initrd.read_bytes()
     padding = b"\0" * (-len(base) % 4)  # each archive starts 4-byte aligned
     output.write_bytes(base + padding + archive)

@@ -18,15 +18,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bootimage import extended_initramfs
+from bootkit import make_boot_kit, type_passphrase
+from qemu import Machine
+
+from sealer.measure.pe import authenticode_digest, stub_sections, uki_pcr11_events
+from sealer.pcrs import BANKS
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "e2e")]
-
-from bootimage import extended_initramfs  # noqa: E402
-from bootkit import make_boot_kit, type_passphrase  # noqa: E402
-from qemu import Machine  # noqa: E402
-
-from sealer.measure.pe import authenticode_digest, stub_sections, uki_pcr11_events  # noqa: E402
-from sealer.pcrs import BANKS  # noqa: E402
 
 SHA256 = BANKS["sha256"]
 

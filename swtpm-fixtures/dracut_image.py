@@ -26,7 +26,7 @@ SEALER_DRACUT_MODULE = REPO / "initramfs-hook" / "dracut" / "90sealer"
 DRACUT_MODULES = (
     "systemd", "systemd-initrd", "dracut-systemd", "crypt", "dm", "rootfs-block",
     "kernel-modules", "udev-rules", "base", "fs-lib",
-)  # fmt: skip
+)
 
 
 def missing_dracut() -> str | None:
@@ -70,7 +70,7 @@ def build_dracut_initramfs(
         "--no-hostonly", "--no-hostonly-cmdline", "--compress", "zstd",
         "--modules", " ".join(DRACUT_MODULES), "--add-drivers", " ".join(GUEST_MODULES),
         "--kver", kernel.version,
-    ]  # fmt: skip
+    ]
     if with_sealer:
         argv += ["--add", "sealer"]
     result = subprocess.run([*argv, str(output)], capture_output=True, text=True, env=env)

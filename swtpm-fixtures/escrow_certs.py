@@ -38,7 +38,7 @@ def _usage(*, key_encipherment: bool) -> x509.KeyUsage:
         digital_signature=not key_encipherment, content_commitment=False,
         key_encipherment=key_encipherment, data_encipherment=False, key_agreement=False,
         key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-    )  # fmt: skip
+    )
 
 
 def make_certificate(
@@ -84,7 +84,7 @@ def org_pair(directory: Path) -> OrgKeys:
     key.write_bytes(_rsa_key().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    ))  # fmt: skip
+    ))
     key.chmod(0o600)
     return OrgKeys(cert, key, certificate, _rsa_key())
 
@@ -125,7 +125,7 @@ def decrypt_record(record: Path, org: OrgKeys) -> bytes:
     return subprocess.run(
         ["openssl", "cms", "-decrypt", "-inform", "PEM", "-inkey", str(org.key)],
         input=pem.encode(), capture_output=True, check=True,
-    ).stdout  # fmt: skip
+    ).stdout
 
 
 def legacy_envelope(org: OrgKeys, content: bytes) -> str:
@@ -135,6 +135,6 @@ def legacy_envelope(org: OrgKeys, content: bytes) -> str:
         pkcs7.PKCS7EnvelopeBuilder().set_data(content).add_recipient(org.certificate)
         .set_content_encryption_algorithm(algorithms.AES256)
         .encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    )  # fmt: skip
+    )
     body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
     return f"-----BEGIN CMS-----\n{body}\n-----END CMS-----\n"

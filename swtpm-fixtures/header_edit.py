@@ -20,7 +20,7 @@ def write_token(image: Path, token_id: int, doc: dict[str, Any]) -> None:
         ["cryptsetup", "token", "import", "--token-replace", "--token-id", str(token_id),
          "--json-file", "-", str(image)],
         input=json.dumps(doc).encode(), check=True, capture_output=True,
-    )  # fmt: skip
+    )
 
 
 def edit_token(image: Path, token_id: int, **fields: Any) -> None:

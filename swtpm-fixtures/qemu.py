@@ -94,7 +94,7 @@ class Machine:
                 "--ctrl", f"type=unixio,path={socket_path}",
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 10
         while not socket_path.exists():
             if time.monotonic() > deadline or process.poll() is not None:
@@ -112,7 +112,7 @@ class Machine:
             "-drive", f"if=pflash,format=raw,unit=1,file={self.vars_path}",
             "-chardev", f"socket,id=chrtpm,path={socket_path}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
-        ]  # fmt: skip
+        ]
         for disk in self.disks:
             argv += ["-drive", f"file={disk},format=raw,if=virtio"]
         return argv
@@ -136,7 +136,7 @@ class Machine:
         qemu = subprocess.Popen(
             self.qemu_argv(socket_path),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         chunks: list[bytes] = []
         lock = threading.Lock()
 

@@ -66,7 +66,7 @@ def make_file_system(path: Path, tree: Path) -> Path:
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", "sealer-root", "-d", str(tree), str(path)],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     return path
 
 
@@ -85,7 +85,7 @@ def make_luks_root(path: Path, passphrase: bytes, work: Path) -> str:
             str(path),
         ],
         input=passphrase, check=True, capture_output=True,
-    )  # fmt: skip
+    )
     uuid = subprocess.run(
         ["cryptsetup", "luksUUID", str(path)], check=True, capture_output=True, text=True
     ).stdout.strip()

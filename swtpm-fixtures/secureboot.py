@@ -56,7 +56,7 @@ def make_keys(directory: Path, owner: str) -> SecureBootKeys:
                 "-keyout", str(keys.key(name)), "-out", str(keys.cert(name)),
             ],
             check=True, capture_output=True,
-        )  # fmt: skip
+        )
     subprocess.run(
         [
             virt_fw_vars(), "--input", str(OVMF_VARS_TEMPLATE),
@@ -67,7 +67,7 @@ def make_keys(directory: Path, owner: str) -> SecureBootKeys:
             "--secure-boot", "--no-microsoft",
         ],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     return keys
 
 
@@ -79,5 +79,5 @@ def sign(image: Path, keys: SecureBootKeys, output: Path) -> Path:
             "--output", str(output), str(image),
         ],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     return output

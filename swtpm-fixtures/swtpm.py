@@ -32,7 +32,7 @@ COMMAND_NAMES = {
     0x176: "StartAuthSession", 0x177: "VerifySignature", 0x17A: "GetCapability",
     0x17B: "GetRandom", 0x17E: "PCR_Read", 0x17F: "PolicyPCR", 0x181: "ReadClock",
     0x182: "PCR_Extend", 0x189: "PolicyGetDigest", 0x18F: "PolicyNvWritten",
-}  # fmt: skip
+}
 
 _BLOCK = re.compile(r"^\s*SWTPM_IO_(Read|Write): length (\d+)\s*$")
 _HEX_LINE = re.compile(r"^\s*(?:[0-9A-Fa-f]{2}\s+)*[0-9A-Fa-f]{2}\s*$")
@@ -78,7 +78,7 @@ class Swtpm:
             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
             "--ctrl", f"type=tcp,port={ctrl_port},bindaddr=127.0.0.1",
             "--flags", "not-need-init,startup-clear",
-        ]  # fmt: skip
+        ]
         if self.log_file is not None:
             argv += ["--log", f"file={self.log_file},level=20"]
         self._process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -64,7 +64,7 @@ REVOKE_VENDOR = "revoke --statement (vendor)"
 OPERATIONS = (
     ENROLL_FIRST, ENROLL_PIN, STATUS, UNLOCK, UNLOCK_PIN, KEYSCRIPT, CAP, RESEAL, PRUNE,
     REVOKE, REMOVE, ENROLL_VENDOR, REVOKE_VENDOR,
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def search(operation: str, wire: WireLog, needles: Mapping[str, bytes]) -> list[
                             operation, name, exchange.name, direction, whole,
                             min(offsets), len(offsets),
                         )
-                    )  # fmt: skip
+                    )
     # One finding per (needle, command, direction): a command sent twice is one finding.
     unique: dict[tuple[str, str, str], Finding] = {}
     for finding in findings:
@@ -348,7 +348,7 @@ def run_lifecycle(directory: Path) -> WireAudit:
         one.boot(captured_boot())
         state = str(one.state_dir)
         enroll = ("enroll", "--unlock-key-file", "-", "--state-dir", state, "--json",
-                  "--pcrs", "4,11", "--eventlog", log, "--recovery-key")  # fmt: skip
+                  "--pcrs", "4,11", "--eventlog", log, "--recovery-key")
         with audit.operation(ENROLL_FIRST):
             out = one.sealer(*enroll, str(a.image), stdin=PASSPHRASE)
         audit.needles["recovery key A"] = json.loads(out)["recovery_key"].encode()
@@ -380,7 +380,7 @@ def run_lifecycle(directory: Path) -> WireAudit:
         uki, contents = make_uki(directory / "v2", initrd=b"new initramfs", cmdline=b"quiet")
         with audit.operation(RESEAL):
             one.sealer("reseal", "--eventlog", log, "--state-dir", state, "--uki", str(uki),
-                       str(a.image))  # fmt: skip
+                       str(a.image))
         one.boot(boot_of(uki, contents))
         one.sealer("unlock", "--test", str(a.image))  # the update was approved ahead
         with audit.operation(PRUNE):
@@ -411,12 +411,12 @@ def run_lifecycle(directory: Path) -> WireAudit:
                 "enroll", "--unlock-key-file", "-", "--state-dir", str(two.state_dir),
                 "--quiet", "--pcrs", "4,11", "--trust-vendor-key",
                 str(directory / "vendor.pub.pem"), str(c.image), stdin=PASSPHRASE,
-            )  # fmt: skip
+            )
         _add_secret(audit, c, _released(c, two.tcti))
         c.add_controls(audit, "machine 2")
         statement = directory / "below-1.revocation"
         two.sealer("policy", "revoke", "--key", str(vendor), "--below", "1",
-                   "--out", str(statement))  # fmt: skip
+                   "--out", str(statement))
         with audit.operation(REVOKE_VENDOR):
             two.sealer("revoke", "--statement", str(statement), str(c.image))
         two.sealer("unlock", "--test", str(c.image), expect=5)

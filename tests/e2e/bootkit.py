@@ -190,7 +190,7 @@ def enroll_on_host(
                 "--pcrs", ",".join(str(p) for p in bind), *expected, *extra, str(disk),
             ],
             input=ROOT_PASSPHRASE.encode(), capture_output=True, timeout=120,
-        )  # fmt: skip
+        )
     assert result.returncode == 0, result.stderr.decode()
 
 
@@ -204,7 +204,7 @@ class Provisioned:
     first_boot: Boot
 
     def copy(self, directory: Path, *, esp: Path, vars_template: Path | None = None,
-             keep_tpm: bool = True) -> Machine:  # fmt: skip
+             keep_tpm: bool = True) -> Machine:
         """The same disk (a copy) and TPM (unless keep_tpm is False) in another machine."""
         directory.mkdir(parents=True, exist_ok=True)
         if keep_tpm:
@@ -236,7 +236,7 @@ def corrupt_file_system(disk: Path, *, at: int = 0, length: int = 8192) -> None:
     dump = subprocess.run(
         ["cryptsetup", "luksDump", "--dump-json-metadata", str(disk)],
         check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    ).stdout
     offset = int(json.loads(dump)["segments"]["0"]["offset"])
     with open(disk, "r+b") as handle:
         handle.seek(offset + at)

@@ -23,12 +23,6 @@ from dracut_image import missing_dracut
 from qemu import Machine
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "/tests/e2e/" in str(item.path):
-            item.add_marker(pytest.mark.e2e)
-
-
 @pytest.fixture(scope="session")
 def boot_kit(tmp_path_factory: pytest.TempPathFactory) -> BootKit:
     reason = missing_boot_parts()

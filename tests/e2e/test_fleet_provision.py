@@ -39,7 +39,7 @@ def test_a_disk_provisioned_by_the_playbook_unlocks_at_its_next_boot(
         host = fleet.add_machine(
             "guest", pcrs="4,7", disk=(disk, ROOT_PASSPHRASE), tpm_state=guest.tpm_state,
             booted=booted,
-        )  # fmt: skip
+        )
         fleet.write_inventory()
         run = fleet.run("provision.yml")
     finally:

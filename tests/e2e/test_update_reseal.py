@@ -80,13 +80,13 @@ def updated(boot_kit: BootKit, tmp_path_factory: pytest.TempPathFactory) -> Iter
     predicted = sealer_on_host(
         "predict", "--offline", "--eventlog", str(v1_log), "--uki", str(v2_uki),
         "--pcrs", pcrs, "--json",
-    )  # fmt: skip
+    )
     assert predicted.returncode == 0, predicted.stderr
     prediction = json.loads(predicted.stdout)[0]["pcrs"]
     resealed = sealer_on_host(
         "reseal", "--offline", "--eventlog", str(v1_log), "--uki", str(v2_uki),
         "--state-dir", str(state), "--json", str(disk),
-    )  # fmt: skip
+    )
     assert resealed.returncode == 0, resealed.stderr
 
     updated_machine = Machine(

@@ -58,7 +58,7 @@ def released(boot_kit: BootKit, tmp_path_factory: pytest.TempPathFactory) -> Ite
     enroll_on_host(
         Machine(directory, keys.vars_template, [v1_esp, disk]), disk, first.pcrs(),
         directory / "state", extra=("--trust-vendor-key", str(directory / "vendor.pub.pem")),
-    )  # fmt: skip
+    )
     initrd = extended_initramfs(
         directory / "initrd-r1.img", boot_kit.initrd, {"etc/sealer-e2e-release": b"1\n"}
     )
@@ -68,7 +68,7 @@ def released(boot_kit: BootKit, tmp_path_factory: pytest.TempPathFactory) -> Ite
     sealer_on_host(
         "policy", "sign", "--key", str(vendor), "--uki", str(uki), "--eventlog",
         str(reference_log), "--release", "1", "--pcrs", "4,7", "--out", str(approval),
-    )  # fmt: skip
+    )
     # The machine: the approval file goes into the header; that is all.
     sealer_on_host("policy", "install", str(approval), str(disk))
     release_esp = boot_kit.esp(keys=keys, cmdline=cmdline, initrd=initrd)

@@ -28,8 +28,6 @@ from luks_image import opens_with
 from simboot import captured_boot, make_uki
 from swtpm import Swtpm
 
-pytestmark = pytest.mark.integration
-
 HEALTHY = ("m1", "m2", "m3")
 ENROLL_TASK = "Enroll each volume with the TPM (recovery key escrowed)"
 FAIL_TASK = "Fail the machine if a volume did not enroll"
@@ -103,7 +101,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         _sealer(
             m1, "reseal", "--eventlog", log, "--state-dir", str(m1.state_dir), "--quiet",
             "--uki", str(uki), str(m1.volumes[0].device),
-        )  # fmt: skip
+        )
         scenario.runs["report"] = fleet.run("fleet_report.yml")
         for record in sorted(fleet.collect_dir.rglob("*.json")):
             scenario.recovery_keys[str(record)] = decrypt_escrow_record(record, fleet.key)
@@ -122,7 +120,7 @@ def _enroll_with_escrow(tcti: str, machine: Machine, index: int, cert: Path) -> 
             "--machine-id", machine.machine_id, str(volume.device),
         ],
         input=volume.passphrase.encode(), capture_output=True,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr.decode()
 
 
@@ -162,7 +160,7 @@ def test_every_volume_enrolls_and_every_escrow_record_opens_its_volume(
             uuid = subprocess.run(
                 ["cryptsetup", "luksUUID", str(volume.device)],
                 capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
+            ).stdout.strip()
             [record] = [r for r in records if r.name.startswith(f"{machine.machine_id}-{uuid}-")]
             key = scenario.recovery_keys[str(record)]
             assert opens_with(volume.device, key)
@@ -266,7 +264,7 @@ def test_the_fleet_report_tells_each_hosts_state(scenario: Scenario) -> None:
     assert table[0].split() == [
         "HOST", "STATE", "VOLUME", "TPM", "NOW", "NEXT", "BOOT", "RECOVERY", "KEY", "TPM",
         "LOCKOUT",
-    ]  # fmt: skip
+    ]
     rows = {(row.split()[0], row.split()[2]): row.split() for row in table[1:]}
     m1 = rows[("m1", str(scenario.machine("m1").volumes[0].device))]
     assert m1[1:2] + m1[3:7] == ["ok", "yes", "yes", "escrowed", "32/32"]

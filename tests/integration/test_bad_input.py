@@ -18,8 +18,6 @@ from swtpm import Swtpm
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
-
 
 def assert_one_clear_line(stderr: str, expected: str) -> None:
     assert "Traceback" not in stderr
@@ -71,7 +69,7 @@ def test_no_tpm_reachable_changes_nothing(sealer: SealerCli, luks_image: Path) -
     result = sealer(
         "enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir), "-q",
         str(luks_image), stdin=PASSPHRASE, tcti=gone,
-    )  # fmt: skip
+    )
     assert result.returncode == 4
     assert_one_clear_line(result.stderr, "cannot reach the TPM")
     assert keyslots(luks_image) == [0]
@@ -113,7 +111,7 @@ def _replace_token(image: Path, token_id: int, edit: dict[str, object]) -> None:
         ["cryptsetup", "token", "import", "--token-replace", "--token-id", str(token_id),
          "--json-file", "-", str(image)],
         input=json.dumps(doc).encode(), check=True, capture_output=True,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,7 +154,7 @@ def test_keyslots_full(sealer: SealerCli, luks_image: Path) -> None:
         cryptsetup.add_keyslot(
             str(luks_image), unlock_key=PASSPHRASE, new_key=b"filler %d" % slot, slot=slot,
             minimal_kdf=True,
-        )  # fmt: skip
+        )
     result = sealer.enroll(luks_image)
     assert result.returncode == 10
     assert_one_clear_line(result.stderr, "has 0 free keyslot(s), enrollment needs 1")
@@ -170,7 +168,7 @@ def test_state_directory_unusable(sealer: SealerCli, luks_image: Path, tmp_path:
     result = sealer(
         "enroll", "--unlock-key-file", "-", "--state-dir", str(not_a_dir / "state"), "-q",
         str(luks_image), stdin=PASSPHRASE,
-    )  # fmt: skip
+    )
     assert result.returncode == 11
     assert_one_clear_line(result.stderr, "pick a writable directory with --state-dir")
     assert keyslots(luks_image) == [0]

@@ -38,7 +38,7 @@ def pcr(swtpm: Swtpm, index: int) -> bytes:
     out = subprocess.run(
         ["tpm2_pcrread", "-T", swtpm.tcti, f"sha256:{index}", "-o", "/dev/stdout"],
         capture_output=True, check=True,
-    ).stdout  # fmt: skip
+    ).stdout
     return out[-32:]
 
 
@@ -49,7 +49,7 @@ def test_keyscript_prints_exactly_the_key_and_records_the_cap(
     result = run_module(
         "sealer.boot.keyscript", swtpm, tmp_path,
         CRYPTTAB_SOURCE=str(luks_image), CRYPTTAB_NAME="cryptroot",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     key = result.stdout
     assert key and not key.endswith(b"\n")  # cryptroot hands it to cryptsetup as it is
@@ -66,7 +66,7 @@ def test_keyscript_refusal_prints_one_reason_and_no_key(
     result = run_module(
         "sealer.boot.keyscript", swtpm, tmp_path,
         CRYPTTAB_SOURCE=str(luks_image), CRYPTTAB_NAME="cryptroot",
-    )  # fmt: skip
+    )
     assert result.returncode == 5
     assert result.stdout == b""
     assert result.stderr.decode().splitlines() == [
@@ -82,7 +82,7 @@ def test_keyscript_on_a_volume_without_enrollment_says_so(
     result = run_module(
         "sealer.boot.keyscript", swtpm, tmp_path,
         CRYPTTAB_SOURCE=str(luks_image), CRYPTTAB_NAME="data",
-    )  # fmt: skip
+    )
     assert result.returncode != 0
     assert result.stdout == b""
     assert "has no sealer TPM enrollment" in result.stderr.decode()
@@ -112,7 +112,7 @@ def test_a_cap_that_cannot_reach_the_tpm_fails_and_says_why(tmp_path: Path) -> N
     result = subprocess.run(
         [sys.executable, "-m", "sealer.boot.cap_or_poweroff"], env=environment, capture_output=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     lines = result.stderr.decode().splitlines()
     assert lines[0].startswith("sealer: cannot cap PCR 15: "), lines

@@ -18,8 +18,6 @@ from luks_image import make_luks_image
 
 from sealer.install.crypttab import KEYSCRIPT_OPTION
 
-pytestmark = pytest.mark.integration
-
 HOOK = b"#!/bin/sh\n# fake hook\nexit 0\n"
 CAP_SCRIPT = b"#!/bin/sh\n# fake init-bottom capping script\n"
 PANIC_SCRIPT = b"#!/bin/sh\n# fake panic capping script\n"
@@ -90,7 +88,7 @@ def test_dry_run_prints_the_diffs_and_changes_nothing(root: Path, source: Path) 
     result = boot(
         "enable", "--root", str(root), "--crypttab", str(crypttab), "--name", "cryptroot",
         "--hook-source", str(source), "--dry-run",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert tree(root) == before
     out = result.stdout
@@ -111,7 +109,7 @@ def test_dry_run_json_is_the_plan(root: Path, source: Path) -> None:
     result = boot(
         "enable", "--root", str(root), "--name", "cryptroot", "--hook-source", str(source),
         "--dry-run", "--json",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["action"] == "enable" and doc["dry_run"] is True
@@ -160,7 +158,7 @@ def test_enable_then_again_then_disable_under_root(root: Path, source: Path) -> 
     shown = subprocess.run(
         ["sh", "-c", '. "$1"; printf %s "$SEALER_PYTHON"', "sh", conf],
         capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    )
     assert shown.stdout == sys.executable
     crypttab, mode = files["etc/crypttab"]
     assert mode == 0o640
@@ -200,7 +198,7 @@ def test_another_keyscript_is_refused(root: Path, source: Path) -> None:
     (root / "etc/crypttab").write_text(CRYPTTAB + "vault /dev/sdc1 none luks,keyscript=passdev\n")
     before = tree(root)
     result = boot("enable", "--root", str(root), "--name", "vault", "--hook-source", str(source),
-                  "--json")  # fmt: skip
+                  "--json")
     one_line_error(result, 2, "'vault' (line 5) already uses keyscript=/lib/cryptsetup/scripts/")
     assert json.loads(result.stdout)["exit_code"] == 2
     assert tree(root) == before
@@ -258,14 +256,14 @@ def _fake_venv(tmp_path: Path) -> tuple[Path, Path]:
     (venv / "bin").mkdir(parents=True)
     base = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
     (venv / "pyvenv.cfg").write_text(f"home = {base.parent}\ninclude-system-site-packages = "
-                                     "false\n")  # fmt: skip
+                                     "false\n")
     (venv / "bin" / "python3").symlink_to(base)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site_packages = venv / "lib" / version / "site-packages"
     site_packages.mkdir(parents=True)
     packages = tmp_path / "packages"
     shutil.copytree(Path(__file__).resolve().parents[2] / "sealer", packages / "sealer",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+                    ignore=shutil.ignore_patterns("__pycache__"))
     ours = next(Path(p) for p in sys.path if p.endswith("site-packages"))
     (site_packages / "zz-test.pth").write_text(
         f"import site, sys; site.addsitedir({str(ours)!r}); sys.path.insert(0, "
@@ -304,15 +302,15 @@ def test_enable_refuses_an_install_others_can_write(
     anyone but root could change (and show that the same root-owned install is accepted)."""
     python, package = _fake_venv(tmp_path / "install")
     args = ("boot", "enable", "--root", str(root), "--name", "cryptroot", "--hook-source",
-            str(source))  # fmt: skip
+            str(source))
 
     def run_it() -> Result:
         proc = subprocess.run([str(python), "-m", "sealer", *args], capture_output=True,
-                              timeout=120, cwd=tmp_path)  # fmt: skip
+                              timeout=120, cwd=tmp_path)
         return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
     where = subprocess.run([str(python), "-c", "import sealer, sys; print(sealer.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
     assert where.stdout.strip() == str(package / "__init__.py")  # the copy is what runs
     before = tree(root)
     UNSAFE[fault](python, package)

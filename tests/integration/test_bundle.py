@@ -21,7 +21,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = subprocess.run(
         [sys.executable, "-m", "sealer.install.bundle", "--destdir", str(tree)],
         capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
+    ).stdout
     for line in manifest.splitlines():
         kind, source, dest = line.split()
         assert kind in ("exec", "file")

@@ -22,7 +22,6 @@ from sealer.tpm.lockout import read_lockout
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.srk import SRK_HANDLE, read_srk
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 
@@ -203,7 +202,7 @@ def test_enroll_without_a_terminal_or_key_file_is_a_usage_error(
     result = subprocess.run(
         [sys.executable, "-m", "sealer", "--tcti", sealer.tcti, "enroll", str(luks_image)],
         stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True,
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     assert b"no terminal to ask for the secret" in result.stderr
 
@@ -246,7 +245,7 @@ def test_the_tpm_keyslot_is_tried_first_and_the_recovery_slot_is_not(
     dump = subprocess.run(
         ["cryptsetup", "luksDump", "--dump-json-metadata", str(luks_image)],
         capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    ).stdout
     keyslots = json.loads(dump)["keyslots"]
     priority = {int(slot): info.get("priority", 1) for slot, info in keyslots.items()}
     assert priority[doc["keyslot"]] == 2  # prefer

@@ -29,7 +29,6 @@ from test_boot_unlocker import run_module
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 EXIT_TPM, EXIT_AUTH, EXIT_SRK = 4, 6, 7
 EXIT_HEADER_FULL, EXIT_STATE, EXIT_REFUSED = 10, 11, 12
 PIN = b"2468"
@@ -48,7 +47,7 @@ def header_doc(image: Path) -> dict[str, Any]:
     dump = subprocess.run(
         ["cryptsetup", "luksDump", "--dump-json-metadata", str(image)],
         check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    ).stdout
     doc = json.loads(dump)
     return {"keyslots": doc["keyslots"], "tokens": doc["tokens"]}
 
@@ -57,14 +56,14 @@ def reseal(sealer: SealerCli, image: Path, state_dir: Path, tcti: str | None = N
     return sealer(
         "reseal", "--quiet", "--eventlog", str(eventlogs.UKI_BOOT_LOG),
         "--state-dir", str(state_dir), str(image), tcti=tcti,
-    )  # fmt: skip
+    )
 
 
 def import_token(image: Path, doc: dict[str, Any]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         ["cryptsetup", "token", "import", "--json-file", "-", str(image)],
         input=json.dumps(doc).encode(), capture_output=True,
-    )  # fmt: skip
+    )
 
 
 # 1. No TPM: the device node is missing, or swtpm is not running.
@@ -83,13 +82,13 @@ def test_no_tpm_for_enroll_unlock_status_and_reseal(
          "the firmware setup, or point SEALER_TCTI/--tcti at one"),
         (gone, f"cannot reach the TPM through '{gone}' (tcti:IO failure): check that the TPM "
          "(or swtpm) is running and that you are root"),
-    ]:  # fmt: skip
+    ]:
         for result in (
             sealer("enroll", "-q", "--unlock-key-file", "-", "--state-dir",
                    str(sealer.state_dir), str(spare), stdin=PASSPHRASE, tcti=tcti),
             sealer("unlock", "--test", str(luks_image), tcti=tcti),
             reseal(sealer, luks_image, sealer.state_dir, tcti),
-        ):  # fmt: skip
+        ):
             assert result.returncode == EXIT_TPM
             assert stderr_line(result) == f"sealer: {expected}"
         status = sealer("status", str(luks_image), tcti=tcti)
@@ -109,7 +108,7 @@ def test_no_tpm_for_enroll_unlock_status_and_reseal(
 def test_a_tpm_held_by_another_client_is_waited_for_a_bounded_time(
     sealer: SealerCli, swtpm: Swtpm, luks_image: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     assert sealer.enroll(luks_image).returncode == 0
     spare = make_luks_image(tmp_path / "spare.img", PASSPHRASE)
     monkeypatch.setenv("SEALER_TPM_TIMEOUT", "1")
@@ -133,7 +132,7 @@ def test_a_tpm_held_by_another_client_is_waited_for_a_bounded_time(
         boot = run_module(
             "sealer.boot.keyscript", swtpm, tmp_path,
             CRYPTTAB_SOURCE=str(luks_image), CRYPTTAB_NAME="cryptroot",
-        )  # fmt: skip
+        )
         assert (boot.returncode, boot.stdout) == (EXIT_TPM, b"")
         assert boot.stderr.decode().splitlines() == [
             f"sealer: cryptroot: {no_answer}; asking for the passphrase instead"
@@ -167,7 +166,7 @@ def test_swtpm_killed_mid_unlock_loses_the_connection_and_changes_nothing(
     assert sealer.enroll(luks_image, pin=PIN).returncode == 0
     before = header_doc(luks_image)
     argv = [sys.executable, "-m", "sealer", "--tcti", swtpm.tcti, "unlock", "--test",
-            "--pin-file", "-", str(luks_image)]  # fmt: skip
+            "--pin-file", "-", str(luks_image)]
     unlock = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -211,7 +210,7 @@ def test_an_evicted_srk_is_named_and_enrolling_again_recreates_it(
     subprocess.run(
         ["tpm2_evictcontrol", "-T", swtpm.tcti, "-C", "o", "-c", "0x81000001"],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     refused = sealer("unlock", "--test", str(luks_image))
     assert refused.returncode == EXIT_SRK
     assert stderr_line(refused) == (
@@ -237,7 +236,7 @@ def test_an_evicted_srk_is_named_and_enrolling_again_recreates_it(
 @contextmanager
 def read_only(directory: Path) -> Iterator[None]:
     mounted = subprocess.run(["mount", "--bind", str(directory), str(directory)],
-                             capture_output=True, text=True)  # fmt: skip
+                             capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot bind-mount here (needs root): {mounted.stderr.strip()}")
     try:
@@ -284,10 +283,10 @@ def test_enrolls_next_to_systemd_and_clevis_tokens_and_leaves_them_alone(
         (1, {"type": "systemd-tpm2", "keyslots": ["1"], "tpm2-blob": "AA==",
              "tpm2-pcrs": [7], "tpm2-policy-hash": "00"}),
         (2, {"type": "clevis", "keyslots": ["2"], "jwe": {}}),
-    ]  # fmt: skip
+    ]
     for slot, token in foreign:
         cryptsetup.add_keyslot(str(luks_image), unlock_key=PASSPHRASE,
-                               new_key=os.urandom(32), slot=slot, minimal_kdf=True)  # fmt: skip
+                               new_key=os.urandom(32), slot=slot, minimal_kdf=True)
         assert import_token(luks_image, token).returncode == 0
     before = header_doc(luks_image)
     enrolled = sealer.enroll(luks_image, "--json")
@@ -368,7 +367,7 @@ def test_a_foreign_token_on_the_passphrase_keyslot(sealer: SealerCli, luks_image
 def tiny_tmpfs(directory: Path) -> Iterator[Path]:
     directory.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(directory)],
-                             capture_output=True, text=True)  # fmt: skip
+                             capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:

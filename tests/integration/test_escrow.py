@@ -32,7 +32,6 @@ from luks_image import opens_with
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 MACHINE = "0123456789abcdef0123456789abcdef"
 RECOVERY_KEY = re.compile(r"[0-9a-hjkmnp-tv-z]{5}(-[0-9a-hjkmnp-tv-z]{5}){5}")
 EXIT_USAGE, EXIT_AUTH, EXIT_TOKEN, EXIT_STATE = 2, 6, 9, 11
@@ -45,7 +44,7 @@ def org(tmp_path: Path) -> OrgKeys:
 
 def escrowed_enroll(sealer: SealerCli, image: Path, org: OrgKeys, *extra: str) -> Result:
     return sealer.enroll(image, "--recovery-key", "--escrow-cert", str(org.cert),
-                         "--machine-id", MACHINE, *extra)  # fmt: skip
+                         "--machine-id", MACHINE, *extra)
 
 
 def status(sealer: SealerCli, image: Path, escrow_dir: Path) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def openssl_decrypt(cms_pem: str, org: OrgKeys) -> bytes:
     return subprocess.run(
         ["openssl", "cms", "-decrypt", "-inform", "PEM", "-inkey", str(org.key)],
         input=cms_pem.encode(), capture_output=True, check=True,
-    ).stdout  # fmt: skip
+    ).stdout
 
 
 def one_line(result: Result) -> str:
@@ -91,7 +90,7 @@ def test_enroll_escrows_the_key_which_openssl_alone_recovers(
     fingerprint = subprocess.run(
         ["openssl", "x509", "-in", str(org.cert), "-noout", "-fingerprint", "-sha256"],
         capture_output=True, text=True, check=True,
-    ).stdout.strip().split("=", 1)[1].replace(":", "").lower()  # fmt: skip
+    ).stdout.strip().split("=", 1)[1].replace(":", "").lower()
     cms_pem = record.pop("cms")
     assert cms_pem.startswith("-----BEGIN CMS-----\n")
     assert record == {
@@ -100,7 +99,7 @@ def test_enroll_escrows_the_key_which_openssl_alone_recovers(
         "token": 0, "keyslot": 2, "certificate_sha256": fingerprint,
         "certificate_subject": SUBJECT,
         "keyslot_salt": cryptsetup.read_header(str(luks_image)).keyslots[2].salt,
-    }  # fmt: skip
+    }
 
     key = openssl_decrypt(cms_pem, org)
     assert RECOVERY_KEY.fullmatch(key.decode()), key
@@ -112,7 +111,7 @@ def test_enroll_escrows_the_key_which_openssl_alone_recovers(
         ["bash", "-c", 'jq -r .cms "$0" | openssl cms -decrypt -inform PEM -inkey "$1"; echo',
          str(path), str(org.key)],
         capture_output=True, check=True,
-    )  # fmt: skip
+    )
     assert readme.stdout == key + b"\n"
 
     shown = sealer("recovery", "show", "--key", str(org.key), str(path))
@@ -182,7 +181,7 @@ def test_text_output_hides_the_key_unless_asked(
     assert f"escrowed to {record}" in enrolled.stdout and "not shown" in enrolled.stdout
     rotated = sealer("recovery", "rotate", "--escrow-cert", str(org.cert), "--escrow-dir",
                      str(record.parent), "--machine-id", MACHINE, "--print-recovery-key",
-                     str(luks_image))  # fmt: skip
+                     str(luks_image))
     assert rotated.returncode == 0, rotated.stderr
     new_key = decrypt_record(record.parent / record.name.replace("keyslot2", "keyslot3"), org)
     assert f"\n    {new_key.decode()}\n" in rotated.stdout
@@ -228,7 +227,7 @@ def test_bad_certificates_change_nothing(
     for name in ("expired", "ec"):  # the same checks as enroll's, run before anything too
         cert = bad[name]
         refused(name, ["recovery", "rotate", "--escrow-cert", str(cert), "--escrow-dir",
-                 str(escrow_dir), str(luks_image)])  # fmt: skip
+                 str(escrow_dir), str(luks_image)])
     assert opens_with(luks_image, PASSPHRASE)
 
     # Misused options, and an escrow directory that cannot be made: refused before any change.
@@ -242,7 +241,7 @@ def test_bad_certificates_change_nothing(
          "--machine-id 'a/b' is not a machine id"),
         (["--recovery-key", "--escrow-cert", str(org.cert), "--escrow-dir",
           str(org.cert / "escrow")], EXIT_STATE, "cannot be made"),
-    ]:  # fmt: skip
+    ]:
         result = sealer.enroll(luks_image, *args)
         assert result.returncode == code, result.stderr
         assert message in one_line(result)
@@ -256,7 +255,7 @@ def test_recovery_show_refuses_wrong_keys_and_bad_records(
     [record] = (sealer.state_dir / "escrow").glob("*.json")
     wrong = tmp_path / "wrong.key"
     subprocess.run(["openssl", "genrsa", "-out", str(wrong), "2048"], check=True,
-                   capture_output=True)  # fmt: skip
+                   capture_output=True)
     result = sealer("recovery", "show", "--key", str(wrong), str(record))
     assert result.returncode == EXIT_AUTH
     assert one_line(result).startswith(f"sealer: the private key {wrong} does not decrypt {record}")
@@ -264,13 +263,13 @@ def test_recovery_show_refuses_wrong_keys_and_bad_records(
 
     locked = tmp_path / "locked.key"  # the organisation's key, under a password
     subprocess.run(["openssl", "pkey", "-in", str(org.key), "-aes256", "-passout",
-                    "pass:sesame", "-out", str(locked)], check=True)  # fmt: skip
+                    "pass:sesame", "-out", str(locked)], check=True)
     good = sealer("recovery", "show", "--key", str(locked), "--key-password-file", "{fd0}",
-                  str(record), fds=[b"sesame\n"])  # fmt: skip
+                  str(record), fds=[b"sesame\n"])
     assert good.returncode == 0, good.stderr
     assert good.stdout.splitlines()[-1] == decrypt_record(record, org).decode()
     bad_password = sealer("recovery", "show", "--key", str(locked), "--key-password-file",
-                          "{fd0}", str(record), fds=[b"open up"])  # fmt: skip
+                          "{fd0}", str(record), fds=[b"open up"])
     assert bad_password.returncode == EXIT_AUTH
     assert "wrong password for the private key" in one_line(bad_password)
 
@@ -308,7 +307,7 @@ def test_a_record_that_cannot_be_written_leaves_no_unescrowed_key(
     before = cryptsetup.read_header(str(luks_image))
     (escrow_dir / f"{MACHINE}-{uuid}-keyslot3.json").mkdir()
     rotated = sealer("recovery", "rotate", "--escrow-cert", str(org.cert), "--escrow-dir",
-                     str(escrow_dir), "--machine-id", MACHINE, str(luks_image))  # fmt: skip
+                     str(escrow_dir), "--machine-id", MACHINE, str(luks_image))
     assert rotated.returncode == EXIT_STATE and rotated.stdout == ""
     assert cryptsetup.read_header(str(luks_image)) == before
     assert [p.name for p in escrow_dir.glob("*.json") if p.is_file()] == [blocker.name]
@@ -335,7 +334,7 @@ def test_the_envelope_is_rsa_oaep_and_aes_gcm_and_openssl_still_opens_it(
     assert doc["version"] == 2
     printed = subprocess.run(["openssl", "cms", "-cmsout", "-print", "-inform", "PEM"],
                              input=doc["cms"].encode(), capture_output=True,
-                             check=True).stdout.decode()  # fmt: skip
+                             check=True).stdout.decode()
     assert "contentType: id-smime-ct-authEnvelopedData" in printed
     assert "algorithm: rsaesOaep" in printed and "rsaEncryption" not in printed
     assert "algorithm: aes-256-gcm" in printed and "cbc" not in printed.lower()
@@ -343,7 +342,7 @@ def test_the_envelope_is_rsa_oaep_and_aes_gcm_and_openssl_still_opens_it(
         '"$1"', "org.key"
     )
     readme = subprocess.run(["bash", "-c", README_HELP_DESK, str(record), str(org.key)],
-                            capture_output=True, check=True)  # fmt: skip
+                            capture_output=True, check=True)
     key = readme.stdout.rstrip(b"\n")
     assert RECOVERY_KEY.fullmatch(key.decode()) and opens_with(luks_image, key)
     shown = sealer("recovery", "show", "--key", str(org.key), str(record))
@@ -356,7 +355,7 @@ def test_the_envelope_is_rsa_oaep_and_aes_gcm_and_openssl_still_opens_it(
     changed = record.with_name("changed.json")
     changed.write_text(json.dumps({**doc, "cms": pem}))
     tampered = subprocess.run(["bash", "-c", README_HELP_DESK, str(changed), str(org.key)],
-                              capture_output=True)  # fmt: skip
+                              capture_output=True)
     assert tampered.stdout == b"\n" and b"rror" in tampered.stderr
     refused = sealer("recovery", "show", "--key", str(org.key), str(changed))
     assert refused.returncode == EXIT_TOKEN and refused.stdout == ""
@@ -377,7 +376,7 @@ def test_a_version_1_record_still_opens_and_a_downgraded_version_2_does_not(
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines()[-1] == key.decode()
     readme = subprocess.run(["bash", "-c", README_HELP_DESK, str(old), str(org.key)],
-                            capture_output=True, check=True)  # fmt: skip
+                            capture_output=True, check=True)
     assert readme.stdout == key + b"\n"
     # Version 2 promises OAEP and GCM: the old envelope under it is refused as a downgrade.
     downgraded = tmp_path / "downgraded.json"

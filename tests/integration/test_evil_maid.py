@@ -37,7 +37,6 @@ from sealer.tpm.policykey import policy_key_name
 from sealer.tpm.seal import SealedBlob, unseal
 from sealer.tpm.srk import require_srk
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 
@@ -142,7 +141,7 @@ def test_the_header_cannot_choose_the_capping_pcr(
     released = run_boot_module(
         "sealer.boot.keyscript", swtpm, tmp_path,
         CRYPTTAB_SOURCE=str(luks_image), CRYPTTAB_NAME="cryptroot",
-    )  # fmt: skip
+    )
     assert released.stdout == b"", "the keyscript released a key for a token it should refuse"
     assert released.returncode != 0
     assert b"Traceback" not in released.stderr
@@ -178,7 +177,7 @@ def signed_by_root(image: Path, sealer: SealerCli, state: dict[int, bytes]) -> d
         approval = sign_approval(
             key, name, SHA256, [state], "root", policy_ref=ref,
             release=(old.release, old.nv_name),
-        )  # fmt: skip
+        )
     return approval.to_json()
 
 
@@ -227,7 +226,7 @@ def reseal(sealer: SealerCli, image: Path) -> None:
     result = sealer(
         "reseal", "--approve-current", "--eventlog", str(eventlogs.UKI_BOOT_LOG),
         "--state-dir", str(sealer.state_dir), str(image),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -325,7 +324,7 @@ def test_deleting_and_redefining_the_retirement_counter_does_not_bring_it_back(
         ["tpm2_nvdefine", *tools, counter, "-C", "o", "-s", "8", "-a",
          "nt=counter|authwrite|authread|no_da", "-L", str(policy)],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     subprocess.run(["tpm2_nvincrement", *tools, counter], check=True, capture_output=True)
     assert read_nv_public(machine, counter).name == public.name
     result = sealer("unlock", "--test", str(luks_image))

@@ -16,7 +16,6 @@ from conftest import PASSPHRASE, Result, SealerCli
 from escrow_certs import OrgKeys, org_pair
 from luks_image import opens_with, rewrite_header_uuid
 
-pytestmark = pytest.mark.integration
 MACHINE = "0123456789abcdef0123456789abcdef"
 EXIT_DEVICE = 3
 # From STATE/escrow/MACHINE-<uuid>-keyslot2.json this climbs to the test's tmp_path:
@@ -46,7 +45,7 @@ def refused(result: Result) -> str:
 def test_cryptsetup_reads_the_rewritten_header_as_sound(luks_image: Path) -> None:
     rewrite_header_uuid(luks_image, HOSTILE)
     dump = subprocess.run(["cryptsetup", "luksDump", str(luks_image)],
-                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+                          capture_output=True, text=True, check=True).stdout
     assert "UUID:          \t/../../../escaped\n" in dump
     assert opens_with(luks_image, PASSPHRASE)
 
@@ -57,7 +56,7 @@ def test_enroll_escrow_refuses_a_uuid_that_is_a_path(
     rewrite_header_uuid(luks_image, HOSTILE)
     before = luks_image.read_bytes()
     result = sealer.enroll(luks_image, "--recovery-key", "--escrow-cert", str(org.cert),
-                           "--machine-id", MACHINE)  # fmt: skip
+                           "--machine-id", MACHINE)
     escrow_dir = sealer.state_dir / "escrow"
     assert files_outside(tmp_path, escrow_dir) == []  # nothing written outside the directory
     refused(result)
@@ -69,11 +68,11 @@ def test_rotate_escrow_refuses_a_uuid_rewritten_after_enrollment(
 ) -> None:
     escrow_dir = sealer.state_dir / "escrow"
     enrolled = sealer.enroll(luks_image, "--recovery-key", "--escrow-cert", str(org.cert),
-                             "--machine-id", MACHINE)  # fmt: skip
+                             "--machine-id", MACHINE)
     assert enrolled.returncode == 0, enrolled.stderr
     rewrite_header_uuid(luks_image, HOSTILE)
     rotated = sealer("recovery", "rotate", "--escrow-cert", str(org.cert), "--escrow-dir",
-                     str(escrow_dir), "--machine-id", MACHINE, str(luks_image))  # fmt: skip
+                     str(escrow_dir), "--machine-id", MACHINE, str(luks_image))
     assert files_outside(tmp_path, escrow_dir) == []
     refused(rotated)
     # Unlock (whose default mapping name is luks-UUID) and status refuse it the same way.

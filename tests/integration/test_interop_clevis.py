@@ -31,7 +31,6 @@ from sealer.tpm.connection import connect
 from sealer.tpm.pcr import active_banks
 
 pytestmark = [
-    pytest.mark.integration,
     pytest.mark.skipif(
         shutil.which("clevis") is None,
         reason="clevis is not installed (apt-get install clevis clevis-luks clevis-tpm2)",
@@ -48,7 +47,7 @@ def bind(tpm: Swtpm, image: Path, config: str) -> None:
     subprocess.run(
         ["clevis", "luks", "bind", "-y", "-k", "-", "-d", str(image), "tpm2", config],
         input=PASSPHRASE, env=env, check=True, capture_output=True,
-    )  # fmt: skip
+    )
     # tpm2_createpolicy (tpm2-tools 5.4) leaves its trial session loaded and clevis flushes
     # only transient objects: harmless behind /dev/tpmrm0, but swtpm has no resource manager
     # and runs out of session slots after three binds. Clean up after clevis, not after us.
@@ -310,7 +309,7 @@ def test_a_tampered_token_fails_cleanly_at_unseal(
     flipped = bytes([good.ciphertext[0] ^ 1]) + good.ciphertext[1:]
     with pytest.raises(TokenError, match="does not decrypt with the key the TPM released"):
         clevis.passphrase(clevis.parse(0, _edit(doc, lambda x: x["jwe"].update(
-            ciphertext=_b64url(flipped)))), tpm.tcti)  # fmt: skip
+            ciphertext=_b64url(flipped)))), tpm.tcti)
 
     # A well-formed TPM2B around garbage: the TSS cannot unmarshal it.
     garbage = _b64url(b"\x00\x04abcd")
@@ -362,12 +361,12 @@ def test_the_jwk_never_crosses_the_wire_in_clear(
     assert ours.counts() == {
         "CreatePrimary": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 1, "Unseal": 1,
         "FlushContext": 3,
-    }  # fmt: skip
+    }
 
     jwk = clevis_tpm2.unseal_jwk(
         tpm.tcti, where="test", hash_name=token.hash_alg, key=token.key_alg,
         public=token.jwk_pub, private=token.jwk_priv, pcr_bank=token.pcr_bank, pcrs=token.pcrs,
-    )  # fmt: skip
+    )
     k = json.loads(jwk)["k"]
     secret_bytes = base64.urlsafe_b64decode(k + "=" * (-len(k) % 4))
     needles = [jwk.strip(), k.encode(), secret_bytes, b'"kty"', key]

@@ -31,8 +31,6 @@ from sealer.pcrs import BANKS
 from sealer.tpm import systemd_tpm2 as tpm
 from sealer.tpm.connection import connect
 
-pytestmark = pytest.mark.integration
-
 # A token systemd-cryptenroll 252 wrote (--tpm2-pcrs=7, fresh swtpm), for the parser tests.
 REAL_TOKEN: dict[str, Any] = {
     "type": "systemd-tpm2",
@@ -74,7 +72,7 @@ def _enroll(
     result = subprocess.run(
         ["systemd-cryptenroll", f"--tpm2-device={tpm_.tcti}", *args, str(image)],
         env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     (token_id,) = set(_tokens(image)) - before
     return interop.parse(token_id, _tokens(image)[token_id])
@@ -84,7 +82,7 @@ def _tokens(image: Path) -> dict[int, Any]:
     dump = subprocess.run(
         ["cryptsetup", "luksDump", "--dump-json-metadata", str(image)],
         capture_output=True, check=True, text=True,
-    )  # fmt: skip
+    )
     tokens = json.loads(dump.stdout)["tokens"]
     return {int(k): v for k, v in tokens.items() if v["type"] == interop.TOKEN_TYPE}
 
@@ -156,7 +154,7 @@ def test_tpm_refuses_changed_pcrs_itself(swtpm: Swtpm, luks_image: Path) -> None
     sealed = tpm.SystemdSealedObject(
         primary_alg=token.primary_alg, private=token.sealed_private,
         public=token.sealed_public, bank=BANKS["sha256"], pcrs=token.pcrs, with_pin=False,
-    )  # fmt: skip
+    )
     with pytest.raises(PolicyMismatchError) as tpm_refused, connect(swtpm.tcti) as ctx:
         tpm.unseal(ctx, sealed, None)
     assert "differ from the values systemd-cryptenroll bound" in tpm_refused.value.one_line()
@@ -240,7 +238,7 @@ def test_no_secret_crosses_the_wire_in_clear(
     expected = {
         "PCR_Read": 1, "CreatePrimary": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 1,
         "Unseal": 1, "FlushContext": 3,
-    }  # fmt: skip
+    }
     if pin is not None:
         expected["PolicyAuthValue"] = 1
     assert counts == expected

@@ -41,7 +41,6 @@ from sealer.luks import cryptsetup
 from sealer.policy import keys
 from sealer.tpm.policykey import policy_key_name
 
-pytestmark = pytest.mark.integration
 INJECTOR = ROOT / "swtpm-fixtures" / "faultinject.py"
 ANONYMOUS = "passphrase or recovery key"
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
@@ -78,7 +77,7 @@ class Machine:
 
     def status(self) -> dict[str, Any]:
         result = self.sealer("status", "--json", "--escrow-dir", str(self.escrow_dir),
-                             str(self.image))  # fmt: skip
+                             str(self.image))
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert isinstance(report, dict)
@@ -93,7 +92,7 @@ class Machine:
     def enroll_escrowed(self) -> None:
         """Enroll with a recovery key escrowed to the organisation, which then holds it."""
         result = self.sealer.enroll(self.image, "--recovery-key", "--json",
-                                    *_escrow_args(self))  # fmt: skip
+                                    *_escrow_args(self))
         assert result.returncode == 0, result.stderr
         self.held.append(self.escrowed(Path(json.loads(result.stdout)["escrow_record"])))
 
@@ -126,7 +125,7 @@ def _completed_enrollment(machine: Machine, rerun: Result, report: dict[str, Any
         escrowed = True
     recovery_slot = enrollment["recovery"]["keyslot"]
     assert enrollment["recovery"] == {"keyslot": recovery_slot, "pending": None, "retired": None,
-                                      "escrowed": escrowed}  # fmt: skip
+                                      "escrowed": escrowed}
     assert cryptsetup.test_key(str(machine.image), key, recovery_slot)
     for old in machine.held[1:]:  # a rotation leaves exactly one recovery key working
         assert not opens_with(machine.image, old)
@@ -169,7 +168,7 @@ class Operation:
 
 def _enroll_args(machine: Machine) -> list[str]:
     return ["enroll", "--unlock-key-file", "-", "--state-dir", str(machine.sealer.state_dir),
-            "--recovery-key", "--json", "--quiet", str(machine.image)]  # fmt: skip
+            "--recovery-key", "--json", "--quiet", str(machine.image)]
 
 
 def _escrowed_enroll_args(machine: Machine) -> list[str]:
@@ -178,7 +177,7 @@ def _escrowed_enroll_args(machine: Machine) -> list[str]:
 
 def _escrowed_rotate_args(machine: Machine) -> list[str]:
     return ["recovery", "rotate", "--json", *_escrow_args(machine), "--escrow-dir",
-            str(machine.escrow_dir), str(machine.image)]  # fmt: skip
+            str(machine.escrow_dir), str(machine.image)]
 
 
 OPERATIONS = [
@@ -246,7 +245,7 @@ def _check_truthful(machine: Machine) -> dict[str, Any]:
             assert "interrupted" in entry["interrupted"]
             continue
         unlocked = machine.sealer("unlock", "--test", "--token", str(entry["token"]),
-                                  str(machine.image))  # fmt: skip
+                                  str(machine.image))
         assert entry["unlocks_now"] == (unlocked.returncode == 0), unlocked.stderr
     return report
 
@@ -303,7 +302,7 @@ def test_a_keyslot_added_by_hand_after_an_interruption_is_never_removed(
              "--pbkdf-memory", "8192", "--iter-time", "20", "--new-key-slot", "1",
              str(machine.image), str(second)],
             input=PASSPHRASE, check=True, capture_output=True,
-        )  # fmt: skip
+        )
         rerun = machine.sealer(*_enroll_args(machine), stdin=PASSPHRASE)
         assert rerun.returncode == 0, rerun.stderr
         assert cryptsetup.test_key(str(machine.image), b"second passphrase", 1)
@@ -327,16 +326,16 @@ def test_an_interrupted_reseal_keeps_the_old_approvals(
     """reseal's only write is one token replacement: before it, nothing changed."""
     resealed_machine.boot(captured_boot())
     machine = Machine(tmp_path, tmp_path / "volume.img",
-                      SealerCli(resealed_machine.tcti, tmp_path / "state"))  # fmt: skip
+                      SealerCli(resealed_machine.tcti, tmp_path / "state"))
     shutil.copyfile(blank_image, machine.image)
     enrolled = machine.sealer.enroll(machine.image, "--pcrs", "4,11", "--eventlog",
-                                     str(eventlogs.UKI_BOOT_LOG))  # fmt: skip
+                                     str(eventlogs.UKI_BOOT_LOG))
     assert enrolled.returncode == 0, enrolled.stderr
     uki, _ = make_uki(tmp_path / "v2", initrd=b"new initramfs", cmdline=b"quiet")
     args = [
         "reseal", "--eventlog", str(eventlogs.UKI_BOOT_LOG), "--state-dir",
         str(machine.sealer.state_dir), "--json", "--uki", str(uki), str(machine.image),
-    ]  # fmt: skip
+    ]
     before = cryptsetup.read_header(str(machine.image)).tokens
     stopped = machine.run_stopped(1, args)
     assert stopped.returncode == KILLED and machine.writes() == ["luks: replace token 0"]

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from conftest import PASSPHRASE, SealerCli
 from header_edit import edit_token, token_doc
 from luks_image import make_luks_image, opens_with
@@ -21,7 +20,6 @@ from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.policykey import policy_key_name
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 
@@ -31,7 +29,7 @@ def rotate(sealer: SealerCli, *devices: Path) -> dict[str, object]:
     result = sealer(
         "key", "rotate", "--unlock-key-file", str(key_file), "--state-dir",
         str(sealer.state_dir), "--json", *map(str, devices),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     return {"results": json.loads(result.stdout)}
 
@@ -48,7 +46,7 @@ def forged_approval(
         policy_ref=current.policy_ref,
         release=None if current.release is None else (current.release, current.nv_name),
         epoch=None if current.epoch is None else (current.epoch, current.epoch_nv_name),
-    )  # fmt: skip
+    )
     return signed.to_json()
 
 

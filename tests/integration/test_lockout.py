@@ -33,7 +33,6 @@ from sealer.tpm.lockout import LockoutState, read_lockout
 from sealer.tpm.seal import SealedBlob, unseal
 from sealer.tpm.srk import require_srk
 
-pytestmark = pytest.mark.integration
 PIN = b"2468"
 EXIT_AUTH, EXIT_POLICY, EXIT_LOCKOUT = 6, 5, 8
 COMES_BACK = "one try comes back every 600 s while the TPM is powered, the next within 600 s"
@@ -50,20 +49,20 @@ def _auth(state_dir: Path | None) -> list[str]:
 
 
 def set_lockout(tpm: Swtpm, max_tries: int = 3, state_dir: Path | None = None,
-                recovery: int = 600) -> None:  # fmt: skip
+                recovery: int = 600) -> None:
     subprocess.run(
         ["tpm2_dictionarylockout", "-T", tpm.tcti, "--setup-parameters",
          "--max-tries", str(max_tries), "--recovery-time", str(recovery),
          "--lockout-recovery-time", "600", *_auth(state_dir)],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
 
 
 def clear_lockout(tpm: Swtpm, state_dir: Path) -> None:
     subprocess.run(
         ["tpm2_dictionarylockout", "-T", tpm.tcti, "--clear-lockout", *_auth(state_dir)],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
 
 
 def counter(tpm: Swtpm) -> int:
@@ -71,7 +70,7 @@ def counter(tpm: Swtpm) -> int:
     out = subprocess.run(
         ["tpm2_getcap", "-T", tpm.tcti, "properties-variable"],
         check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    ).stdout
     found = re.search(r"^TPM2_PT_LOCKOUT_COUNTER:\s+(0x[0-9a-fA-F]+)$", out, re.M)
     assert found, out
     return int(found.group(1), 16)
@@ -91,15 +90,15 @@ def test_each_wrong_pin_counts_and_says_how_many_tries_are_left(
     assert counter(swtpm) == 0
     assert unlock_with(sealer, luks_image, b"1111") == (EXIT_AUTH, (
         f"sealer: the TPM rejected the PIN: 2 tries left before the TPM locks out: {TRY_AGAIN}\n"
-    ))  # fmt: skip
+    ))
     assert counter(swtpm) == 1
     assert unlock_with(sealer, luks_image, b"2222") == (EXIT_AUTH, (
         f"sealer: the TPM rejected the PIN: 1 try left before the TPM locks out: {TRY_AGAIN}\n"
-    ))  # fmt: skip
+    ))
     assert counter(swtpm) == 2
     assert unlock_with(sealer, luks_image, b"3333") == (
         EXIT_AUTH, f"sealer: {NOW_LOCKED}: {MEANWHILE}\n"
-    )  # fmt: skip
+    )
     assert counter(swtpm) == 3
 
     # In lockout the right PIN is refused too, and sealer does not even ask for it: without
@@ -114,7 +113,7 @@ def test_each_wrong_pin_counts_and_says_how_many_tries_are_left(
     assert report["tpm"]["lockout"] == {
         "failed_tries": 3, "max_tries": 3, "tries_left": 0, "interval_s": 600,
         "lockout_recovery_s": 600, "in_lockout": True,
-    }  # fmt: skip
+    }
     lines = sealer("status", str(luks_image)).stdout.splitlines()
     assert f"{DA_LINE} LOCKED OUT, every PIN is refused ({COMES_BACK})" in lines
     # The passphrase keyslot never involves the TPM.
@@ -156,7 +155,7 @@ def test_sealers_reader_agrees_with_tpm2_tools(swtpm: Swtpm) -> None:
     assert state == LockoutState(
         failed_tries=counter(swtpm), max_tries=5, tries_left=5, interval_s=600,
         lockout_recovery_s=600, in_lockout=False,
-    )  # fmt: skip
+    )
 
 
 def test_the_tpms_own_lockout_answer_is_explained_too(
@@ -227,11 +226,11 @@ def keyscript(
         os.environ, SEALER_TCTI=swtpm.tcti, CRYPTTAB_SOURCE=str(image), CRYPTTAB_NAME="cryptroot",
         SEALER_CAP_RECORD=str(tmp_path / "run" / "cap-pcrs"),
         ASKPASS_PROMPTS=str(prompts), ASKPASS_ANSWERS=str(tmp_path / "answers"),
-    )  # fmt: skip
+    )
     result = subprocess.run(
         [sys.executable, "-c", RUN_KEYSCRIPT, str(askpass)],
         env=env, capture_output=True, timeout=60,
-    )  # fmt: skip
+    )
     return result, prompts.read_text().splitlines()
 
 

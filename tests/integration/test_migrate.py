@@ -16,7 +16,6 @@ from swtpm import Swtpm
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 EXIT_POLICY = 5
 
 
@@ -25,7 +24,7 @@ def bind_systemd(tpm: Swtpm, image: Path) -> None:
         ["systemd-cryptenroll", f"--tpm2-device=swtpm:host=127.0.0.1,port={tpm.port}",
          "--tpm2-pcrs=7", str(image)],
         env={**os.environ, "PASSWORD": PASSPHRASE.decode()}, check=True, capture_output=True,
-    )  # fmt: skip
+    )
 
 
 def bind_clevis(tpm: Swtpm, image: Path) -> None:
@@ -35,7 +34,7 @@ def bind_clevis(tpm: Swtpm, image: Path) -> None:
          '{"pcr_bank":"sha256","pcr_ids":"7"}'],
         input=PASSPHRASE, env={**os.environ, "TPM2TOOLS_TCTI": tcti},
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
 
 
 BINDERS = {"systemd-tpm2": bind_systemd, "clevis": bind_clevis}
@@ -91,7 +90,7 @@ def test_migrate_keep_old_leaves_both_bindings(
     bound: str, sealer: SealerCli, luks_image: Path
 ) -> None:
     result = sealer("migrate", "--keep-old", "--state-dir", str(sealer.state_dir),
-                    str(luks_image))  # fmt: skip
+                    str(luks_image))
     assert result.returncode == 0, result.stderr
     header = cryptsetup.read_header(str(luks_image))
     assert header.tokens_of_type(bound) and header.tokens_of_type("sealer-tpm2")
@@ -119,15 +118,15 @@ def bind_without_pcrs(kind: str, tpm: Swtpm, image: Path) -> None:
     """The other tool's binding to no PCRs at all: its TPM releases the key on any boot."""
     if kind == "systemd-tpm2":
         argv = ["systemd-cryptenroll", f"--tpm2-device=swtpm:host=127.0.0.1,port={tpm.port}",
-                "--tpm2-pcrs=", str(image)]  # fmt: skip
+                "--tpm2-pcrs=", str(image)]
         subprocess.run(argv, env={**os.environ, "PASSWORD": PASSPHRASE.decode()}, check=True,
-                       capture_output=True)  # fmt: skip
+                       capture_output=True)
     else:
         tcti = f"swtpm:host=127.0.0.1,port={tpm.port}"
         subprocess.run(["clevis", "luks", "bind", "-y", "-k", "-", "-d", str(image), "tpm2",
                         '{"pcr_bank":"sha256"}'], input=PASSPHRASE,
                        env={**os.environ, "TPM2TOOLS_TCTI": tcti}, check=True,
-                       capture_output=True)  # fmt: skip
+                       capture_output=True)
 
 
 @pytest.mark.parametrize("kind", sorted(BINDERS))
@@ -148,7 +147,7 @@ def test_migrate_of_a_binding_to_no_pcrs_needs_pcrs(
     assert luks_image.read_bytes() == before  # nothing was changed
     # --pcrs 7: the new binding holds PCR 7, so a changed PCR 7 no longer unlocks.
     chosen = sealer("migrate", "--json", "--pcrs", "7", "--state-dir", str(sealer.state_dir),
-                    str(luks_image))  # fmt: skip
+                    str(luks_image))
     assert chosen.returncode == 0, chosen.stderr
     assert json.loads(chosen.stdout)["pcrs"] == [7]
     header = cryptsetup.read_header(str(luks_image))

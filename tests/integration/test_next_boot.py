@@ -21,7 +21,6 @@ from conftest import SealerCli
 from conftest import SealerMachine as Machine
 from simboot import boot_of, captured_boot, make_uki
 
-pytestmark = pytest.mark.integration
 LOG = str(eventlogs.UKI_BOOT_LOG)
 
 
@@ -64,7 +63,7 @@ def reseal(sealer: SealerCli, device: Path, *images: str) -> None:
     result = sealer(
         "reseal", "--eventlog", LOG, "--state-dir", str(sealer.state_dir), "--quiet",
         *images, str(device),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -84,7 +83,7 @@ def boot_tree(tmp_path: Path, conf: str | None, images: dict[str, Path]) -> tupl
 def test_an_update_is_reported_unapproved_then_approved_and_its_boot_agrees(
     machine: Machine, enrolled: SealerCli, luks_image: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     sealer = enrolled
     uki, contents = make_uki(tmp_path / "v2", initrd=b"new initramfs " * 99, cmdline=b"quiet")
     before = next_boot(sealer, luks_image, "--uki", str(uki), "--eventlog", LOG)
@@ -93,7 +92,7 @@ def test_an_update_is_reported_unapproved_then_approved_and_its_boot_agrees(
         "reason": f"PCRs 4,11 differ from every approval (run 'sealer reseal --uki {uki} "
                   f"--eventlog {LOG} {luks_image}')",
         "unpredictable": {},
-    }  # fmt: skip
+    }
     assert status_line(sealer, luks_image, "--uki", str(uki), "--eventlog", LOG) == (
         f"next boot (UKI {uki}): will ask for the passphrase: {before['reason']}"
     )
@@ -115,7 +114,7 @@ def test_an_update_is_reported_unapproved_then_approved_and_its_boot_agrees(
     etc, boot = boot_tree(
         tmp_path, f"SEALER_BOOT=uki\nSEALER_UKI={efi}/debian-%v.efi\n",
         {"6.1.0-9-amd64": uki, "6.1.0-10-amd64": uki},
-    )  # fmt: skip
+    )
     monkeypatch.setenv("SEALER_HOOK_ETC", str(etc))
     monkeypatch.setenv("SEALER_HOOK_BOOT", str(boot))
     found = next_boot(sealer, luks_image, "--eventlog", LOG)
@@ -130,7 +129,7 @@ def test_an_update_is_reported_unapproved_then_approved_and_its_boot_agrees(
     # Once its release is revoked, the same image no longer unlocks, and status says why.
     machine.boot(captured_boot())
     revoked = sealer("revoke", "--below", "1", "--state-dir", str(sealer.state_dir),
-                     str(luks_image))  # fmt: skip
+                     str(luks_image))
     assert revoked.returncode == 0, revoked.stderr
     gone = next_boot(sealer, luks_image, "--uki", str(uki), "--eventlog", LOG)
     assert (gone["unlocks"], gone["approval"]) == (False, 0)
@@ -209,7 +208,7 @@ def test_what_cannot_be_predicted_is_the_reason_and_status_still_succeeds(
         (["--next-boot", "--uki", "a.efi", "--kernel", "k"], "give either --uki or --kernel"),
         (["--next-boot", "--initrd", "i"], "--initrd goes with --kernel"),
     ],
-)  # fmt: skip
+)
 def test_bad_combinations_are_usage_errors(
     luks_image: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:

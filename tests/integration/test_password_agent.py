@@ -58,7 +58,7 @@ def run_agent(swtpm: Swtpm, tmp_path: Path) -> subprocess.CompletedProcess[bytes
     argv = [
         sys.executable, "-m", "sealer.boot.agent", "--once",
         "--ask-dir", str(tmp_path / "ask-password"), "--console", str(tmp_path / "console"),
-    ]  # fmt: skip
+    ]
     return subprocess.run(argv, env=env, capture_output=True, timeout=60)
 
 

@@ -10,13 +10,11 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 from conftest import PASSPHRASE, SealerCli
 from luks_image import opens_with
 
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 EXIT_USAGE, EXIT_POLICY, EXIT_AUTH = 2, 5, 6
 
 
@@ -48,7 +46,7 @@ def test_the_tpm_authorises_a_rotation_and_only_the_new_key_opens(
     assert status["enrollments"][0]["recovery"]["keyslot"] == 3
     assert [s["used_by"] for s in status["keyslots"]] == [
         "passphrase or recovery key", "token 0 (sealer-tpm2)", "recovery key (token 0)",
-    ]  # fmt: skip
+    ]
 
 
 def test_a_pin_enrollment_rotates_with_the_passphrase_and_a_wrong_one_changes_nothing(
@@ -73,7 +71,7 @@ def test_an_unapproved_boot_needs_a_key_and_says_so(sealer: SealerCli, luks_imag
     subprocess.run(
         ["tpm2_pcrextend", "-T", sealer.tcti, "7:sha256=" + "ab" * 32],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     refused = sealer("recovery", "rotate", str(luks_image))
     assert refused.returncode == EXIT_POLICY
     assert refused.stderr.startswith("sealer: the TPM did not release the key to authorise")

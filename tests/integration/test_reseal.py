@@ -26,7 +26,6 @@ from simboot import (
 
 from sealer.measure.pe import authenticode_digest
 
-pytestmark = pytest.mark.integration
 EXIT_POLICY = 5
 EXIT_MEASUREMENT = 14
 
@@ -55,7 +54,7 @@ def reseal(sealer: SealerCli, image: Path, *extra: str) -> dict[str, object]:
     result = sealer(
         "reseal", "--eventlog", str(eventlogs.UKI_BOOT_LOG), "--state-dir",
         str(sealer.state_dir), "--json", *extra, str(image),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     [volume] = json.loads(result.stdout)
     assert isinstance(volume, dict)
@@ -74,7 +73,7 @@ def test_an_update_approved_ahead_unlocks_at_its_first_boot_and_prune_drops_the_
     predicted = sealer(
         "predict", "--eventlog", str(eventlogs.UKI_BOOT_LOG), "--uki", str(uki),
         "--pcrs", "4,11", "--json",
-    )  # fmt: skip
+    )
     assert predicted.returncode == 0, predicted.stderr
     volume = reseal(sealer, luks_image, "--uki", str(uki))
     states = volume["approved_states"]
@@ -146,7 +145,7 @@ def test_explain_names_the_boot_application_of_an_unapproved_uki(
     refused = sealer(
         "reseal", "--eventlog", str(v3_log), "--state-dir", str(sealer.state_dir),
         "--uki", str(uki), str(luks_image),
-    )  # fmt: skip
+    )
     assert refused.returncode == EXIT_POLICY
     assert "this boot is not an approved state (PCR 4,11 differ)" in refused.stderr
     assert "Traceback" not in refused.stderr
@@ -162,7 +161,7 @@ def test_a_uki_by_another_signer_cannot_be_predicted_for_pcr_7(
     result = sealer(
         "reseal", "--eventlog", str(eventlogs.UKI_BOOT_LOG), "--state-dir",
         str(sealer.state_dir), "--uki", str(uki), str(luks_image),
-    )  # fmt: skip
+    )
     assert result.returncode == EXIT_MEASUREMENT, result.stderr
     assert "cannot predict PCR 7" in result.stderr and "not signed" in result.stderr
     assert unlocks(sealer, luks_image) == 0  # nothing was changed
@@ -214,17 +213,17 @@ def test_a_log_that_does_not_match_the_tpm_is_reported_per_pcr(
          "there is no policy key"),
         (["explain", "--eventlog", "{log}", "--offline", "{log}"], 3, ""),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_and_an_exit_code(
     machine: Machine, enrolled: SealerCli, luks_image: Path, tmp_path: Path,
     args: list[str], code: int, expected: str,
-) -> None:  # fmt: skip
+) -> None:
     truncated = tmp_path / "truncated.log"
     truncated.write_bytes(eventlogs.UKI_BOOT_LOG.read_bytes()[:5000])
     names = {
         "missing": str(tmp_path / "missing"), "truncated": str(truncated),
         "log": str(eventlogs.UKI_BOOT_LOG), "image": str(luks_image),
-    }  # fmt: skip
+    }
     before = luks_image.read_bytes()
     result = enrolled(*[a.format(**names) for a in args])
     assert result.returncode == code, result.stderr

@@ -30,7 +30,6 @@ from sealer.interop import clevis
 from sealer.interop import systemd_tpm2 as systemd
 from sealer.luks import cryptsetup
 
-pytestmark = pytest.mark.integration
 PIN = b"2468"
 EXIT_AUTH, EXIT_TPM_MISMATCH, EXIT_LOCKOUT, EXIT_STATE = 6, 7, 8, 11
 AUTH_FILE = "tpm-lockout.auth"
@@ -53,7 +52,7 @@ def properties(tpm: Swtpm) -> dict[str, int]:
     """TPM2_PT_* variable properties as tpm2_getcap prints them (not sealer's reader)."""
     out = tools(tpm, "tpm2_getcap", "properties-variable").stdout
     found = {m[0]: int(m[1], 16) for m in re.findall(r"^(TPM2_PT_\w+):\s+(0x[0-9a-fA-F]+)$",
-                                                     out, re.M)}  # fmt: skip
+                                                     out, re.M)}
     for flag in ("ownerAuthSet", "lockoutAuthSet", "endorsementAuthSet", "inLockout"):
         bit = re.search(rf"^\s+{flag}:\s+(\d)$", out, re.M)
         assert bit, out
@@ -64,7 +63,7 @@ def properties(tpm: Swtpm) -> dict[str, int]:
 def da_parameters(tpm: Swtpm) -> tuple[int, int, int]:
     p = properties(tpm)
     return (p["TPM2_PT_MAX_AUTH_FAIL"], p["TPM2_PT_LOCKOUT_INTERVAL"],
-            p["TPM2_PT_LOCKOUT_RECOVERY"])  # fmt: skip
+            p["TPM2_PT_LOCKOUT_RECOVERY"])
 
 
 ATTACKS = [
@@ -105,7 +104,7 @@ def test_the_kept_authorization_is_private_and_ends_a_pin_lockout(
     # tpm2-tools reads it as it is (-p file:...): an administrator needs no sealer for it.
     lower = tools(swtpm, "tpm2_dictionarylockout", "--setup-parameters", "--max-tries=2",
                   "--recovery-time=7200", "--lockout-recovery-time=600", "-p", f"file:{kept}")
-    assert lower.returncode == 0, lower.stderr  # fmt: skip
+    assert lower.returncode == 0, lower.stderr
     for wrong in (b"1111", b"2222"):
         sealer("unlock", "--test", "--pin-file", "-", str(luks_image), stdin=wrong)
     locked = sealer("unlock", "--test", "--pin-file", "-", str(luks_image), stdin=PIN)
@@ -144,13 +143,13 @@ def test_a_kept_authorization_that_is_no_longer_in_force_is_named(
     assert (wrong.returncode, wrong.stderr) == (EXIT_AUTH, (
         "sealer: the TPM rejected the lockout authorization: it is not the one in force: someone "
         "changed it since sealer set it; ask whoever did, or use the escrowed copy\n"
-    ))  # fmt: skip
+    ))
     again = sealer(*args)  # the TPM now refuses every lockout authorization for 600 s
     assert (again.returncode, again.stderr) == (EXIT_LOCKOUT, (
         "sealer: the TPM refuses lockout authorizations for now: a wrong one was tried earlier: "
         "wait for the TPM's lockout recovery time (see 'sealer tpm status'), or reboot if it "
         "is 0\n"
-    ))  # fmt: skip
+    ))
 
 
 def test_status_reports_the_tpms_hygiene(
@@ -163,7 +162,7 @@ def test_status_reports_the_tpms_hygiene(
         "disable_clear": False, "lockout_auth_holder": "nobody",
         "sealer_lockout_auth_file": None,
         "revocation_field": {"nv_index": "0x01335ea1", "present": False},
-    }  # fmt: skip
+    }
     assert sealer.enroll(luks_image).returncode == 0
     report = json.loads(sealer("status", "--json", "--state-dir", state, str(luks_image)).stdout)
     assert report["tpm"]["hygiene"] == {
@@ -171,7 +170,7 @@ def test_status_reports_the_tpms_hygiene(
         "disable_clear": False, "lockout_auth_holder": "sealer",
         "sealer_lockout_auth_file": f"{state}/{AUTH_FILE}",
         "revocation_field": {"nv_index": "0x01335ea1", "present": True},
-    }  # fmt: skip
+    }
     lockout = report["tpm"]["lockout"]
     assert {k: lockout[k] for k in SEALER_DA} == SEALER_DA
     lines = sealer("status", "--state-dir", state, str(luks_image)).stdout.splitlines()
@@ -195,7 +194,7 @@ def test_a_lockout_authorization_set_by_someone_else_is_left_alone(
     assert theirs.returncode == 0, theirs.stderr
     params = da_parameters(swtpm)
     enrolled = sealer("enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir),
-                      str(luks_image), stdin=PASSPHRASE)  # fmt: skip
+                      str(luks_image), stdin=PASSPHRASE)
     assert enrolled.returncode == 0, enrolled.stderr
     assert (
         "sealer: warning: the TPM's lockout authorization was set by someone else, so sealer "
@@ -205,7 +204,7 @@ def test_a_lockout_authorization_set_by_someone_else_is_left_alone(
     assert not (sealer.state_dir / AUTH_FILE).exists()
     assert da_parameters(swtpm) == params
     status = json.loads(sealer("status", "--json", "--state-dir", str(sealer.state_dir),
-                               str(luks_image)).stdout)  # fmt: skip
+                               str(luks_image)).stdout)
     assert status["tpm"]["hygiene"]["lockout_auth_holder"] == "someone else"
     # Theirs still works.
     mine = tools(swtpm, "tpm2_dictionarylockout", "--clear-lockout", "-p", "hex:" + "ab" * 16)
@@ -221,7 +220,7 @@ def test_a_pending_authorization_that_is_not_the_tpms_is_tried_once(
     theirs = tools(swtpm, "tpm2_changeauth", "-c", "l", "hex:" + "ab" * 16)
     assert theirs.returncode == 0, theirs.stderr
     first = sealer("enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir),
-                   str(luks_image), stdin=PASSPHRASE)  # fmt: skip
+                   str(luks_image), stdin=PASSPHRASE)
     assert first.returncode == 0, first.stderr
     aside = sealer.state_dir / (AUTH_FILE + ".not-in-force")
     assert f"an interrupted enrollment's value is not it: kept as {aside})" in first.stderr
@@ -231,7 +230,7 @@ def test_a_pending_authorization_that_is_not_the_tpms_is_tried_once(
     ]
     other = make_luks_image(tmp_path / "other.img", PASSPHRASE)
     second = sealer("enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir),
-                    str(other), stdin=PASSPHRASE)  # fmt: skip
+                    str(other), stdin=PASSPHRASE)
     assert second.returncode == 0, second.stderr
     assert "set by someone else" in second.stderr and "interrupted" not in second.stderr
 
@@ -243,7 +242,7 @@ def test_a_lockout_hierarchy_locked_by_a_wrong_try_does_not_stop_enrollment(
     empty one too) for lockoutRecovery; enroll goes on, says so, and leaves it open."""
     assert tools(swtpm, "tpm2_dictionarylockout", "-c", "-p", "wrong").returncode != 0
     enrolled = sealer("enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir),
-                      str(luks_image), stdin=PASSPHRASE)  # fmt: skip
+                      str(luks_image), stdin=PASSPHRASE)
     assert enrolled.returncode == 0, enrolled.stderr
     assert (
         "sealer: warning: the TPM's lockout hierarchy was not closed (the TPM refuses lockout "
@@ -260,14 +259,14 @@ def test_the_lockout_authorization_is_escrowed_with_the_recovery_key(
 ) -> None:
     org = org_pair(tmp_path / "org")
     enrolled = sealer.enroll(luks_image, "--recovery-key", "--escrow-cert", str(org.cert),
-                             "--machine-id", "m1")  # fmt: skip
+                             "--machine-id", "m1")
     assert enrolled.returncode == 0, enrolled.stderr
     record = sealer.state_dir / "escrow" / "m1-tpm-lockout.cms"
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
     opened = subprocess.run(
         ["openssl", "cms", "-decrypt", "-inform", "PEM", "-inkey", str(org.key)],
         input=record.read_bytes(), capture_output=True, check=True,
-    )  # fmt: skip
+    )
     assert opened.stdout == (sealer.state_dir / AUTH_FILE).read_bytes().hex().encode()
 
 
@@ -287,12 +286,12 @@ def test_an_interrupted_takeover_is_finished_by_the_next_enroll(
 ) -> None:
     record = tmp_path / "writes.txt"
     args = ["enroll", "--unlock-key-file", "-", "--state-dir", str(sealer.state_dir), "--quiet",
-            str(luks_image)]  # fmt: skip
+            str(luks_image)]
     listing = subprocess.run(
         [sys.executable, str(INJECTOR), "0", str(record), "--tcti", swtpm.tcti, *args[:-1],
          str(make_luks_image(tmp_path / "listing.img", PASSPHRASE))],
         input=PASSPHRASE, capture_output=True, timeout=120, env=INJECTOR_ENV,
-    )  # fmt: skip
+    )
     assert listing.returncode == 0, listing.stderr
     writes = record.read_text().splitlines()
     assert [w for w in writes if w in TAKEOVER_WRITES] == TAKEOVER_WRITES, writes
@@ -305,7 +304,7 @@ def test_an_interrupted_takeover_is_finished_by_the_next_enroll(
             [sys.executable, str(INJECTOR), str(writes.index(write) + 1), str(record), "--tcti",
              tpm.tcti, *args], input=PASSPHRASE, capture_output=True, timeout=120,
             env=INJECTOR_ENV,
-        )  # fmt: skip
+        )
         assert stopped.returncode == KILLED, stopped.stderr
         assert record.read_text().splitlines()[-1] == write
         assert opens_with(luks_image, PASSPHRASE)
@@ -344,7 +343,7 @@ def test_a_deleted_revocation_field_fails_closed(
         "the TPM was cleared"
     )
     report = json.loads(sealer("status", "--json", "--state-dir", str(sealer.state_dir),
-                               str(luks_image)).stdout)  # fmt: skip
+                               str(luks_image)).stdout)
     assert report["tpm"]["hygiene"]["revocation_field"]["present"] is False
     assert report["enrollments"][0]["unlocks_now"] is False
     assert opens_with(luks_image, PASSPHRASE)
@@ -362,7 +361,7 @@ def test_only_the_platform_can_define_an_index_deletable_by_policy_alone(
 
     def define(hierarchy: str, attributes: str, index: str) -> subprocess.CompletedProcess[str]:
         return tools(swtpm, "tpm2_nvdefine", "-C", hierarchy, "-s", "8", "-a", attributes,
-                     "-L", str(policy), index)  # fmt: skip
+                     "-L", str(policy), index)
 
     owner = define("o", "authread|authwrite|policydelete", "0x01335ea2")
     assert "Esys_NV_DefineSpace(0x2C2) - tpm:parameter(2):inconsistent attributes" in owner.stderr
@@ -381,7 +380,7 @@ def test_a_redefined_revocation_field_resets_revocation_known_limit(
     approvals by a value that survives this."""
     assert sealer.enroll(luks_image).returncode == 0
     revoked = sealer("revoke", "--below", "1", "--state-dir", str(sealer.state_dir),
-                     str(luks_image))  # fmt: skip
+                     str(luks_image))
     assert revoked.returncode == 0, revoked.stderr
     assert sealer("unlock", "--test", str(luks_image)).returncode != 0
     assert tools(swtpm, "tpm2_nvundefine", "0x01335ea1").returncode == 0
@@ -412,7 +411,7 @@ def test_systemd_cryptenroll_and_clevis_still_enroll_and_unlock(
         result = subprocess.run(
             ["systemd-cryptenroll", f"--tpm2-device={swtpm.tcti}", "--tpm2-pcrs=7", *extra,
              str(image)], env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        )
         assert result.returncode == 0, result.stderr
         [token] = cryptsetup.read_header(str(image)).tokens_of_type(systemd.TOKEN_TYPE)
         parsed = systemd.parse(token.token_id, dict(token.data))
@@ -427,14 +426,14 @@ def test_systemd_cryptenroll_and_clevis_still_enroll_and_unlock(
         ["clevis", "luks", "bind", "-y", "-k", "-", "-d", str(image), "tpm2",
          '{"pcr_bank":"sha256","pcr_ids":"7"}'],
         input=PASSPHRASE, env=env, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    )
     subprocess.run(["tpm2_flushcontext", "-T", swtpm.tcti, "-l"], check=True)
     [token] = cryptsetup.read_header(str(image)).tokens_of_type(clevis.TOKEN_TYPE)
     [slot] = clevis.parse(token.token_id, dict(token.data)).keyslots
     passed = subprocess.run(
         ["clevis", "luks", "pass", "-d", str(image), "-s", str(slot)],
         env=env, check=True, capture_output=True, timeout=60,
-    ).stdout  # fmt: skip
+    ).stdout
     assert opens_with(image, passed)
 
     # And sealer's own enrollment, and the lockout, are untouched by all of it.

@@ -65,7 +65,7 @@ def test_a_vendor_approval_next_to_the_uki_is_installed_first(tmp_path: Path) ->
     assert (code, calls.splitlines()) == (0, [
         f"-m sealer policy install {tmp_path}/acme-7.approval",
         f"-m sealer reseal --quiet --uki {uki}",
-    ])  # fmt: skip
+    ])
 
 
 @pytest.mark.parametrize("exit_code", [5, 14])

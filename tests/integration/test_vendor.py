@@ -28,7 +28,6 @@ from sealer.tpm.pcr import read_pcrs
 from sealer.tpm.seal import SealedBlob, unseal
 from sealer.tpm.srk import require_srk
 
-pytestmark = pytest.mark.integration
 EXIT_POLICY, EXIT_TOKEN, EXIT_REFUSED = 5, 9, 12
 LOG = str(eventlogs.UKI_BOOT_LOG)
 
@@ -55,7 +54,7 @@ class Fleet:
         code, _, err = self.run(
             "policy", "sign", "--key", str(key or self.vendor_key), "--uki", str(uki),
             "--eventlog", LOG, "--release", str(release), "--pcrs", pcrs, "--out", str(out),
-        )  # fmt: skip
+        )
         assert code == 0, err
         return out
 
@@ -157,7 +156,7 @@ def test_revoked_releases_stop_unlocking_and_say_so(
     statement = tmp_path / "below-3.revocation"
     assert fleet.run(
         "policy", "revoke", "--key", str(fleet.vendor_key), "--below", "3", "--out", str(statement)
-    )[0] == 0  # fmt: skip
+    )[0] == 0
     # A statement whose bits were changed after signing is refused before the TPM sees it.
     doc = json.loads(statement.read_text())
     tampered = tmp_path / "tampered.revocation"
@@ -188,7 +187,7 @@ def test_revoked_releases_stop_unlocking_and_say_so(
     [enrollment] = json.loads(out)["enrollments"]
     assert enrollment["revocation"] == {
         "nv_index": "0x01335ea1", "authority": "vendor", "revoked_below": 3
-    }  # fmt: skip
+    }
     assert [(a["release"], a["revoked"]) for a in enrollment["approvals"]] == [
         (0, True), (2, True), (3, False)
     ]
@@ -211,7 +210,7 @@ def test_a_machine_without_a_vendor_revokes_with_its_own_key(
     approved = sealer(
         "reseal", "--eventlog", LOG, "--approve-current", "--state-dir", str(sealer.state_dir),
         str(luks_image),
-    )  # fmt: skip
+    )
     assert approved.returncode == 0, approved.stderr
     assert sealer("unlock", "--test", str(luks_image)).returncode == 0
 
@@ -232,7 +231,7 @@ def test_the_tpm_itself_refuses_a_revoked_approval(
     machine, sealer = machine_sealer
     assert sealer.enroll(luks_image, "--pcrs", "4,11").returncode == 0
     assert sealer("revoke", "--below", "1", "--state-dir", str(sealer.state_dir),
-                  str(luks_image)).returncode == 0  # fmt: skip
+                  str(luks_image)).returncode == 0
     [enrollment] = enrollments(cryptsetup.read_header(str(luks_image)))
     [approval] = approvals_of(enrollment)
     with connect(machine.tcti) as ctx:
@@ -262,7 +261,7 @@ def test_the_tpm_itself_refuses_a_revoked_approval(
         (["revoke", "{image}"], 2, "give --below N, or --statement FILE"),
         (["revoke", "--statement", "{json}", "{image}"], 9, "not a sealer revocation file"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_line_and_an_exit_code(
     fleet: Fleet, luks_image: Path, tmp_path: Path, args: list[str], code: int, expected: str
 ) -> None:
@@ -270,14 +269,14 @@ def test_bad_input_is_one_line_and_an_exit_code(
     subprocess.run(
         ["openssl", "genpkey", "-algorithm", "RSA", "-out", str(rsa)], check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
     other_json = tmp_path / "other.json"
     other_json.write_text('{"type": "something-else"}')
     names = {
         "missing": str(tmp_path / "missing"), "log": LOG, "image": str(luks_image),
         "json": str(other_json), "out": str(tmp_path / "out.approval"), "rsa": str(rsa),
         "vendor": str(fleet.vendor_key),
-    }  # fmt: skip
+    }
     before = luks_image.read_bytes()
     result = fleet.sealer(*[a.format(**names) for a in args], stdin=b"x")
     assert result.returncode == code, result.stderr

@@ -28,7 +28,6 @@ from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.seal import AuthorizedPolicy, trial_policy_digest
 
-pytestmark = pytest.mark.integration
 SHA256 = BANKS["sha256"]
 
 # ReadPublic(SRK), PCR_Read, NV_ReadPublic + NV_Read (is the approval's release revoked?),
@@ -42,7 +41,7 @@ UNLOCK_COMMANDS = {
     # capping PCR is at its reset value (sealer.policy.binding).
     "VerifySignature": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 2, "PolicyNV": 2,
     "PolicyAuthorize": 1, "Unseal": 1, "FlushContext": 3,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ def test_every_operation_was_audited_with_every_needle(audit: WireAudit) -> None
     assert {"LUKS passphrase", "PIN", "PIN auth value B", "recovery key A", "recovery key B",
             "policy key scalar (machine 1)", "policy key scalar (machine 2)",
             "vendor key scalar", "TPM lockout auth (machine 1)",
-            "TPM lockout auth (machine 2)"} <= set(audit.needles)  # fmt: skip
+            "TPM lockout auth (machine 2)"} <= set(audit.needles)
     assert len(audit.needles["TPM lockout auth (machine 1)"]) == 32
 
 
@@ -105,7 +104,7 @@ def test_unlock_command_count(audit: WireAudit) -> None:
     with_pin = audit.operations[wireaudit.UNLOCK_PIN]
     assert with_pin.counts(succeeded_only=True) == {
         **UNLOCK_COMMANDS, "PolicyAuthValue": 1, "GetCapability": 1,
-    }  # fmt: skip
+    }
     failed = [(e.name, e.rc) for e in with_pin.exchanges if e.rc != 0]
     assert failed in ([], [("Unseal", wireaudit.RETRY)])
 
@@ -118,7 +117,7 @@ def test_enroll_creates_the_srk_once_and_nothing_else_unseals(audit: WireAudit) 
     assert (later["CreatePrimary"], later["Create"], later["NV_DefineSpace"]) == (0, 1, 1)
     # Re-sealing, pruning, revoking and status never need the secret out of the TPM.
     for operation in (wireaudit.STATUS, wireaudit.RESEAL, wireaudit.PRUNE, wireaudit.REVOKE,
-                      wireaudit.REVOKE_VENDOR, wireaudit.REMOVE, wireaudit.CAP):  # fmt: skip
+                      wireaudit.REVOKE_VENDOR, wireaudit.REMOVE, wireaudit.CAP):
         counts = audit.operations[operation].counts()
         assert counts["Unseal"] == counts["Load"] == 0, operation
 

@@ -68,7 +68,7 @@ def test_only_the_ask_section_counts_and_comments_are_skipped() -> None:
     assert request is not None
     assert (request.socket, request.id, request.not_after, request.pid) == (
         "/run/x/sck.1", "cryptsetup:/dev/vda", 77, None,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ class Asker:
         values = {
             "PID": str(os.getpid()), "Socket": str(self.socket_path), "AcceptCached": "1",
             "Echo": "0", "NotAfter": "0", "Id": f"cryptsetup:{DEVICE}",
-        }  # fmt: skip
+        }
         values.update({key: str(value) for key, value in fields.items()})
         self.ask_path = ask_dir / f"ask.{name}"
         body = "".join(f"{key}={value}\n" for key, value in values.items())

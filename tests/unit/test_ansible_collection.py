@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import yaml
 
 COLLECTION = Path(__file__).resolve().parents[2] / "ansible"
 MODULES = COLLECTION / "ansible_collections" / "sealer" / "tpm" / "plugins" / "modules"
-sys.path.insert(0, str(COLLECTION))
 
 PREFIX = "ansible_collections.sealer.tpm.plugins"
 sealer_cli: Any = importlib.import_module(f"{PREFIX}.module_utils.sealer_cli")
@@ -106,12 +104,12 @@ def test_every_host_is_in_the_report_with_its_state() -> None:
     assert {h: hosts[h]["state"] for h in hosts} == {
         "good": "ok", "stale": "attention", "unescrowed": "attention", "down": "unreachable",
         "crashed": "error", "missing": "no status", "nodisk": "error",
-    }  # fmt: skip
+    }
     assert hosts["good"]["volumes"][0] == {
         "device": "/dev/sda2", "uuid": "u-1", "enrolled": True, "unlocks_now": True,
         "next_boot": {"unlocks": True, "reason": "why", "image": "UKI /x.efi"},
         "recovery_key": True, "recovery_escrowed": True, "errors": [],
-    }  # fmt: skip
+    }
     assert hosts["crashed"]["errors"] == ["sealer executable /opt/sealer/bin/sealer not found"]
     assert hosts["nodisk"]["errors"] == ["/dev/sdz: sealer: /dev/sdz does not exist"]
     assert built["summary"] == {"hosts": 7, "ok": 1, "attention": 2, "error": 4, "volumes": 4}

@@ -35,7 +35,7 @@ def test_rdinit_skips_the_initramfs_init_and_is_the_one_risk() -> None:
         "systemd.unit=rescue.target", "rd.systemd.unit=emergency.target", "single", "emergency",
         "-b", "S",
     ],
-)  # fmt: skip
+)
 def test_every_way_to_a_shell_is_reported_as_capped_first(option: str) -> None:
     assert levels(f"{DEBIAN} panic=1 {option}") == {option: "capped"}
 

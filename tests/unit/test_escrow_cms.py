@@ -45,7 +45,7 @@ def test_a_good_certificate_pem_or_der(org: OrgKeys, tmp_path: Path) -> None:
     # No KeyUsage extension at all allows every use.
     plain = tmp_path / "plain.pem"
     plain.write_bytes(make_certificate(org.private_key, key_encipherment=None).public_bytes(
-        serialization.Encoding.PEM))  # fmt: skip
+        serialization.Encoding.PEM))
     cms.load_certificate(plain)
 
 
@@ -60,7 +60,7 @@ def test_a_good_certificate_pem_or_der(org: OrgKeys, tmp_path: Path) -> None:
         ("ec", "the escrow certificate {path} holds an EC (secp256r1) key: escrow needs an RSA "
                "certificate"),
     ],
-)  # fmt: skip
+)
 def test_each_bad_certificate_is_one_usage_line(fault: str, message: str, tmp_path: Path) -> None:
     path = bad_certificates(tmp_path)[fault]
     with pytest.raises(UsageError) as raised:
@@ -108,7 +108,7 @@ def openssl_print(pem: str) -> str:
 
 def openssl_decrypt(path: Path, org: OrgKeys) -> bytes:
     result = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "PEM", "-in", str(path),
-                             "-inkey", str(org.key)], capture_output=True)  # fmt: skip
+                             "-inkey", str(org.key)], capture_output=True)
     return result.stdout if result.returncode == 0 else b"openssl refused"
 
 
@@ -138,7 +138,7 @@ def test_oaep_with_sha1_made_by_openssl_is_not_sealers(org: OrgKeys, tmp_path: P
         ["openssl", "cms", "-encrypt", "-binary", "-aes-256-gcm", "-recip", str(org.cert),
          "-keyopt", "rsa_padding_mode:oaep", "-outform", "PEM", "-in", str(tmp_path / "k")],
         capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
+    ).stdout.decode()
     with pytest.raises(TokenError, match="no recipient uses RSA-OAEP"):
         cms.decrypt(made.replace("PKCS7", "CMS"), org.private_key)
 
@@ -150,7 +150,7 @@ def test_oaep_sha256_and_gcm_made_by_openssl_opens(org: OrgKeys, tmp_path: Path)
          "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256",
          "-keyopt", "rsa_mgf1_md:sha256", "-outform", "PEM", "-in", str(tmp_path / "k")],
         capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
+    ).stdout.decode()
     assert cms.decrypt(made, org.private_key) == KEY
 
 
@@ -161,7 +161,7 @@ def test_version_1_envelopes_still_open(org: OrgKeys) -> None:
 
 def test_aes128_envelopes_made_elsewhere_open_too(org: OrgKeys) -> None:
     der = pkcs7.PKCS7EnvelopeBuilder().set_data(KEY).add_recipient(org.certificate).encrypt(
-        serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])  # fmt: skip
+        serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     pem = "-----BEGIN PKCS7-----\n" + base64.b64encode(der).decode() + "\n-----END PKCS7-----\n"
     assert cms.decrypt(pem, org.private_key) == KEY
 
@@ -186,7 +186,7 @@ def test_a_wrong_key_is_an_auth_error(org: OrgKeys) -> None:
         "-----BEGIN CMS-----\n" + base64.b64encode(b"\x30\x80\x00\x00").decode()
         + "\n-----END CMS-----\n",
     ],
-)  # fmt: skip
+)
 def test_a_malformed_envelope_is_a_token_error(text: str, org: OrgKeys) -> None:
     with pytest.raises(TokenError):
         cms.decrypt(text, org.private_key)
@@ -205,12 +205,12 @@ def test_private_keys_plain_encrypted_and_wrong(org: OrgKeys) -> None:
     assert cms.load_private_key(pem, "org.key", no_password).key_size == 2048
     der = org.private_key.private_bytes(serialization.Encoding.DER,
                                         serialization.PrivateFormat.TraditionalOpenSSL,
-                                        serialization.NoEncryption())  # fmt: skip
+                                        serialization.NoEncryption())
     assert cms.load_private_key(der, "org.der", no_password).key_size == 2048
     locked = org.private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"sesame"),
-    )  # fmt: skip
+    )
     assert cms.load_private_key(locked, "org.key", lambda: b"sesame").key_size == 2048
     with pytest.raises(AuthError, match=r"wrong password for the private key org\.key"):
         cms.load_private_key(locked, "org.key", lambda: b"open up")
@@ -219,6 +219,6 @@ def test_private_keys_plain_encrypted_and_wrong(org: OrgKeys) -> None:
     ec_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    )  # fmt: skip
+    )
     with pytest.raises(UsageError, match="is not an RSA key"):
         cms.load_private_key(ec_key, "ec.key", no_password)

@@ -31,7 +31,7 @@ def a_record(**changes: Any) -> EscrowRecord:
         "token": 0, "keyslot": 2, "created": "2026-11-23T17:28:22Z",
         "certificate_sha256": "ab" * 32, "certificate_subject": "CN=Org escrow,O=Org",
         "cms": "-----BEGIN CMS-----\nMIIB\n-----END CMS-----\n",
-    }  # fmt: skip
+    }
     fields.update(changes)
     return EscrowRecord(**fields)
 
@@ -42,7 +42,7 @@ def test_the_json_has_exactly_the_documented_fields_and_reads_back() -> None:
     assert set(doc) == {
         "type", "version", "machine_id", "hostname", "device", "volume_uuid", "token",
         "keyslot", "created", "certificate_sha256", "certificate_subject", "cms", "keyslot_salt",
-    }  # fmt: skip
+    }
     assert doc["type"] == "sealer-escrow" and doc["version"] == 2
     assert parse_record(json.loads(json.dumps(doc))) == record
 

@@ -54,10 +54,10 @@ def test_escrow_then_recover(org: OrgKeys, tmp_path: Path) -> None:
     target = prepare_escrow(org.cert, tmp_path / "escrow", "m1")
     key = new_recovery_key()
     header = LuksHeader("/dev/sda2", UUID, {n: Keyslot(n, "pbkdf2", 1000, f"salt{n}")
-                                             for n in (0, 2, 3)}, {})  # fmt: skip
+                                             for n in (0, 2, 3)}, {})
     assert escrowed(target.directory, header, 2) is None  # no directory yet
     path = escrow_key(target, device="/dev/sda2", uuid=UUID, token_id=0, keyslot=2, key=key,
-                      keyslot_salt="salt2")  # fmt: skip
+                      keyslot_salt="salt2")
     assert escrowed(target.directory, header, 2) is True
     assert escrowed(target.directory, header, 3) is False
     # Another key put in keyslot 2 later (a new salt): the record does not vouch for it.
@@ -72,7 +72,7 @@ def test_escrow_then_recover(org: OrgKeys, tmp_path: Path) -> None:
 def test_recover_with_another_key_names_the_certificate(org: OrgKeys, tmp_path: Path) -> None:
     path = escrow_key(prepare_escrow(org.cert, tmp_path, "m1"), device="/dev/sda2", uuid=UUID,
                       token_id=0, keyslot=2, key=new_recovery_key(),
-                      keyslot_salt=None)  # fmt: skip
+                      keyslot_salt=None)
     other = tmp_path / "other.key"
     other.write_bytes(_other_key_pem())
     with pytest.raises(AuthError) as raised:
@@ -90,7 +90,7 @@ def _other_key_pem() -> bytes:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    )  # fmt: skip
+    )
 
 
 def test_is_recovery_key() -> None:

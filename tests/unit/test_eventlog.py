@@ -95,7 +95,7 @@ def test_a_huge_length_field_is_refused_before_anything_is_read() -> None:
          "not crypto-agile"),
         (struct.pack("<II", 4, 1) + bytes(20) + struct.pack("<I", 0), "does not start with"),
     ],
-)  # fmt: skip
+)
 def test_logs_that_are_not_crypto_agile_say_so(data: bytes, message: str) -> None:
     with pytest.raises(EventLogError, match=message):
         parse(data)

@@ -27,7 +27,7 @@ def test_fuzzing_finds_nothing_within_the_budget(target: str, tmp_path: Path) ->
     if importlib.util.find_spec("atheris") is None:
         pytest.fail("atheris is not installed: run scripts/setup.sh (it installs .[dev])")
     argv = [sys.executable, str(RUNNER), "--target", target, "--seconds", str(BUDGET_SECONDS),
-            "--json", "--findings", str(tmp_path)]  # fmt: skip
+            "--json", "--findings", str(tmp_path)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=BUDGET_SECONDS + 120)
     assert result.stdout, result.stderr
     [report] = json.loads(result.stdout)

@@ -18,13 +18,15 @@ import contextlib
 import copy
 import json
 import struct
-import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mutators
 import pytest
+import seeds
+import targets
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -36,11 +38,6 @@ from sealer.measure.eventlog import EventLogError
 from sealer.pcrs import BANKS
 from sealer.policy.approval import parse_approval, verify_approval
 from sealer.services.vendor import read_approval_file
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
-import mutators
-import seeds
-import targets
 
 # Deterministic for CI (derandomize, no example database); no per-example deadline, since
 # a slow CI machine must not turn into a flaky failure: hangs are libFuzzer's -timeout job.
@@ -132,7 +129,6 @@ def nested(depth: int) -> Any:
 
 # Values that broke or could break a reader: int() past 4300 digits, negative handles,
 # lone surrogates (valid JSON, not encodable), NUL, nesting deep enough to reach repr().
-# fmt: off
 HOSTILE_VALUES = st.sampled_from(
     [
         10**4000, -(10**4000), -1, 2**64, 2**32, 0, 1, True, False, None,
@@ -141,7 +137,6 @@ HOSTILE_VALUES = st.sampled_from(
         [], {}, [[]], {"": None}, nested(200), {"9" * 5000: []},
     ]
 ).map(copy.deepcopy) | JSON_VALUES  # a copy: later mutations may change what they are put in
-# fmt: on
 
 
 def _pick_container(draw: st.DrawFn, doc: Any) -> Any:
@@ -232,9 +227,9 @@ def structured_logs(draw: st.DrawFn) -> bytes:
         listed = list(algorithms.items())
         digests = draw(st.permutations(listed)) if draw(st.booleans()) else draw(
             st.lists(st.sampled_from(listed), max_size=4) if listed else st.just([])
-        )  # fmt: skip
+        )
         log += seeds.event2(draw(st.integers(0, 30)), kind,
-                            [(alg, bytes(size)) for alg, size in digests], data)  # fmt: skip
+                            [(alg, bytes(size)) for alg, size in digests], data)
     if draw(st.booleans()) and len(log) >= 4:
         at = draw(st.integers(0, len(log) - 4))
         log = log[:at] + struct.pack("<I", draw(st.sampled_from(HUGE_U32))) + log[at + 4 :]

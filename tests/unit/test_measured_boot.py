@@ -66,7 +66,7 @@ def test_a_kernel_and_initrd_replace_exactly_their_events(kernel: Path, tmp_path
             if e.type != eventlog.EV_NO_ACTION
         ),
         SHA256,
-    )  # fmt: skip
+    )
     assert prediction.predicted == by_hand
     assert prediction.value(7) == LOG.replay(SHA256)[7]
     assert prediction.changed_pcrs() == [4, 9]

@@ -50,7 +50,7 @@ def test_the_order_is_the_one_of_sort_dash_v() -> None:
     ran = subprocess.run(
         ["sort", "-V"], input="\n".join(shuffled) + "\n", capture_output=True, text=True,
         check=True, env={"LC_ALL": "C"},
-    )  # fmt: skip
+    )
     assert ran.stdout.splitlines() == sorted(shuffled, key=version_key)
 
 
@@ -68,7 +68,7 @@ def test_the_order_is_the_one_of_sort_dash_v() -> None:
         ("#SEALER_BOOT=uki\n", UpdateConf("kernel", "")),
         ("SEALER_BOOT=uki\nSEALER_BOOT=kernel\n", UpdateConf("kernel", "")),  # the last wins
     ],
-)  # fmt: skip
+)
 def test_update_conf_is_read_as_the_hook_sources_it(text: str, expected: UpdateConf) -> None:
     assert parse_update_conf(text) == expected
 

@@ -106,7 +106,7 @@ class Signer:
         subprocess.run(
             ["sbsign", "--key", self.key, "--cert", self.cert, "--output", output, image],
             check=True, capture_output=True,
-        )  # fmt: skip
+        )
         # Sanity: the independent verifier accepts what we are about to compare against.
         subprocess.run(["sbverify", "--cert", self.cert, output], check=True, capture_output=True)
         return output.read_bytes()
@@ -115,7 +115,7 @@ class Signer:
         return subprocess.run(
             ["openssl", "x509", "-in", self.cert, "-outform", "DER"],
             check=True, capture_output=True,
-        ).stdout  # fmt: skip
+        ).stdout
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=test",
          "-days", "1", "-keyout", work / "k", "-out", work / "c"],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     return Signer(work / "k", work / "c")
 
 

@@ -115,7 +115,7 @@ def test_created_is_optional(doc: dict[str, Any]) -> None:
 REQUIRED = [
     "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
     "sealed_public", "sealed_private", "policy_keys", "approvals", "enrollment_id",
-]  # fmt: skip
+]
 OPTIONAL = ["pin_salt", "created"]
 JUNK: list[Any] = [None, 123, [], "x"]
 NON_STRINGS: list[Any] = [None, 123, []]

@@ -258,7 +258,7 @@ def render_text(report: dict[str, Any]) -> str:
                 else "escrowed" if volume["recovery_escrowed"]
                 else "NOT escrowed" if volume["recovery_escrowed"] is False
                 else "? escrow"
-            )  # fmt: skip
+            )
             rows.append(
                 (
                     host["host"],
