@@ -429,9 +429,10 @@ def _version_hook(version: str) -> str:
 
 
 def guest_cmdline(root_luks_uuid: str) -> str:
-    """GRUB_CMDLINE_LINUX of the guest: the serial console and the encrypted root."""
+    """GRUB_CMDLINE_LINUX of the guest: the serial console and the encrypted root. No
+    ``panic=``, as a user has it: break= and a failed root give initramfs-tools' shell."""
     return (
-        "console=ttyS0 rootfstype=ext4 panic=1 "
+        "console=ttyS0 rootfstype=ext4 "
         f"cryptopts=target=cryptroot,source=UUID={root_luks_uuid},luks,keyscript={KEYSCRIPT}"
     )
 
