@@ -111,8 +111,11 @@ _OS_INDICATIONS_DATA = bytes([6, 0, 0, 0]) + (0x1).to_bytes(8, "little")
 
 def missing_grub_chain_parts() -> str | None:
     """Why this chain cannot be built here, or None."""
-    for tool in ("qemu-system-x86_64", "swtpm", "mkinitramfs", "grub-mkconfig", "grub-editenv",
-                 "apt-get", "dpkg", "unshare", "mkfs.vfat", "mcopy", "mkfs.ext4", "cryptsetup"):  # fmt: skip
+    tools = (
+        "qemu-system-x86_64", "swtpm", "mkinitramfs", "grub-mkconfig", "grub-editenv",
+        "apt-get", "dpkg", "unshare", "mkfs.vfat", "mcopy", "mkfs.ext4", "cryptsetup",
+    )  # fmt: skip
+    for tool in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     for path in (OVMF_MS_CODE, OVMF_MS_VARS, GRUB_DEFAULT_TEMPLATE, GRUB_FONT, REAL_GRUB_PROBE):
@@ -168,7 +171,10 @@ def signed_loaders(cache: Path = DEFAULT_CACHE) -> SignedLoaders:
 
 def esp_stub_cfg(boot_uuid: str, hint: str) -> str:
     """EFI/debian/grub.cfg as grub-install writes it for a separate /boot file system."""
-    return f"search.fs_uuid {boot_uuid} root {hint} \nset prefix=($root)'/grub'\nconfigfile $prefix/grub.cfg\n"
+    return (
+        f"search.fs_uuid {boot_uuid} root {hint} \n"
+        "set prefix=($root)'/grub'\nconfigfile $prefix/grub.cfg\n"
+    )
 
 
 def build_grub_esp(output: Path, loaders: SignedLoaders, stub_cfg: str) -> Path:
