@@ -79,6 +79,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,6 +368,31 @@ def add_to_default_linux_line(grub_cfg: str, extra: str) -> str:
     raise ValueError("grub.cfg has no linux line")
 
 
+def default_entry_lines(grub_cfg: str) -> list[str]:
+    """The body of grub.cfg's first top-level menuentry (the default entry), line by line."""
+    lines = grub_cfg.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("menuentry "))
+    end = lines.index("}", start)
+    return lines[start + 1 : end]
+
+
+MENU_COUNTDOWN = "The highlighted entry will be executed automatically"
+MENU_EDITOR = "Minimum Emacs-like screen editing is supported"
+
+
+def menu_edit_answers(grub_cfg: str, extra: str) -> list[Answer]:
+    """Keys that edit the default entry at GRUB's menu, on the serial console: ``e``, then
+    Ctrl-N down to its ``linux`` line (the editor's first line is ``setparams 'TITLE'``),
+    Ctrl-E to the end of it, `` EXTRA``, and Ctrl-X to boot the edited entry."""
+    body = default_entry_lines(grub_cfg)
+    linux = next(i for i, line in enumerate(body) if line.strip().startswith("linux"))
+    # The body's line N is the editor's line N + 1, and over this serial console it takes
+    # N + 2 Ctrl-N (or down-arrow) keys to reach it: one is always spent (seen in every boot
+    # here). capture() checks that the kernel got ``extra``.
+    keys = "\x0e" * (linux + 2) + "\x05" + f" {extra}" + "\x18"
+    return [Answer(MENU_COUNTDOWN, "e"), Answer(MENU_EDITOR, keys)]
+
+
 # ---------------------------------------------------------------------------------------
 # The machine
 
@@ -548,7 +574,7 @@ def boot_record(chain: GrubChainMachine, name: str, boot: Boot, what: str) -> di
 
 
 def capture(out: Path, work: Path) -> None:
-    """Build the machine, boot it three times, write the fixtures into ``out``."""
+    """Build the machine, boot it four times, write the fixtures into ``out``."""
     chain = make_grub_chain_machine(work)
     base = (
         "OVMF 4M with Microsoft's keys (Debian bookworm ovmf), Secure Boot on, swtpm; "
@@ -558,22 +584,32 @@ def capture(out: Path, work: Path) -> None:
         "with sealer's hook, /boot on its own ext4, LUKS2 root; passphrase typed "
         "(no enrollment), so PCR 15 is capped"
     )
+    shell = [Answer(INITRAMFS_SHELL, "exit\n")]  # break=bottom's shell: go on booting
+    # (name, what, the change before the boot, keys at GRUB's menu, answers after unlock)
+    plans: list[tuple[str, str, Callable[[], object], Callable[[], list[Answer]], list[Answer]]]
     plans = [
-        ("boot1", "as installed", lambda: None, []),
+        ("boot1", "as installed", lambda: None, list, []),
         ("boot2", "after a kernel update (same signed kernel as the next ABI version, new "
-         "initrd, new grub.cfg from grub-mkconfig)", chain.kernel_update, []),
-        ("boot3-break", "boot2's machine with break=bottom added to the default entry's "
+         "initrd, new grub.cfg from grub-mkconfig)", chain.kernel_update, list, []),
+        ("boot2-menu-break", "boot2's machine, its default entry edited at GRUB's menu to "
+         "add break=bottom to the linux line (grub.cfg unchanged); the initramfs shell was "
+         "left with exit", lambda: None,
+         lambda: menu_edit_answers(chain.grub_cfg, "break=bottom"), shell),
+        ("boot2-cfg-break", "boot2's machine with break=bottom added to the default entry's "
          "linux line in /boot/grub/grub.cfg; the initramfs shell was left with exit",
-         lambda: chain.edit_grub_cfg("break=bottom"),
-         [Answer(INITRAMFS_SHELL, "exit\n")]),
+         lambda: chain.edit_grub_cfg("break=bottom"), list, shell),
     ]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    for name, what, change, extra_answers in plans:
-        change()  # type: ignore[no-untyped-call]
-        boot = chain.boot(name, answers=[Answer(PROMPT, PASSPHRASE + "\n"), *extra_answers])
+    for name, what, change, at_menu, after_unlock in plans:
+        change()
+        answers = [*at_menu(), Answer(PROMPT, PASSPHRASE + "\n"), *after_unlock]
+        boot = chain.boot(name, answers=answers)
         (work / f"{name}.console.txt").write_text(boot.transcript)
         if "SEALER-E2E: root file system is up" not in boot.transcript:
             raise RuntimeError(f"{name} did not reach the root; see {work}/{name}.console.txt")
+        got = boot.lines_with("SEALER-E2E: cmdline ")
+        if "break" in name and not (got and got[0].endswith(" break=bottom")):
+            raise RuntimeError(f"{name}: the kernel did not get break=bottom: {got}")
         stem = f"debian-shim-grub-{name}"
         (out / f"{stem}.bin").write_bytes(boot.event_log())
         record = boot_record(chain, name, boot, f"{base}; {what}")
