@@ -52,22 +52,52 @@ machine's devices: the default entry has ``load_video``, ``insmod gzio``, ``insm
 
 Captured fixtures (eventlogs/debian-shim-grub-*.bin and .json)
 --------------------------------------------------------------
-``python3 swtpm-fixtures/grubchain.py capture OUT`` builds the machine and boots it three
-times with one swtpm state (one machine across reboots); the passphrase is typed each time
-(nothing is enrolled), so PCR 15 is capped at each boot:
+``.venv/bin/python swtpm-fixtures/grubchain.py capture OUT WORK`` builds the machine and
+boots it four times with one swtpm state (one machine across reboots); the passphrase is
+typed each time (nothing is enrolled), so PCR 15 is capped:
 
 - ``boot1``: as installed (kernel V, its initrd, grub-mkconfig's grub.cfg);
 - ``boot2``: after a kernel update: the same signed kernel bytes installed as V' (the ABI
   number plus one) with config and System.map, a rebuilt initrd for V', and a new grub.cfg
   from grub-mkconfig, which lists V' first (the default entry);
-- ``boot3-break``: boot2's machine with ``break=bottom`` added to the default entry's
-  ``linux`` line in /boot/grub/grub.cfg (the issue's attack; grub.cfg is not signed).
+- ``boot2-menu-break``: boot2's machine, the default entry edited at GRUB's menu (``e``,
+  keys on the serial console, Ctrl-X) to add ``break=bottom`` to its ``linux`` line;
+  grub.cfg is unchanged. initramfs-tools' shell (after sealer's panic hook capped PCR 15)
+  was left with ``exit``;
+- ``boot2-cfg-break``: boot2's machine with ``break=bottom`` added to the default entry's
+  ``linux`` line in /boot/grub/grub.cfg (grub.cfg is not signed); shell left with ``exit``.
 
 Each ``.bin`` is the guest's ``binary_bios_measurements``; each ``.json`` holds the sha256
-PCRs 0-15 the guest read, the kernel command line it got, the grub.cfg texts of the ESP
-and /boot, the grubenv, the default entry's kernel version, and the size, sha256 (and for
-PE files the Authenticode sha256) of every file the firmware, shim and GRUB read: no kernel,
-initrd or loader is committed, their digests are enough to predict PCRs 4, 7, 8 and 9.
+PCRs 0-15 the guest read (``sha256``), the kernel command line it got (``kernel_cmdline``),
+the texts of ``esp_grub_cfg``, ``boot_grub_cfg`` and ``grubenv``, ``grub_cmdline_linux``,
+the default entry's kernel version, the UUIDs, the package versions, and under ``files``
+the size, sha256 (and for PE files the Authenticode sha256) of every file on the ESP and
+/boot. No kernel, initrd or loader is committed: their digests are what PCRs 4, 7, 8 and 9
+need. tests/unit/test_grub_fixtures.py checks that the files say what they claim.
+
+What these logs show (shim 16.1, GRUB 2.06-13+deb12u2)
+------------------------------------------------------
+- PCR 4 (EV_EFI_BOOT_SERVICES_APPLICATION): shim (with its ESP path), grubx64.efi (path),
+  then the kernel's Authenticode hash twice with no device path.
+- PCR 7: SecureBoot, PK, KEK, db, dbx, separator, the db authority (EV_EFI_VARIABLE_AUTHORITY)
+  that verified shim, then shim's SbatLevel and MokListRT (EV_EFI_VARIABLE_AUTHORITY). shim
+  logs NO authority event for GRUB or the kernel (both verified by its built-in Debian
+  certificate): PCR 7 is the same before and after a kernel update. PCR 14 holds shim's
+  MokList, MokListX, MokListTrusted (EV_IPL).
+- PCR 8 (EV_IPL): one event per GRUB command, data ``grub_cmd: <command>\0`` or
+  ``kernel_cmdline: <path> <args>\0``; the digest is the sha256 of the text AFTER the
+  prefix, without the NUL. The embedded config's 4 commands come first, then the ESP stub's
+  3, then grub.cfg's; a ``menuentry``/``submenu`` definition is one event holding its whole
+  source text (``{...}`` body, ``$menuentry_id_option`` expanded to ``--id``); running the
+  default entry logs ``setparams TITLE`` then each command in it as GRUB expands it
+  (quotes gone, variables substituted). ``kernel_cmdline`` has no ``BOOT_IMAGE=``.
+  Editing the entry at the menu changes only the ``linux`` and ``kernel_cmdline`` events
+  (the definition event still has the text from grub.cfg); editing grub.cfg changes the
+  definition event too, and PCR 9.
+- PCR 9 (EV_IPL): data is GRUB's path of the file with a NUL (``(hd0)/EFI/debian/grub.cfg``,
+  ``(hd1)/grub/grub.cfg``, ``(hd1)/grub/grubenv`` twice: ``[ -s ]`` and ``load_env`` both
+  read it, ``/vmlinuz-V``, ``/initrd.img-V``); the digest is the sha256 of the file. grub.cfg
+  is read once.
 """
 
 from __future__ import annotations

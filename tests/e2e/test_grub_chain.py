@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 from grubchain import (
+    INITRAMFS_SHELL,
+    PASSPHRASE,
     PROMPT,
     GrubChainMachine,
     make_grub_chain_machine,
+    menu_edit_answers,
     missing_grub_chain_parts,
 )
-from qemu import Boot
+from qemu import Answer, Boot
 
 from sealer.boot.pcrcap import capped_value
 from sealer.measure.eventlog import (
@@ -174,3 +177,26 @@ def test_pcr9_holds_every_file_grub_read(grub_chain: tuple[GrubChainMachine, Boo
         (f"/{kernel}", on_boot(kernel)),
         (f"/{initrd}", on_boot(initrd)),
     ]
+
+
+def test_an_entry_edited_at_the_menu_changes_only_pcr8(
+    grub_chain: tuple[GrubChainMachine, Boot],
+) -> None:
+    chain, first = grub_chain
+    boot = chain.boot(
+        "menu-edit",
+        answers=[
+            *menu_edit_answers(chain.grub_cfg, "break=bottom"),
+            Answer(PROMPT, PASSPHRASE + "\n"),
+            Answer(INITRAMFS_SHELL, "exit\n"),  # sealer's panic hook capped PCR 15 first
+        ],
+    )
+    assert ROOT_UP in boot.transcript, boot.transcript[-3000:]
+    assert boot.lines_with("SEALER-E2E: cmdline ")[0].endswith(" break=bottom")
+    before, after = first.pcrs(), boot.pcrs()
+    assert {pcr for pcr in range(10) if before[pcr] != after[pcr]} == {8}
+    changed = [
+        a for b, a in zip(_strings(_log(first), 8), _strings(_log(boot), 8), strict=True)
+        if b != a
+    ]  # fmt: skip
+    assert [s.split(" ", 2)[1] for s in changed] == ["linux", f"/vmlinuz-{chain.version}"]

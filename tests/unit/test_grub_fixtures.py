@@ -21,7 +21,7 @@ from sealer.measure.eventlog import (
 from sealer.pcrs import BANKS
 
 CAPTURED = Path(__file__).resolve().parents[2] / "swtpm-fixtures" / "eventlogs"
-BOOTS = ("boot1", "boot2", "boot3-break")
+BOOTS = ("boot1", "boot2", "boot2-menu-break", "boot2-cfg-break")
 SHA256 = BANKS["sha256"]
 
 
@@ -110,15 +110,38 @@ def test_a_kernel_update_changes_only_pcrs_8_and_9() -> None:
     assert changed == {8, 9}  # the same signed kernel bytes: PCR 4 and 7 stay
 
 
-def test_break_bottom_changes_the_entry_linux_and_cmdline_events() -> None:
-    (updated, record), (attacked, _) = _load("boot2"), _load("boot3-break")
-    before, after = _grub_strings(updated), _grub_strings(attacked)
+def _changed_grub_strings(name: str) -> list[tuple[str, str]]:
+    """The PCR 8 strings of boot ``name`` that differ from boot2's, as (before, after)."""
+    before, after = _grub_strings(_load("boot2")[0]), _grub_strings(_load(name)[0])
     assert len(before) == len(after)
-    differ = [(b, a) for b, a in zip(before, after, strict=True) if b != a]
-    version = record["default_kernel_version"]
-    assert [a.split(" ", 2)[:2] for _, a in differ] == [
+    return [(b, a) for b, a in zip(before, after, strict=True) if b != a]
+
+
+def _kinds(changed: list[tuple[str, str]]) -> list[list[str]]:
+    return [after.split(" ", 2)[:2] for _, after in changed]
+
+
+def test_an_entry_edited_at_the_menu_changes_only_pcr_8() -> None:
+    updated, edited = _pcrs(_load("boot2")[1]), _pcrs(_load("boot2-menu-break")[1])
+    assert {pcr for pcr in range(10) if updated[pcr] != edited[pcr]} == {8}
+    changed = _changed_grub_strings("boot2-menu-break")
+    version = _load("boot2")[1]["default_kernel_version"]
+    # The entry's definition event keeps grub.cfg's text: only what ran differs.
+    assert _kinds(changed) == [["grub_cmd:", "linux"], ["kernel_cmdline:", f"/vmlinuz-{version}"]]
+    assert all(a == f"{b} break=bottom" for b, a in changed)
+
+
+def test_an_edited_grub_cfg_changes_pcr_8_and_its_digest_in_pcr_9() -> None:
+    updated, edited = _pcrs(_load("boot2")[1]), _pcrs(_load("boot2-cfg-break")[1])
+    assert {pcr for pcr in range(10) if updated[pcr] != edited[pcr]} == {8, 9}
+    changed = _changed_grub_strings("boot2-cfg-break")
+    version = _load("boot2")[1]["default_kernel_version"]
+    assert _kinds(changed) == [
         ["grub_cmd:", "menuentry"],
         ["grub_cmd:", "linux"],
         ["kernel_cmdline:", f"/vmlinuz-{version}"],
     ]
-    assert all("break=bottom" in a and "break=bottom" not in b for b, a in differ)
+    assert all("break=bottom" in a and "break=bottom" not in b for b, a in changed)
+    pcr9 = [[e.digests["sha256"] for e in _load(n)[0].events if e.pcr == 9]
+            for n in ("boot2", "boot2-cfg-break")]  # fmt: skip
+    assert [i for i, (b, a) in enumerate(zip(*pcr9, strict=True)) if b != a] == [1]
