@@ -49,6 +49,23 @@ machine's devices: the default entry has ``load_video``, ``insmod gzio``, ``insm
 ``search --no-floppy --fs-uuid --set=root`` with grub-probe's hints and the /boot UUID,
 ``linux /vmlinuz-V root=/dev/mapper/cryptroot ro <GRUB_CMDLINE_LINUX> quiet``,
 ``initrd /initrd.img-V``, and 00_header's ``load_env``/``saved_entry``/``next_entry`` logic.
+(Running ``update-grub`` in the guest would need a full Debian root with grub installed and
+a minute or more per boot under TCG; a chroot of an mmdebstrap root would still need the
+same device answers. The namespace runs the same stock scripts with the same answers.)
+
+Where this machine differs from an installed one, on purpose or of necessity:
+
+- the disks hold file systems without partition tables, so grub-probe says ``hd1`` where an
+  installed machine has ``hd0,gpt2`` (``set root='hd1'``, ``--hint='hd1'``, no ``insmod
+  part_gpt``, ``search.fs_uuid UUID root hd1`` in the ESP stub);
+- grub-probe cannot open the LUKS2 mapping here, so the root's answers (``ext2``, its UUID,
+  ``luks2 cryptodisk``) are the stand-in's; they decide only that the font on / is not
+  readable by GRUB, so 00_header writes ``if loadfont unicode`` as it does on encrypted
+  installs; with ``GRUB_DISABLE_LINUX_UUID=true`` the root's UUID appears nowhere;
+- ``LANG=en_US.UTF-8`` (``set lang=en_US``); /boot/grub has the font but no ``locale/`` and
+  no ``x86_64-efi/`` (the signed GRUB has its modules built in); QEMU has no display, so
+  ``terminal_output gfxterm`` fails ("error: no suitable video mode found.") and GRUB goes
+  on on the serial console, where the tests read its menu and type into its editor.
 
 Captured fixtures (eventlogs/debian-shim-grub-*.bin and .json)
 --------------------------------------------------------------
