@@ -42,6 +42,21 @@ def test_a_kernel_and_its_initrd_are_approved(tmp_path: Path) -> None:
     )
 
 
+def test_on_a_grub_machine_the_hook_names_grubs_config(tmp_path: Path) -> None:
+    # Debian's shim + GRUB chain: GRUB's config decides what boots, and how it is measured.
+    boot = tmp_path / "boot"
+    (boot / "grub").mkdir(parents=True)
+    (boot / "grub" / "grub.cfg").write_text("menuentry 'Debian GNU/Linux' {\n}\n")
+    for name in ("vmlinuz-6.1.0-9-amd64", "initrd.img-6.1.0-9-amd64"):
+        (boot / name).write_bytes(b"x")
+    code, calls, _ = run_hook(tmp_path, "6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-9-amd64")
+    assert code == 0
+    assert calls == (
+        f"-m sealer reseal --quiet --kernel {boot}/vmlinuz-6.1.0-9-amd64 "
+        f"--initrd {boot}/initrd.img-6.1.0-9-amd64 --grub-cfg {boot}/grub/grub.cfg\n"
+    )
+
+
 def test_before_the_initrd_exists_nothing_runs(tmp_path: Path) -> None:
     (tmp_path / "boot").mkdir()
     (tmp_path / "boot" / "vmlinuz-6.1.0-9-amd64").write_bytes(b"x")

@@ -124,6 +124,19 @@ def silent(message: str) -> None:
 # Planning enable
 
 
+def test_enable_moves_the_kernel_hook_after_update_grub(root: Path, source: Path) -> None:
+    # An earlier sealer installed it as zz-sealer, which runs before Debian's zz-update-grub
+    # and so predicted a GRUB machine's next boot from the old grub.cfg.
+    old = root / "etc/kernel/postinst.d/zz-sealer"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(UPDATE_HOOK)
+    plan = enable_plan(request(root, source, "cryptroot"))
+    changes = {f.path: f.change for f in plan.files}
+    assert changes[old] == "remove"
+    assert changes[root / "etc/kernel/postinst.d/zzz-sealer"] == "create"
+    assert sorted(["zz-update-grub", "zzz-sealer"])[-1] == "zzz-sealer"  # run-parts order
+
+
 def test_plan_enable_lists_every_file_in_order_and_writes_nothing(
     root: Path, source: Path
 ) -> None:
