@@ -26,6 +26,7 @@ from sealer.errors import MeasurementError
 from sealer.measure import eventlog, pe
 from sealer.measure.eventlog import EventLog
 from sealer.measure.grubscript import GrubFiles, GrubRun, Measured, UnsupportedScript, parse_script
+from sealer.measure.images import read_image
 from sealer.measure.measurements import Measurement
 from sealer.pcrs import BANKS, Bank
 
@@ -49,8 +50,6 @@ _GRUB_VARIABLES = {
         "y",
     ),
 }
-# A kernel or an initrd is at most a few hundred MiB; refuse to read a disk by mistake.
-_MAX_FILE_BYTES = 1024 * 1024 * 1024
 
 
 def is_grub_boot(log: EventLog) -> bool:
@@ -156,15 +155,7 @@ class HostGrubFiles(GrubFiles):
         return self.host_path(path).is_file()
 
     def read(self, path: str) -> bytes:
-        host = self.host_path(path)
-        try:
-            with open(host, "rb") as handle:
-                data = handle.read(_MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            raise MeasurementError(f"cannot read {host}: {exc.strerror}") from exc
-        if len(data) > _MAX_FILE_BYTES:
-            raise MeasurementError(f"{host} is larger than 1 GiB: not a boot file")
-        return data
+        return read_image(self.host_path(path))
 
     def read_text(self, path: str) -> str:
         return self.read(path).decode("utf-8", "replace")

@@ -25,12 +25,11 @@ from pathlib import Path
 from sealer.errors import MeasurementError
 from sealer.measure import eventlog, grub, pe
 from sealer.measure.eventlog import EventLog
+from sealer.measure.images import read_image
 from sealer.measure.measurements import Measurement, measurements_of, replay
 from sealer.pcrs import Bank
 
 _APPLICATION = "EV_EFI_BOOT_SERVICES_APPLICATION"
-# A UKI is at most a few hundred MiB; refuse to read a disk image by mistake.
-MAX_IMAGE_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,18 +86,6 @@ class Prediction:
 
     def changed_pcrs(self) -> list[int]:
         return sorted({c.pcr for c in self.changes})
-
-
-def read_image(path: Path) -> bytes:
-    """A boot image's bytes; MeasurementError when it cannot be read or is over 1 GiB."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_IMAGE_BYTES + 1)
-    except OSError as exc:
-        raise MeasurementError(f"cannot read the boot image {path}: {exc.strerror}") from exc
-    if len(data) > MAX_IMAGE_BYTES:
-        raise MeasurementError(f"{path} is larger than 1 GiB: not a boot image")
-    return data
 
 
 def _last_application(measurements: Sequence[Measurement]) -> int:
