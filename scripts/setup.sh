@@ -29,6 +29,7 @@ if [ "${1:-}" = "--boot-chain" ]; then
         initramfs-tools cryptsetup-initramfs busybox-static  # Debian's initramfs, static root
         dracut-core                    # the systemd-based initramfs built by dracut
         systemd-boot-efi sbsigntool binutils mtools dosfstools e2fsprogs openssl
+        grub-common grub2-common       # the real grub-mkconfig for the shim + GRUB chain
         clevis clevis-luks clevis-tpm2 systemd  # peers whose LUKS2 tokens sealer reads
     )
     echo "setup: installing the boot-chain packages for the end-to-end tests" >&2

@@ -70,6 +70,7 @@ class Machine:
     vars_template: Path
     disks: list[Path]
     memory_mib: int = 1024
+    firmware: Path = OVMF_CODE  # the read-only code flash (Secure Boot build of OVMF)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -108,7 +109,7 @@ class Machine:
             QEMU, "-accel", "tcg", "-machine", "q35,smm=on", "-m", str(self.memory_mib),
             "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
             "-global", "driver=cfi.pflash01,property=secure,value=on",
-            "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
+            "-drive", f"if=pflash,format=raw,unit=0,file={self.firmware},readonly=on",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.vars_path}",
             "-chardev", f"socket,id=chrtpm,path={socket_path}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",

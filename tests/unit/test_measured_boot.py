@@ -93,7 +93,7 @@ def test_a_log_without_a_boot_application_cannot_predict(kernel: Path) -> None:
 
 
 def test_next_boot_takes_a_uki_or_a_kernel(tmp_path: Path) -> None:
-    with pytest.raises(MeasurementError, match="a UKI, a kernel .* or a GRUB config"):
+    with pytest.raises(MeasurementError, match=r"a UKI, a kernel .* or a GRUB config"):
         NextBoot()
     with pytest.raises(MeasurementError, match="either a UKI or a kernel"):
         NextBoot(uki=tmp_path, kernel=tmp_path)
