@@ -12,16 +12,29 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from sealer.errors import UsageError
 from sealer.measure import coverage as cov
 from sealer.measure.coverage import coverage, coverage_warnings
+from sealer.measure.difference import (
+    GrubEvent,
+    PcrDifference,
+    StateDifference,
+    explain,
+    grub_event,
+)
 from sealer.measure.eventlog import EventLog, parse
+from sealer.measure.measurements import event_record, measurements_of, replay
+from sealer.pcrs import BANKS
+from sealer.policy.approval import parse_approval, sign_approval
 from sealer.services.enroll import DEFAULT_BINDING, check_binding, choose_binding
 
 EVENTLOGS = Path(__file__).resolve().parents[2] / "swtpm-fixtures/eventlogs"
 GRUB = parse((EVENTLOGS / "debian-shim-grub-boot1.bin").read_bytes())
 GRUB_BOOT2 = parse((EVENTLOGS / "debian-shim-grub-boot2.bin").read_bytes())
+MENU_BREAK = parse((EVENTLOGS / "debian-shim-grub-boot2-menu-break.bin").read_bytes())
+SHA256 = BANKS["sha256"]
 UKI = parse((EVENTLOGS / "ovmf-secureboot-uki.bin").read_bytes())
 UKI_V2 = parse((EVENTLOGS / "ovmf-secureboot-uki-v2.bin").read_bytes())
 
@@ -159,3 +172,70 @@ def test_what_no_pcr_measures_is_refused_even_by_default() -> None:
     )
     assert refused.value.hint is not None and "--allow-unbound" in refused.value.hint
     assert choose_binding(None, DIRECT, allow_unbound=True).pcrs == (4, 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# explain on GRUB: the commands and files that differ, named
+
+
+def _grub_explained(approved: EventLog, current: EventLog) -> list[PcrDifference]:
+    pcrs = (4, 7, 8, 9)
+    recorded = measurements_of(approved, SHA256)
+    values = replay(recorded, SHA256, approved.startup_locality)
+    key = ec.generate_private_key(ec.SECP256R1())
+    signed = sign_approval(
+        key, b"\0\x0b" + b"k" * 32, SHA256, [{p: values[p] for p in pcrs}], "enroll",
+        events=[event_record(recorded, pcrs)],
+    )  # fmt: skip
+    approval = parse_approval(signed.to_json())  # through JSON, as the token keeps it
+    measurements = measurements_of(current, SHA256)
+    replayed = replay(measurements, SHA256, current.startup_locality)
+    [state] = explain([approval], {p: replayed[p] for p in pcrs}, measurements, replayed, SHA256)
+    return list(state.differences)
+
+
+def _named(difference: PcrDifference) -> list[GrubEvent]:
+    return [g for m in difference.unapproved if (g := grub_event(m)) is not None]
+
+
+def test_explain_names_the_grub_command_edited_at_the_menu() -> None:
+    differences = _grub_explained(GRUB_BOOT2, MENU_BREAK)
+    assert [d.pcr for d in differences] == [8]
+    named = _named(differences[0])
+    linux = [g for g in named if g.kind == "command" and g.name == "linux"]
+    assert len(linux) == 1 and linux[0].summary.endswith("break=bottom")
+    assert linux[0].label().startswith("GRUB command 'linux': linux /vmlinuz-")
+    [cmdline] = [g for g in named if g.kind == "kernel_cmdline"]
+    assert cmdline.summary.endswith("break=bottom")
+
+
+def test_explain_against_another_grub_boot_names_commands_and_files() -> None:
+    differences = {d.pcr: d for d in _grub_explained(GRUB, MENU_BREAK)}
+    assert sorted(differences) == [8, 9]
+    commands = _named(differences[8])
+    linux = [g.summary for g in commands if g.name == "linux"]
+    assert len(linux) == 1 and "break=bottom" in linux[0]
+    # A menu entry's event holds its whole text: named by its first line only.
+    [entry] = [g for g in commands if g.name == "menuentry"]
+    assert "\n" not in entry.summary and entry.summary.startswith("menuentry Debian GNU/Linux")
+    assert entry.summary.endswith(" ...") and len(entry.summary) <= 104
+    files = [g.name for g in _named(differences[9])]
+    assert "/initrd.img-6.1.0-58-cloud-amd64" in files
+    assert all(g.kind == "file" for g in _named(differences[9]))
+
+
+def test_explain_prints_grub_events_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    from sealer.cli.measured import _print_explanation
+    from sealer.services.explain import Explanation
+
+    differences = _grub_explained(GRUB, MENU_BREAK)
+    state = StateDifference(0, 0, "2026-12-01T00:00:00Z", "enroll", tuple(differences))
+    _print_explanation(Explanation("/dev/vda3", 1, "sha256", False, True, (state,)))
+    lines = capsys.readouterr().out.splitlines()
+    linux = [line for line in lines if "GRUB command 'linux': linux /vmlinuz-" in line]
+    assert len(linux) == 1 and linux[0].endswith("break=bottom")
+    assert "PCR 8 " in linux[0] and "not approved:" in linux[0]
+    [entry] = [line for line in lines if "GRUB command 'menuentry'" in line]
+    assert entry.endswith(" ...")
+    assert not any(line.startswith("\t") or "load_video" in line for line in lines)
+    assert any("GRUB read file /initrd.img-6.1.0-58-cloud-amd64" in line for line in lines)
