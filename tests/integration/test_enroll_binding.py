@@ -32,7 +32,7 @@ def test_4_7_on_a_grub_boot_is_refused_before_the_prompt(
     refused = sealer(
         "enroll", "--pcrs", "4,7", "--eventlog", GRUB_LOG, "--state-dir",
         str(sealer.state_dir), str(luks_image),
-    )  # fmt: skip
+    )
     assert refused.returncode == EXIT_USAGE, refused.stderr
     assert (
         "--pcrs 4,7 leaves the kernel command line unmeasured: on this boot GRUB measures it "

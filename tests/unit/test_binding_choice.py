@@ -186,7 +186,7 @@ def _grub_explained(approved: EventLog, current: EventLog) -> list[PcrDifference
     signed = sign_approval(
         key, b"\0\x0b" + b"k" * 32, SHA256, [{p: values[p] for p in pcrs}], "enroll",
         events=[event_record(recorded, pcrs)],
-    )  # fmt: skip
+    )
     approval = parse_approval(signed.to_json())  # through JSON, as the token keeps it
     measurements = measurements_of(current, SHA256)
     replayed = replay(measurements, SHA256, current.startup_locality)
