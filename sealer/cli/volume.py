@@ -138,7 +138,14 @@ def enroll(
     before the enrollment is complete, and is not printed; 'sealer recovery show' or
     'openssl cms -decrypt' opens the record with the organisation's private key.
     """
-    from sealer.services.enroll import EnrollRequest, boot_log, choose_binding, preflight
+    from sealer.services.enroll import (
+        EnrollRequest,
+        boot_log,
+        check_choices,
+        check_escrow_wanted,
+        choose_binding,
+        preflight,
+    )
     from sealer.services.enroll import enroll as run_enroll
     from sealer.services.secrets import read_secret
 
@@ -152,10 +159,7 @@ def enroll(
             raise UsageError(f"--pcr {text}: bank {value_bank.name} is not --pcr-bank")
         expected[index] = value
     # Files are checked before any prompt: a bad one must not cost a typed passphrase.
-    if escrow_cert is not None and not recovery_key:
-        raise UsageError(
-            "--escrow-cert escrows the recovery key, and there is none", "add --recovery-key"
-        )
+    check_escrow_wanted(escrow_cert is not None, recovery_key)
     escrow = prepare_escrow(escrow_cert, escrow_dir, machine_id, state_dir / "escrow")
     vendor_pem = None
     if vendor_key is not None:
@@ -171,6 +175,7 @@ def enroll(
         log,
         allow_unbound=allow_unbound,
     )
+    check_choices(cap_pcr, binding.pcrs, expected, escrow is not None, recovery_key)
     unlock_key = read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
     new_pin = None
     if pin or pin_file:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,21 +112,38 @@ def check_request(req: EnrollRequest) -> None:
     UsageError when the capping PCR is also bound, a --pcr value is for an unselected PCR, or an
     option needs another that is missing.
     """
-    check_cap_pcr(req.cap_pcr)
-    if req.cap_pcr in req.pcrs:
+    check_choices(req.cap_pcr, req.pcrs, req.expected, req.escrow is not None, req.recovery_key)
+
+
+def check_choices(
+    cap_pcr: int,
+    pcrs: Sequence[int],
+    expected: Mapping[int, bytes],
+    escrow: bool,
+    recovery_key: bool,
+) -> None:
+    """``check_request`` on the choices alone, so the CLI can make it before any prompt."""
+    check_cap_pcr(cap_pcr)
+    if cap_pcr in pcrs:
         raise UsageError(
-            f"PCR {req.cap_pcr} is the capping PCR and cannot also be a bound PCR",
+            f"PCR {cap_pcr} is the capping PCR and cannot also be a bound PCR",
             "it is always bound to its value before unlock; drop it from --pcrs or change "
             "--cap-pcr",
         )
-    stray = sorted(set(req.expected) - set(req.pcrs))
+    stray = sorted(set(expected) - set(pcrs))
     if stray:
         raise UsageError(
             f"--pcr gives a value for PCR {format_pcrs(stray)}, which --pcrs does not select"
         )
-    if req.escrow is not None and not req.recovery_key:
-        raise UsageError("--escrow-cert escrows the recovery key, and there is none",
-                         "add --recovery-key")
+    check_escrow_wanted(escrow, recovery_key)
+
+
+def check_escrow_wanted(escrow: bool, recovery_key: bool) -> None:
+    """UsageError when --escrow-cert is given without a recovery key to escrow."""
+    if escrow and not recovery_key:
+        raise UsageError(
+            "--escrow-cert escrows the recovery key, and there is none", "add --recovery-key"
+        )
 
 
 def preflight(device: str, tcti: str | None, cap_pcr: int) -> None:

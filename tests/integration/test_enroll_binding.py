@@ -10,10 +10,8 @@ import json
 from pathlib import Path
 
 import eventlogs
-import pytest
 from conftest import PASSPHRASE, SealerCli
 
-pytestmark = pytest.mark.integration
 EXIT_USAGE = 2
 GRUB_LOG = str(eventlogs.EVENTLOGS / "debian-shim-grub-boot1.bin")
 UKI_LOG = str(eventlogs.UKI_BOOT_LOG)
@@ -42,6 +40,21 @@ def test_4_7_on_a_grub_boot_is_refused_before_the_prompt(
     assert "--pcrs 4,7,8,9" in refused.stderr
     assert "Passphrase" not in refused.stderr + refused.stdout
     assert not sealer.state_dir.exists()  # no policy key made
+    assert _tokens(sealer, luks_image) == []
+
+
+def test_a_cap_pcr_inside_the_default_binding_is_refused_before_the_prompt(
+    sealer: SealerCli, luks_image: Path
+) -> None:
+    # On a GRUB boot the default binding takes PCR 8 and 9: capping one of them is refused
+    # before anyone types a passphrase, not after.
+    refused = sealer(
+        "enroll", "--cap-pcr", "9", "--eventlog", GRUB_LOG, "--state-dir",
+        str(sealer.state_dir), str(luks_image),
+    )
+    assert refused.returncode == EXIT_USAGE, refused.stderr
+    assert "PCR 9 is the capping PCR and cannot also be a bound PCR" in refused.stderr
+    assert "Passphrase" not in refused.stderr + refused.stdout
     assert _tokens(sealer, luks_image) == []
 
 
