@@ -85,17 +85,23 @@ Word = tuple[Part, ...]
 
 @dataclass(frozen=True)
 class Command:
+    """A simple command (or ``name=value``): its words, unexpanded."""
+
     words: tuple[Word, ...]
 
 
 @dataclass(frozen=True)
 class If:
+    """``if``/``elif``/``else``: each branch's condition and body, then the ``else`` body."""
+
     branches: tuple[tuple[tuple[Node, ...], tuple[Node, ...]], ...]  # (condition, body)
     otherwise: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Function:
+    """A ``function NAME { ... }`` definition: defining one measures nothing."""
+
     name: str
     body: tuple[Node, ...]
 
