@@ -162,7 +162,7 @@ def missing_grub_chain_parts() -> str | None:
     tools = (
         "qemu-system-x86_64", "swtpm", "mkinitramfs", "grub-mkconfig", "grub-editenv",
         "apt-get", "dpkg", "unshare", "mkfs.vfat", "mcopy", "mkfs.ext4", "cryptsetup",
-    )  # fmt: skip
+    )
     for tool in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
@@ -196,7 +196,7 @@ def signed_loaders(cache: Path = DEFAULT_CACHE) -> SignedLoaders:
         subprocess.run(
             ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", *PACKAGES],
             cwd=debs, check=True, capture_output=True,
-        )  # fmt: skip
+        )
     versions: dict[str, str] = {}
     for name in PACKAGES:
         deb = sorted(debs.glob(f"{name}_*.deb"))[-1]
@@ -284,7 +284,7 @@ def make_boot_fs(path: Path, tree: Path, fs_uuid: str) -> Path:
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", "boot", "-U", fs_uuid, "-d", str(tree), str(path)],
         check=True, capture_output=True,
-    )  # fmt: skip
+    )
     return path
 
 
@@ -371,7 +371,7 @@ def run_grub_mkconfig(tree: Path, disks: GuestDisks, cmdline: str, work: Path) -
             root_fs_uuid=disks.root_fs_uuid,
             root_luks_uuid_plain=disks.root_luks_uuid.replace("-", ""),
         )
-    )  # fmt: skip
+    )
     standin.chmod(0o755)
     etc_default = work / "etc-default"
     shutil.rmtree(etc_default, ignore_errors=True)
@@ -399,7 +399,7 @@ cp /boot/grub/grub.cfg {tree}/grub/grub.cfg
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
         capture_output=True, text=True,
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "en_US.UTF-8"},
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         raise RuntimeError(f"grub-mkconfig failed:\n{result.stderr}")
     return (tree / "grub" / "grub.cfg").read_text()
@@ -477,7 +477,7 @@ class GrubChainMachine:
         initrd = build_initramfs(
             self.work / f"initrd.img-{version}", self.kernel, self.work / "initramfs-new",
             with_sealer=True, extra_hooks={"zz-fixture-version": _version_hook(version)},
-        )  # fmt: skip
+        )
         install_kernel(self.tree, self.kernel, version, initrd)
         self.version = version
         self.update_grub()
@@ -532,25 +532,25 @@ def make_grub_chain_machine(work: Path, cache: Path = DEFAULT_CACHE) -> GrubChai
     initrd = build_initramfs(
         work / f"initrd.img-{kernel.version}", kernel, work / "initramfs",
         with_sealer=True, extra_hooks={"zz-fixture-version": _version_hook(kernel.version)},
-    )  # fmt: skip
+    )
     install_kernel(tree, kernel, kernel.version, initrd)
     grub_install_files(tree)
     boot_fs_uuid = str(uuid.uuid4())
     boot_image = make_boot_fs(work / "boot.img", tree, boot_fs_uuid)
     esp_image = work / "esp.img"
     disks = GuestDisks(esp_image, boot_image, boot_fs_uuid, root_image, root_fs_uuid,
-                       root_luks_uuid)  # fmt: skip
+                       root_luks_uuid)
     hint = subprocess.run(
         [str(REAL_GRUB_PROBE), f"--device-map={_write_device_map(work, disks)}",
          "--target=compatibility_hint", "--device", str(boot_image)],
         check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
     esp_cfg = esp_stub_cfg(boot_fs_uuid, hint)
     build_grub_esp(esp_image, loaders, esp_cfg)
     machine = Machine(
         work / "machine", OVMF_MS_VARS, [esp_image, boot_image, root_image],
         firmware=OVMF_MS_CODE,
-    )  # fmt: skip
+    )
     chain = GrubChainMachine(
         work, kernel, loaders, disks, tree, cmdline, esp_cfg, kernel.version, machine
     )
@@ -645,7 +645,7 @@ def capture(out: Path, work: Path) -> None:
         ("boot2-cfg-break", "boot2's machine with break=bottom added to the default entry's "
          "linux line in /boot/grub/grub.cfg; the initramfs shell was left with exit",
          lambda: chain.edit_grub_cfg("break=bottom"), list, shell),
-    ]  # fmt: skip
+    ]
     out.mkdir(parents=True, exist_ok=True)
     for name, what, change, at_menu, after_unlock in plans:
         change()

@@ -82,7 +82,7 @@ def file_system_uuid(path: Path) -> str:
     return subprocess.run(
         ["blkid", "-o", "value", "-s", "UUID", str(path)],
         check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
 
 
 def encrypt_in_place(path: Path, passphrase: bytes) -> str:
