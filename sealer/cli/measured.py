@@ -57,6 +57,18 @@ def _event_line(m: Measurement) -> str:
     return f"{number:>5}  PCR {m.pcr:<2} {m.type_name:<34} {_short(m.digest)}  {m.description}"
 
 
+def _explained_line(m: Measurement) -> str:
+    """An event as explain prints it: GRUB's commands and files named, on one line (a menu
+    entry's event holds its whole text: its first line only)."""
+    from sealer.measure.difference import grub_event
+
+    grub = grub_event(m)
+    if grub is None:
+        return _event_line(m).strip()
+    number = "new" if m.event is None else f"#{m.event}"
+    return f"{number}  PCR {m.pcr:<2} {m.type_name:<34} {_short(m.digest)}  {grub.label()}"
+
+
 def _change_line(c: Change) -> str:
     where = "new event" if c.event is None else f"event #{c.event}"
     what = "removed" if c.new is None else f"{_short(c.old)} -> {_short(c.new)}"
@@ -353,7 +365,7 @@ def _print_explanation(e: Explanation) -> None:
                 click.echo("      the event log does not account for its value")
             if d.recorded:
                 for m in d.unapproved:
-                    click.echo(f"      not approved: {_event_line(m).strip()}")
+                    click.echo(f"      not approved: {_explained_line(m)}")
                 if d.missing:
                     click.echo(
                         f"      {d.missing} event(s) of the approved state are not in this "
@@ -362,7 +374,7 @@ def _print_explanation(e: Explanation) -> None:
             else:
                 click.echo("      no event record in the approval; this boot's events:")
                 for m in d.events:
-                    click.echo(f"        {_event_line(m).strip()}")
+                    click.echo(f"        {_explained_line(m)}")
 
 
 @click.command("explain")

@@ -61,6 +61,7 @@ class EnrollOutput:
     recovery_key: str | None  # None when escrowed and not asked to print it
     escrow_record: str | None
     warnings: Sequence[str]
+    binding: Mapping[str, Any] | None = None  # which PCRs were bound, and why
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class EnrollOutput:
             "recovery_key": self.recovery_key,
             "escrow_record": self.escrow_record,
             "warnings": list(self.warnings),
+            "binding": None if self.binding is None else dict(self.binding),
         }
 
 

@@ -44,9 +44,9 @@ if TYPE_CHECKING:
 @click.option(
     "--pcrs",
     "pcrs_text",
-    default="4,7",
-    show_default=True,
-    help="PCRs the key is bound to, e.g. '7' (Secure Boot policy) or '4,7' (+ boot loader/UKI).",
+    help="PCRs the key is bound to, e.g. '4,7' (boot loader/UKI + Secure Boot policy). "
+    "Default: chosen from this boot's event log: 4,7 for a UKI, 4,7,9 for a kernel's EFI "
+    "stub, 4,7,8,9 for GRUB (4,7 without a log).",
 )
 @click.option("--pcr-bank", default="sha256", show_default=True, help="PCR bank to bind to.")
 @click.option(
@@ -84,8 +84,14 @@ if TYPE_CHECKING:
     "log_path",
     metavar="FILE",
     type=FILE,
-    help="Check the binding against this TCG event log instead of this boot's (warns when "
-    "--pcrs leaves the kernel, initrd or command line unmeasured).",
+    help="Choose and check the binding with this TCG event log instead of this boot's "
+    "(refuses PCRs that leave the kernel, initrd or command line unmeasured).",
+)
+@click.option(
+    "--allow-unbound",
+    is_flag=True,
+    help="Enroll even when the PCRs leave this boot's kernel, initrd or command line "
+    "unmeasured (a warning instead of a refusal).",
 )
 @click.option(
     "--trust-vendor-key",
@@ -115,6 +121,7 @@ def enroll(
     machine_id: str | None,
     state_dir: Path,
     log_path: Path | None,
+    allow_unbound: bool,
     vendor_key: Path | None,
     as_json: bool,
     quiet: bool,
@@ -131,7 +138,7 @@ def enroll(
     before the enrollment is complete, and is not printed; 'sealer recovery show' or
     'openssl cms -decrypt' opens the record with the organisation's private key.
     """
-    from sealer.services.enroll import EnrollRequest, preflight
+    from sealer.services.enroll import EnrollRequest, boot_log, choose_binding, preflight
     from sealer.services.enroll import enroll as run_enroll
     from sealer.services.secrets import read_secret
 
@@ -156,6 +163,14 @@ def enroll(
 
         vendor_pem = read_public_key(vendor_key)
     preflight(device, ctx.obj.tcti, cap_pcr)
+    # The binding is chosen and checked against this boot's log before any prompt: a
+    # refused one must not cost a typed passphrase.
+    log, _ = boot_log(log_path)
+    binding = choose_binding(
+        parse_pcr_list(pcrs_text) if pcrs_text is not None else None,
+        log,
+        allow_unbound=allow_unbound,
+    )
     unlock_key = read_secret(unlock_key_file, f"Passphrase or recovery key for {device}")
     new_pin = None
     if pin or pin_file:
@@ -164,7 +179,7 @@ def enroll(
         device=device,
         unlock_key=unlock_key,
         bank=bank,
-        pcrs=parse_pcr_list(pcrs_text),
+        pcrs=binding.pcrs,
         expected=expected,
         cap_pcr=cap_pcr,
         pin=new_pin,
@@ -174,6 +189,7 @@ def enroll(
         log_path=log_path,
         vendor_key_pem=vendor_pem,
         escrow=escrow,
+        allow_unbound=allow_unbound,
     )
     result = run_enroll(request, progress(quiet or as_json))
     shown = result.recovery_key if shows_key(escrow, print_recovery_key) else None
@@ -195,6 +211,7 @@ def enroll(
                 recovery_key=shown,
                 escrow_record=record,
                 warnings=result.warnings,
+                binding=binding.to_json(),
             )
         )
         return
@@ -203,6 +220,7 @@ def enroll(
         f"Enrolled {device}: token {result.token_id}, keyslot {result.keyslot}, "
         f"{result.bank} PCRs {pcrs} (+ cap PCR {cap_pcr}){', PIN' if result.pin else ''}."
     )
+    click.echo(f"Binding: PCRs {format_pcrs(binding.pcrs)}, {binding.reason}.")
     if escrow is not None and record is not None:
         click.echo(
             f"\nRecovery key (keyslot {result.recovery_keyslot}) escrowed to {record},\n"

@@ -17,6 +17,57 @@ from sealer.measure.measurements import Measurement, prefix
 from sealer.pcrs import Bank
 from sealer.policy.approval import Approval, EventRecord
 
+# GRUB's own events (Debian's shim + GRUB chain): PCR 8 holds each command it runs as
+# "grub_cmd: ..." (a menu entry's whole multi-line text among them) and the kernel command
+# line as "kernel_cmdline: ..."; PCR 9 holds each file it reads, named by its path.
+_GRUB_COMMAND = "grub_cmd: "
+_GRUB_CMDLINE = "kernel_cmdline: "
+_SUMMARY_CHARS = 100
+
+
+@dataclass(frozen=True)
+class GrubEvent:
+    """What a GRUB event of PCR 8 or 9 is, for a person."""
+
+    kind: str  # "command", "kernel_cmdline" or "file"
+    name: str  # the command ("linux", "menuentry", ...), "kernel_cmdline", or the file's path
+    summary: str  # one line: a command whole, a menu entry's (or a block's) first line only
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "summary": self.summary}
+
+    def label(self) -> str:
+        if self.kind == "file":
+            return f"GRUB read file {self.name}"
+        if self.kind == "kernel_cmdline":
+            return f"GRUB kernel command line: {self.summary}"
+        return f"GRUB command '{self.name}': {self.summary}"
+
+
+def _first_line(text: str) -> str:
+    first, _, rest = text.partition("\n")
+    block = first.split(maxsplit=1)[:1] in (["menuentry"], ["submenu"])
+    if rest or (block and len(first) > _SUMMARY_CHARS):
+        cut = first if len(first) <= _SUMMARY_CHARS else first[: _SUMMARY_CHARS - 3]
+        return f"{cut.rstrip()} ..."
+    return first  # a one-line command is kept whole: its last word may be what changed
+
+
+def grub_event(m: Measurement) -> GrubEvent | None:
+    """GRUB's command, command line or file event, named; None for any other event."""
+    if m.type_name != "EV_IPL" or m.pcr not in (8, 9):
+        return None
+    text = m.description
+    if m.pcr == 8 and text.startswith(_GRUB_COMMAND):
+        command = text[len(_GRUB_COMMAND) :]
+        words = command.split(maxsplit=1)
+        return GrubEvent("command", words[0] if words else "", _first_line(command))
+    if m.pcr == 8 and text.startswith(_GRUB_CMDLINE):
+        return GrubEvent("kernel_cmdline", "kernel_cmdline", text[len(_GRUB_CMDLINE) :])
+    if m.pcr == 9 and "\n" not in text and not text.startswith("tag "):
+        return GrubEvent("file", text, text)
+    return None
+
 
 @dataclass(frozen=True)
 class PcrDifference:

@@ -22,7 +22,16 @@ from sealer.luks.token import (
     RevocationRef,
     SealerToken,
 )
-from sealer.measure.coverage import coverage_warnings
+from sealer.measure.coverage import (
+    CHAIN_NAMES,
+    DEFAULT_PCRS,
+    UNKNOWN,
+    Coverage,
+    coverage,
+    coverage_warnings,
+    gap_message,
+    gaps,
+)
 from sealer.measure.eventlog import FIRMWARE_LOG, EventLog, EventLogError, read_event_log
 from sealer.measure.measurements import event_record, measurements_of, replay
 from sealer.pcrs import Bank, PcrValues, format_pcrs
@@ -74,6 +83,9 @@ class EnrollRequest:
     # A recovery keyslot an earlier enrollment recorded, which the new token takes over
     # ('sealer key rotate'); never together with recovery_key.
     keep_recovery: RecoveryRef | None = None
+    # Enroll even when the binding leaves the kernel, the initrd or the command line free
+    # in this boot (warnings then); otherwise that is refused before anything changes.
+    allow_unbound: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,20 +162,111 @@ def _plan_slots(header: LuksHeader, want_recovery: bool) -> tuple[int, int, int 
     return token_id, free[0], free[1] if want_recovery else None
 
 
-def _boot_log(req: EnrollRequest) -> tuple[EventLog | None, list[str]]:
+def boot_log(log_path: Path | None) -> tuple[EventLog | None, list[str]]:
     """The event log to check the binding with (None when there is none), and warnings.
 
-    A log the user named must be readable; this boot's own log only helps, so when it cannot
-    be read the enrollment goes on with a warning.
+    A log the user named (``log_path``) must be readable; this boot's own log only helps, so
+    when it cannot be read the enrollment goes on with a warning.
     """
-    if req.log_path is not None:
-        return read_event_log(req.log_path), []
+    if log_path is not None:
+        return read_event_log(log_path), []
     if not FIRMWARE_LOG.exists():
         return None, []  # no TPM event log (no TPM driver, or a software TPM): nothing to check
     try:
         return read_event_log(None), []
     except EventLogError as exc:
         return None, [f"the binding was not checked against this boot's event log: {exc.message}"]
+
+
+def _boot_log(req: EnrollRequest) -> tuple[EventLog | None, list[str]]:
+    return boot_log(req.log_path)
+
+
+DEFAULT_BINDING = DEFAULT_PCRS[UNKNOWN]  # without an event log to choose from: PCRs 4,7
+
+
+@dataclass(frozen=True)
+class BindingChoice:
+    """The PCRs an enrollment binds, and why those."""
+
+    pcrs: tuple[int, ...]
+    source: str  # "--pcrs" (given) or "default"
+    chain: str | None  # the boot chain the log shows (coverage.UKI, ...); None: no log
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pcrs": list(self.pcrs),
+            "source": self.source,
+            "boot_chain": self.chain,
+            "reason": self.reason,
+        }
+
+
+def _chain_reason(found: Coverage) -> str:
+    parts = [
+        f"the {what} into PCR {format_pcrs(pcrs)}" for what, pcrs in found.items() if pcrs
+    ]
+    measured = ", ".join(parts) if parts else "nothing it starts into any PCR"
+    return f"this boot was started by {CHAIN_NAMES[found.chain]}, which measures {measured}"
+
+
+def choose_binding(
+    pcrs: tuple[int, ...] | None, log: EventLog | None, *, allow_unbound: bool
+) -> BindingChoice:
+    """The binding to enroll: ``pcrs`` when given, else the default for this boot's chain.
+
+    With this boot's event log, a UKI gets PCRs 4,7, a kernel started through its EFI stub
+    with Linux's initrd event 4,7,9 and GRUB 4,7,8,9; without one, 4,7. UsageError (before
+    any change or prompt) when the binding leaves the kernel, the initrd or the command line
+    free in this boot, unless ``allow_unbound``.
+    """
+    found = coverage(log) if log is not None else None
+    if pcrs is not None:
+        source, chosen = "--pcrs", pcrs
+        reason = "given with --pcrs"
+        if found is not None:
+            reason += f"; {_chain_reason(found)}"
+    elif found is None:
+        source, chosen = "default", DEFAULT_BINDING
+        reason = "no event log of this boot to choose from: the default binding"
+    else:
+        source, chosen = "default", DEFAULT_PCRS[found.chain]
+        reason = (
+            f"{_chain_reason(found)}: PCRs {format_pcrs(chosen)} bind them, with the Secure "
+            "Boot policy (PCR 7)"
+            if found.chain != UNKNOWN
+            else f"{_chain_reason(found)}: the default binding"
+        )
+    if log is not None:
+        check_binding(log, chosen, allow_unbound=allow_unbound)
+    return BindingChoice(tuple(chosen), source, None if found is None else found.chain, reason)
+
+
+def check_binding(log: EventLog, pcrs: tuple[int, ...], *, allow_unbound: bool) -> None:
+    """UsageError when ``pcrs`` leave the kernel, the initrd or the command line free in the
+    boot ``log`` records (or this boot measures one of them into no PCR at all), unless
+    ``allow_unbound``: then 'enroll' warns instead."""
+    if allow_unbound:
+        return
+    found = coverage(log)
+    missing = gaps(found, pcrs)
+    if not missing:
+        return
+    missing.sort(key=lambda g: not g.unmeasured)  # then the last names what to add
+    message = "; ".join(gap_message(found, pcrs, g, refusal=True) for g in missing)
+    add = sorted({g.add for g in missing if g.add is not None})
+    if add:
+        raise UsageError(
+            f"{message}, or pass --allow-unbound",
+            f"--pcrs {format_pcrs(sorted({*pcrs, *add}))} binds the kernel, the initrd and the "
+            "command line of this boot",
+        )
+    raise UsageError(
+        message,
+        "--allow-unbound enrolls anyway (the TPM then releases the key whatever that part of "
+        "the boot is)",
+    )
 
 
 def _log_findings(
@@ -213,6 +316,8 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     check_request(req)
     header = cryptsetup.read_header(req.device)
     log, log_warnings = _boot_log(req)  # before any change: a bad --eventlog changes nothing
+    if log is not None:  # the CLI checked it before any prompt; other callers too
+        check_binding(log, req.pcrs, allow_unbound=req.allow_unbound)
     header = _clear_interrupted(header, req.tcti, progress)
     token_id, keyslot, recovery_slot = _plan_slots(header, req.recovery_key)
 

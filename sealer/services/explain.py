@@ -9,7 +9,7 @@ from typing import Any
 from sealer.errors import MeasurementError
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import require_enrollments
-from sealer.measure.difference import PcrDifference, StateDifference, explain
+from sealer.measure.difference import PcrDifference, StateDifference, explain, grub_event
 from sealer.measure.eventlog import EventLog
 from sealer.measure.measurements import Measurement
 from sealer.pcrs import Bank
@@ -44,12 +44,15 @@ class Explanation:
 
 
 def _measurement_json(m: Measurement) -> dict[str, Any]:
+    grub = grub_event(m)
     return {
         "event": m.event,
         "pcr": m.pcr,
         "type": m.type_name,
         "description": m.description,
         "digest": m.digest.hex(),
+        # GRUB's PCR 8 command / command line or PCR 9 file event, named; else null
+        "grub": None if grub is None else grub.to_json(),
     }
 
 

@@ -213,6 +213,9 @@ def _rotate_device(
                     pin=pin if token.has_pin else None, recovery_key=False,
                     state_dir=req.state_dir, tcti=req.tcti, vendor_key_pem=vendor,
                     machine_key_file=NEXT_KEY_FILE, keep_recovery=token.recovery,
+                    # The same binding again: a key rotation does not change what it binds
+                    # (enroll still warns when it leaves part of this boot free).
+                    allow_unbound=True,
                 ),
                 progress,
             )

@@ -70,6 +70,9 @@ def _enroll_with(
             state_dir=req.state_dir,
             tcti=req.tcti,
             vendor_key_pem=req.vendor_key_pem,
+            # The old tool's PCRs (or --pcrs) as they are: enroll warns when they leave part
+            # of this boot free, as before; migrate does not choose a binding of its own.
+            allow_unbound=True,
         ),
         progress,
     )

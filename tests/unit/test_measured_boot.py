@@ -197,8 +197,8 @@ def test_a_uki_boot_measures_everything_into_pcr_4() -> None:
     assert (found.kernel, found.initrd, found.cmdline) == ((4, 11), (4, 9, 11), (4, 9, 11))
     assert coverage_warnings(LOG, (4, 7)) == []
     assert coverage_warnings(LOG, (7, 9)) == [
-        "--pcrs 7,9 leaves the kernel unmeasured: in this boot it is measured into PCR 4,11; "
-        "add PCR 4 to bind it"
+        "--pcrs 7,9 leaves the kernel unmeasured: on this boot the firmware and systemd-stub "
+        "measure it into PCR 4,11; add PCR 4 to bind it"
     ]
 
 
