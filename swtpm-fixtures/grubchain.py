@@ -488,9 +488,20 @@ class GrubChainMachine:
         path.write_text(add_to_default_linux_line(path.read_text(), extra))
         self.remake_boot_fs()
 
-    def boot(self, name: str, *, answers: list[Answer] | None = None, timeout: float = 300) -> Boot:
+    def boot(
+        self,
+        name: str,
+        *,
+        answers: list[Answer] | None = None,
+        stop_at: str | None = None,
+        timeout: float = 300,
+    ) -> Boot:
+        """Boot until power-off; ``answers`` default to typing the passphrase. ``stop_at``
+        ends the boot when that text appears (e.g. the prompt of a boot that should not
+        ask), instead of waiting for the time limit."""
         boot = self.machine.boot(
             answers=answers if answers is not None else [Answer(PROMPT, PASSPHRASE + "\n")],
+            stop_at=stop_at,
             timeout=timeout,
         )
         self.boots.append((name, boot))
