@@ -122,7 +122,7 @@ def test_pcr4_holds_shim_grub_and_the_kernel_twice(
     images = [
         e for e in _log(first).events
         if e.pcr == 4 and e.type == EV_EFI_BOOT_SERVICES_APPLICATION
-    ]  # fmt: skip
+    ]
     kernel = _authenticode(chain.tree / f"vmlinuz-{chain.version}")
     assert [e.digests["sha256"] for e in images] == [
         _authenticode(chain.loaders.shim),
@@ -146,7 +146,7 @@ def test_pcr7_holds_shims_events_after_the_db_authority(
     ]
     assert names == [
         "SecureBoot", "PK", "KEK", "db", "dbx", "separator", "db", "SbatLevel", "MokListRT",
-    ]  # fmt: skip
+    ]
     authorities = [e for e in events if e.type == EV_EFI_VARIABLE_AUTHORITY]
     assert len(authorities) == 3
 
@@ -220,7 +220,7 @@ def sealer_on_host(
     return subprocess.run(
         [sys.executable, "-m", "sealer", *tpm, *args],
         input=stdin, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
 
 
 def status_json(chain: GrubChainMachine, disk: Path) -> dict[str, object]:
@@ -307,7 +307,7 @@ def enroll_on_host(
             "enroll", "--json", "--unlock-key-file", "-", "--state-dir", str(state),
             "--eventlog", str(log), *options, *expected, str(disk),
             tcti=tpm.tcti, stdin=PASSPHRASE,
-        )  # fmt: skip
+        )
     assert result.returncode == 0, result.stderr
     enrolled = json.loads(result.stdout)
     assert isinstance(enrolled, dict), result.stdout
@@ -319,7 +319,7 @@ def test_the_enrollment_binds_grubs_pcrs(enrolled: Enrolled) -> None:
     assert isinstance(binding, dict)
     assert (binding["source"], binding["boot_chain"], binding["pcrs"]) == (
         "default", "grub", list(GRUB_BINDING),
-    )  # fmt: skip
+    )
     assert enrolled.enroll["warnings"] == []
     enrollment = the_enrollment(enrolled.status)
     assert enrollment["pcrs"] == list(GRUB_BINDING)
@@ -373,20 +373,20 @@ def updated(enrolled: Enrolled, tmp_path_factory: pytest.TempPathFactory) -> Upd
     hook = subprocess.run(
         ["sh", str(HOOK), version], capture_output=True, text=True, timeout=300,
         env={**os.environ, "SEALER_HOOK_BOOT": str(chain.tree), "SEALER_HOOK_ETC": str(etc)},
-    )  # fmt: skip
+    )
     status = status_json(chain, disk)
     grub_cfg = chain.tree / "grub" / "grub.cfg"
     predicted = sealer_on_host(
         "predict", "--offline", "--eventlog", str(log), "--grub-cfg", str(grub_cfg),
         "--pcrs", ",".join(map(str, GRUB_BINDING)), "--json",
-    )  # fmt: skip
+    )
     assert predicted.returncode == 0, predicted.stderr
     prediction = json.loads(predicted.stdout)[0]["pcrs"]
     third = chain.boot("updated", answers=[], stop_at=PROMPT)
     return Updated(
         enrolled, version, hook, status,
         {int(p): bytes.fromhex(v["predicted"]) for p, v in prediction.items()}, third,
-    )  # fmt: skip
+    )
 
 
 def test_the_update_hook_approves_the_new_kernel(updated: Updated) -> None:
@@ -491,7 +491,7 @@ def test_explain_names_pcr8_and_the_edited_linux_command(menu_edited: MenuEdited
     events = closest["differing"][0]["unapproved_events"]
     assert [(e["grub"]["kind"], e["grub"]["name"]) for e in events] == [
         ("command", "linux"), ("kernel_cmdline", "kernel_cmdline"),
-    ]  # fmt: skip
+    ]
     assert events[0]["description"].startswith(f"grub_cmd: linux /vmlinuz-{version} ")
     assert all(e["grub"]["summary"].endswith(" break=bottom") for e in events), events
 
@@ -505,7 +505,7 @@ def test_without_pcr8_the_edited_entry_would_unlock(menu_edited: MenuEdited) -> 
     enroll_on_host(
         control / "tpm", disk, enrolled.first, enrolled.first_log, control / "state",
         "--pcrs", "4,7", "--allow-unbound", expect=(4, 7),
-    )  # fmt: skip
+    )
     result = sealer_on_host(
         "explain", "--offline", "--eventlog", str(menu_edited.log), str(disk)
     )
