@@ -131,6 +131,10 @@ class HostGrubFiles(GrubFiles):
     def __init__(self, device: str, mount: Path) -> None:
         self.device = device
         self.mount = mount
+        # A kernel is read for PCR 9, hashed twice for PCR 4 and checked for its signer:
+        # each file is read, and each image hashed, once.
+        self._data: dict[str, bytes] = {}
+        self._image_digests: dict[tuple[str, str], bytes] = {}
 
     @classmethod
     def for_config(cls, boot: GrubBoot, host_config: Path) -> HostGrubFiles:
@@ -155,7 +159,9 @@ class HostGrubFiles(GrubFiles):
         return self.host_path(path).is_file()
 
     def read(self, path: str) -> bytes:
-        return read_image(self.host_path(path))
+        if path not in self._data:
+            self._data[path] = read_image(self.host_path(path))
+        return self._data[path]
 
     def read_text(self, path: str) -> str:
         return self.read(path).decode("utf-8", "replace")
@@ -166,7 +172,11 @@ class HostGrubFiles(GrubFiles):
 
     def image_digest(self, path: str, bank: Bank) -> bytes:
         """The Authenticode digest the firmware extends for the kernel image at ``path``."""
-        return pe.authenticode_digest(self.read(path), bank, source=str(self.host_path(path)))
+        key = (path, bank.name)
+        if key not in self._image_digests:
+            source = str(self.host_path(path))
+            self._image_digests[key] = pe.authenticode_digest(self.read(path), bank, source=source)
+        return self._image_digests[key]
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,9 @@ class GrubPrediction:
     replaced: dict[int, list[int]]  # PCR -> this boot's event numbers that they replace
     kernel: Path
     initrds: tuple[Path, ...]
+    boot: GrubBoot  # what this boot's log says about GRUB
+    files: HostGrubFiles  # the files the run read (each read once)
+    kernel_path: str  # the kernel's GRUB path, for files.read
 
 
 def predict_grub(
@@ -221,6 +234,9 @@ def predict_grub(
         replaced=replaced,
         kernel=files.host_path(run.kernel),
         initrds=tuple(files.host_path(i) for i in run.initrds),
+        boot=boot,
+        files=files,
+        kernel_path=run.kernel,
     )
 
 
@@ -322,10 +338,9 @@ def _short(description: str) -> str:
     return first if len(first) <= 80 else first[:77] + "..."
 
 
-def current_kernel(log: EventLog, host_config: Path) -> Path | None:
-    """This boot's kernel file on this host: the file ``linux`` loaded, if it is still there
-    with the digest GRUB measured of it."""
-    boot = read_grub_boot(log)
+def current_kernel(log: EventLog, boot: GrubBoot, files: HostGrubFiles) -> str | None:
+    """This boot's kernel among ``files``, as a GRUB path: the file ``linux`` loaded, if it is
+    still there with the digest GRUB measured of it."""
     events = list(log.events)
     for i, event in enumerate(events):
         command = _command_of(event)
@@ -335,7 +350,6 @@ def current_kernel(log: EventLog, host_config: Path) -> Path | None:
         measured = next((e for e in events[i + 1 :] if e.pcr == 9), None)
         if measured is None or measured.data.rstrip(b"\0").decode("utf-8", "replace") != name:
             return None
-        files = HostGrubFiles.for_config(boot, host_config)
         path = name if name.startswith("(") else f"({boot.device}){name}"
         try:
             if not files.exists(path):
@@ -345,7 +359,7 @@ def current_kernel(log: EventLog, host_config: Path) -> Path | None:
             return None
         for bank_name, digest in measured.digests.items():
             if bank_name in BANKS and BANKS[bank_name].hash(data) == digest:
-                return files.host_path(path)
+                return path
         return None
     return None
 

@@ -293,10 +293,10 @@ def _predict_grub_chain(
         gone = set(found.replaced[pcr])
         indices = [i for i, m in enumerate(editor.measurements) if m.event in gone]
         editor.replace_run(indices, found.measurements[pcr])
-    return _grub_signer_reason(log, read_image(found.kernel), str(found.kernel), config)
+    return _grub_signer_reason(log, found)
 
 
-def _grub_signer_reason(log: EventLog, image: bytes, source: str, config: Path) -> str | None:
+def _grub_signer_reason(log: EventLog, found: grub.GrubPrediction) -> str | None:
     """Why PCR 7 would change with the new kernel on the shim + GRUB chain, or None.
 
     shim records in PCR 7 the db or MOK certificate that verified an image, but nothing when
@@ -304,7 +304,8 @@ def _grub_signer_reason(log: EventLog, image: bytes, source: str, config: Path) 
     new kernel is signed by the certificate that signed this boot's kernel; that kernel is
     found in /boot by the digest GRUB measured of it.
     """
-    first = grub.read_grub_boot(log).first_event
+    image, source = found.files.read(found.kernel_path), str(found.kernel)
+    first = found.boot.first_event
     after_grub = [
         e for e in log.events
         if e.pcr == 7 and e.type == eventlog.EV_EFI_VARIABLE_AUTHORITY and e.number > first
@@ -314,13 +315,16 @@ def _grub_signer_reason(log: EventLog, image: bytes, source: str, config: Path) 
     signers = pe.signer_certificates(image, source=source)
     if not signers:
         return "the new kernel is not signed: shim will refuse to start it"
-    current = grub.current_kernel(log, config)
+    current = grub.current_kernel(log, found.boot, found.files)
     if current is None:
         return (
             "this boot's kernel is no longer in /boot, so sealer cannot check that shim "
             "verifies the new kernel the same way"
         )
-    if set(pe.signer_certificates(read_image(current), source=str(current))) != set(signers):
+    current_signers = pe.signer_certificates(
+        found.files.read(current), source=str(found.files.host_path(current))
+    )
+    if set(current_signers) != set(signers):
         return (
             "the new kernel is signed by another certificate than this boot's kernel, so shim "
             "may record another authority in PCR 7"

@@ -195,10 +195,6 @@ def boot_log(log_path: Path | None) -> tuple[EventLog | None, list[str]]:
         return None, [f"the binding was not checked against this boot's event log: {exc.message}"]
 
 
-def _boot_log(req: EnrollRequest) -> tuple[EventLog | None, list[str]]:
-    return boot_log(req.log_path)
-
-
 DEFAULT_BINDING = DEFAULT_PCRS[UNKNOWN]  # without an event log to choose from: PCRs 4,7
 
 
@@ -332,7 +328,8 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
     """
     check_request(req)
     header = cryptsetup.read_header(req.device)
-    log, log_warnings = _boot_log(req)  # before any change: a bad --eventlog changes nothing
+    # Before any change: a bad --eventlog changes nothing.
+    log, log_warnings = boot_log(req.log_path)
     if log is not None:  # the CLI checked it before any prompt; other callers too
         check_binding(log, req.pcrs, allow_unbound=req.allow_unbound)
     header = _clear_interrupted(header, req.tcti, progress)
