@@ -27,16 +27,31 @@ PASSPHRASE = b"correct horse battery staple"
 
 # The tiers are the folders: a test's marker comes from where it lives, never from a line in
 # the file, so `-m "not integration and not e2e"` is exactly tests/unit/.
-TIERS = {TESTS / "integration": pytest.mark.integration, TESTS / "e2e": pytest.mark.e2e}
+TIERS = {
+    TESTS / "integration": pytest.mark.integration,
+    TESTS / "e2e": pytest.mark.e2e,
+    TESTS / "lifecycle": pytest.mark.lifecycle,
+}
 UNIT = TESTS / "unit"
+# Tiers too slow for every run: they run only when `-m` names them (the README's commands).
+OPT_IN_TIERS = ("lifecycle",)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for folder, mark in TIERS.items():
             if item.path.is_relative_to(folder):
                 item.add_marker(mark)
+    asked = config.getoption("markexpr") or ""
+    left_out = [
+        item for item in items
+        if any(item.get_closest_marker(tier) and tier not in asked for tier in OPT_IN_TIERS)
+    ]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(map(id, left_out))
+        items[:] = [item for item in items if id(item) not in dropped]
 
 
 # The unit tier runs no real component. Under tests/unit/ these programs cannot be started: in
