@@ -125,24 +125,28 @@ def configure_root(root: Path, luks_uuid: str, boot_uuid: str, esp_uuid: str) ->
     grub = (root / "etc/default/grub").read_text()
     grub = grub.replace('GRUB_CMDLINE_LINUX=""', f'GRUB_CMDLINE_LINUX="{CMDLINE}"')
     grub = grub.replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=1")
-    _write(root, "/etc/default/grub", grub + 'GRUB_TERMINAL="console serial"\n')
     for mount_point in ("boot", "boot/efi"):
         (root / mount_point).mkdir(parents=True, exist_ok=True)
 
 
 def mmdebstrap(root: Path, sealer_deb: Path | None, update_deb: Path, log: Path) -> None:
     """Install the Debian root (and sealer's .deb) into the directory ``root``."""
-    include = [*PACKAGES, FIRST_KERNEL]
-    if sealer_deb is not None:
-        include.append(str(sealer_deb.resolve()))
     argv = [
         "mmdebstrap", "--variant=apt", "--mode=root",
         "--aptopt=APT::Install-Recommends \"false\"",
-        f"--include={','.join(include)}",
+        f"--include={','.join((*PACKAGES, FIRST_KERNEL))}",
         f"--customize-hook=mkdir -p \"$1{UPDATES_DIR}\"",
         f"--customize-hook=copy-in {update_deb} {UPDATES_DIR}",
-        SUITE, str(root),
     ]
+    if sealer_deb is not None:
+        # As a user installs it: 'apt install ./sealer_VERSION_ARCH.deb' (apt fetches its
+        # Debian dependencies; nothing comes from PyPI).
+        argv += [
+            f"--customize-hook=copy-in {sealer_deb.resolve()} /root",
+            f"--customize-hook=chroot \"$1\" sh -c 'cd /root && apt-get install -y "
+            f"./{sealer_deb.name} && rm ./{sealer_deb.name}'",
+        ]
+    argv += [SUITE, str(root)]
     with open(log, "w") as handle:
         subprocess.run(argv, check=True, stdout=handle, stderr=subprocess.STDOUT)
 

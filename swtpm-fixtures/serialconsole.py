@@ -135,10 +135,14 @@ class Console:
         start = self._position
         began = time.monotonic()
         # The marker is printed as "SEALER-CMD-N:STATUS"; typed, it reads "SEALER-CMD-N"":$?".
-        self.type(f'{command}\necho "{tag}"":$?"\n')
+        # It is typed after the last answer: a password prompt flushes what was typed ahead.
+        marker = f'echo "{tag}"":$?"\n'
+        self.type(f"{command}\n" if answers else f"{command}\n{marker}")
         for prompt, text in answers:
             self.wait_for(prompt, timeout)
             self.type(text)
+        if answers:
+            self.type(marker)
         found = self.wait_for(rf"{tag}:(\d+)\n", timeout, regex=True)
         output = self.text[start:found.start()]
         return CommandResult(command, output, int(found.group(1)), time.monotonic() - began)
