@@ -509,6 +509,8 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
     crypttab = _crypttab_path(request)
     table, data, stat = _read_crypttab(crypttab)
     source = find_hook_source(request.hook_source)
+    if choice.generator == "dracut":
+        return _plan_enable_dracut(request, choice, source, crypttab, table, check)
     warnings: list[str] = []
     problems: list[str] = []
 
@@ -528,8 +530,6 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
             "enroll the volume first with 'sealer enroll DEVICE', or choose entries with "
             "--name NAME",
         )
-    if choice.generator == "dracut":
-        return _plan_enable_dracut(request, choice, source, crypttab, chosen, problems)
     # Entries chosen by --name: do as asked, but say when the keyscript can only fall back.
     for line in chosen if request.names else ():
         entry = line.entry
@@ -593,13 +593,15 @@ def _plan_enable_dracut(
     choice: InitramfsChoice,
     source: Path,
     crypttab: Path,
-    chosen: list[Line],
-    problems: list[str],
+    table: Crypttab,
+    check: EnrollmentCheck,
 ) -> Plan:
     """The dracut half of plan_enable: the module, its dracut.conf.d file, the hooks.
 
     crypttab is not changed: systemd-cryptsetup runs no keyscript (it ignores the option,
-    with a warning) and asks its password agents instead, sealer's among them."""
+    with a warning) and asks its password agents instead, sealer's among them. So the
+    entries are only looked at, to say which volumes the TPM will unlock: none enrolled is
+    a warning, not a refusal (under --root the volumes are often not on this machine)."""
     root = request.root
     module_source = dracut_module_source(source)
     update_hook = _read_source(source.parent / UPDATE_HOOK_SOURCE)
@@ -626,23 +628,31 @@ def _plan_enable_dracut(
         data_stat[1].st_mode & 0o7777,
     )
     entries = []
-    for line in chosen:
-        assert line.entry is not None  # chosen only when enrolled
-        entries.append(EntryChange(line.entry.name, line.number, line.entry.source, line.text,
-                                   line.text))
+    problems = []
+    for line in table.lines:
+        entry = line.entry
+        if entry is None:
+            continue
+        problem = check(entry.source)
+        if problem is None:
+            entries.append(EntryChange(entry.name, line.number, entry.source, line.text,
+                                       line.text))
+        else:
+            problems.append(f"{entry.name}: {problem}")
     commands, command_notes = _commands(request, choice, "enable")
     if commands:
         commands = (*commands, ENABLE_PRUNE)
     else:
         command_notes.append(f"enable pruning in that root: 'systemctl enable {PRUNE_UNIT}'")
-    notes = [f"left out {problem}" for problem in problems]
+    # With none enrolled, the warning below says it all.
+    notes = [f"{p}: it keeps asking for its passphrase" for p in problems] if entries else []
     if not dracut_hostonly(root):
         notes.append(
             "dracut builds a generic initramfs here (hostonly is not 'yes'), which holds no "
             "/etc/crypttab: it opens the volumes the kernel command line names "
             "(rd.luks.uuid=UUID); sealer answers for those that are enrolled"
         )
-    stale = [line.entry.name for line in chosen if line.entry and line.entry.uses_sealer]
+    stale = [entry.name for _, entry in table.entries() if entry.uses_sealer]
     if stale:
         notes.append(
             f"{', '.join(stale)} still carry {KEYSCRIPT_OPTION} from an initramfs-tools "
@@ -650,6 +660,12 @@ def _plan_enable_dracut(
         )
     notes += command_notes
     warnings = []
+    if not entries:
+        found = "; ".join(problems) if problems else "it has no entries"
+        warnings.append(
+            f"no entry of {crypttab} is a LUKS2 volume enrolled with sealer ({found}): every "
+            "volume asks for its passphrase until 'sealer enroll DEVICE'"
+        )
     if not host_path(root, DRACUT_MODULES_PATH).is_dir():
         warnings.append(
             f"{host_path(root, DRACUT_MODULES_PATH)} is missing: dracut is not installed "

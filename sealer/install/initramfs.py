@@ -106,8 +106,8 @@ def detect(root: Path | None, asked: str = "auto") -> InitramfsChoice:
         if "dracut" in installed:
             return InitramfsChoice(
                 "dracut",
-                f"{status_path} records the dracut package as installed (it replaces "
-                "initramfs-tools; its kernel hook runs dracut)",
+                f"{status_path} records the dracut package as installed: it replaces "
+                "initramfs-tools, and its kernel hook runs dracut",
             )
         if "initramfs-tools" in installed:
             beside = (
