@@ -53,13 +53,15 @@ def boot() -> None:
                                          and the capping service
       /etc/dracut.conf.d/90-sealer.conf  adds the module to every initramfs
       /etc/sealer/initramfs.conf         which Python interpreter has sealer installed
-    leaves /etc/crypttab as it is, and runs 'dracut --force' for the newest kernel. Both
-    also install the kernel hook that approves the next boot after a kernel update
+    then runs 'dracut --force' for the newest kernel; /etc/crypttab stays as it is.
+
+    Both also install the kernel hook that approves the next boot after a kernel update
     (/etc/kernel/postinst.d/zzz-sealer) and the prune unit. Look first with --dry-run.
 
-    At boot the keyscript asks the TPM for the key. When anything is unexpected it says why
-    in one line and the usual passphrase prompt appears: the passphrase and the recovery key
-    keep working. Undo everything with 'sealer boot disable'.
+    At boot the keyscript (initramfs-tools) or the password agent (dracut) asks the TPM for
+    the key. When anything is unexpected it says why in one line and the usual passphrase
+    prompt appears: the passphrase and the recovery key keep working. Undo everything with
+    'sealer boot disable'.
     """
 
 
@@ -92,8 +94,10 @@ def _wiring_options(default_choice: str) -> Callable[[F], F]:
             type=click.Choice(["auto", "initramfs-tools", "dracut"]),
             default="auto",
             show_default=True,
-            help="The initramfs generator to wire. auto: dracut when the dracut package is "
-            "installed (under --root: in DIR), initramfs-tools otherwise.",
+            help="The initramfs generator to wire. auto: dracut when dpkg records the dracut "
+            "package as installed (dracut-core alone does not count; without a dpkg database: "
+            "when only dracut's kernel hook is there), initramfs-tools otherwise; under --root "
+            "read in DIR.",
         ),
         click.option(
             "--dry-run",

@@ -510,7 +510,8 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
     table, data, stat = _read_crypttab(crypttab)
     source = find_hook_source(request.hook_source)
     if choice.generator == "dracut":
-        return _plan_enable_dracut(request, choice, source, crypttab, table, check)
+        unchanged = _crypttab_change(crypttab, data, stat, table, follow=request.root is None)
+        return _plan_enable_dracut(request, choice, source, unchanged, table, check)
     warnings: list[str] = []
     problems: list[str] = []
 
@@ -592,7 +593,7 @@ def _plan_enable_dracut(
     request: WireRequest,
     choice: InitramfsChoice,
     source: Path,
-    crypttab: Path,
+    crypttab_file: FileChange,  # as it is: it is not changed
     table: Crypttab,
     check: EnrollmentCheck,
 ) -> Plan:
@@ -621,12 +622,7 @@ def _plan_enable_dracut(
         _file_change(host_path(root, PRUNE_UNIT_PATH), prune_unit, _CONF_MODE),
         _file_change(host_path(root, DRACUT_CONF_PATH), dracut_conf(), _CONF_MODE),
     ]
-    data_stat = _read(crypttab)
-    assert data_stat is not None  # plan_enable read it a moment ago
-    unchanged = FileChange(
-        crypttab, "unchanged", data_stat[0], data_stat[0], data_stat[1].st_mode & 0o7777,
-        data_stat[1].st_mode & 0o7777,
-    )
+    crypttab = crypttab_file.path
     entries = []
     problems = []
     for line in table.lines:
@@ -676,7 +672,7 @@ def _plan_enable_dracut(
         action="enable",
         crypttab=crypttab,
         entries=tuple(entries),
-        files=(*(f for f in files if f is not None), unchanged),
+        files=(*(f for f in files if f is not None), crypttab_file),
         commands=commands,
         notes=tuple(notes),
         warnings=tuple(warnings),
