@@ -30,7 +30,7 @@ from typing import Literal
 import sealer
 from sealer.errors import SealerError, SystemFilesError, UsageError
 from sealer.host.files import remove_durably, write_atomically
-from sealer.host.proc import run
+from sealer.host.proc import DEBIAN_PACKAGES, run
 from sealer.install.crypttab import KEYSCRIPT_OPTION, KEYSCRIPT_PATH, Crypttab, Line
 from sealer.install.crypttab import disable_line as crypttab_disable_line
 from sealer.install.crypttab import enable_line as crypttab_enable_line
@@ -74,8 +74,6 @@ PRUNE_UNIT_SOURCE = f"systemd/{PRUNE_UNIT}"
 CRYPTROOT_HOOK_PATH = "/usr/share/initramfs-tools/hooks/cryptroot"
 UPDATE_INITRAMFS = ("update-initramfs", "-u")
 ENABLE_PRUNE = ("systemctl", "enable", PRUNE_UNIT)
-# The package to install when a command is missing.
-_PACKAGES = {"update-initramfs": "initramfs-tools", "dracut": "dracut", "systemctl": "systemd"}
 DEV_DISK = Path("/dev/disk")
 # crypttab(5) source specifications and the udev symlink directories that resolve them.
 _SOURCE_SPECS = {
@@ -652,7 +650,8 @@ def _plan_enable_dracut(
     if stale:
         notes.append(
             f"{', '.join(stale)} still carry {KEYSCRIPT_OPTION} from an initramfs-tools "
-            "setup; systemd-cryptsetup ignores it"
+            "setup; systemd-cryptsetup ignores it ('Encountered unknown /etc/crypttab "
+            "option'); 'sealer boot disable' takes it out with the rest"
         )
     notes += command_notes
     warnings = []
@@ -751,7 +750,7 @@ def apply(plan: Plan, say: Callable[[str], None]) -> None:
         # Checked before writing anything: a half-applied change is worse than none.
         raise SystemFilesError(
             f"{missing[0]} is not installed, so the initramfs cannot be rebuilt",
-            f"install {_PACKAGES.get(missing[0], missing[0])}, or pass --no-update-initramfs "
+            f"install {DEBIAN_PACKAGES.get(missing[0], missing[0])}, or pass --no-update-initramfs "
             "and rebuild it yourself",
         )
     for change in plan.changed_files:
