@@ -463,7 +463,8 @@ def test_real_dracut_includes_the_module_the_wired_tree_configures(
     root: Path, tmp_path: Path
 ) -> None:
     """dracut itself, with the tree's dracut.conf.d and module (no --add sealer): the conf
-    file that 'boot enable' writes is what brings sealer's agent and cap into the image."""
+    file that 'boot enable' writes is what brings sealer's agent and cap into the image, and
+    after 'boot disable' the same build has none of it."""
     from bootimage import installed_kernel
     from dracut_image import DRACUT_BASE, DRACUT_MODULES, missing_dracut
 
@@ -485,25 +486,37 @@ def test_real_dracut_includes_the_module_the_wired_tree_configures(
     for module in [*(DRACUT_BASE / "modules.d").iterdir(),
                    root / "usr/lib/dracut/modules.d/90sealer"]:
         (base / "modules.d" / module.name).symlink_to(module)
-    image = tmp_path / "initrd.img"
     env = dict(os.environ, dracutbasedir=str(base),
                SEALER_INITRAMFS_CONF=str(root / "etc/sealer/initramfs.conf"))
-    built = subprocess.run(
-        ["dracut", "--force", "--quiet", "--conf", "/dev/null",
-         "--confdir", str(root / "etc/dracut.conf.d"), "--no-hostonly",
-         "--no-hostonly-cmdline", "--compress", "zstd", "--modules", " ".join(DRACUT_MODULES),
-         "--kver", kernel.version, str(image)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    # lsinitrd prints the image's early bytes too: not all of it is UTF-8.
-    listing = subprocess.run(["lsinitrd", str(image)], capture_output=True,
-                             timeout=300).stdout.decode("utf-8", "replace")
-    modules = listing.split("dracut modules:")[1].split("=====")[0].split()
-    assert "sealer" in modules
-    for path in ("usr/lib/systemd/system/sealer-ask-password.service",
-                 "usr/lib/systemd/system/sealer-cap.service",
-                 "etc/systemd/system/sysinit.target.wants/sealer-ask-password.path",
-                 "etc/systemd/system/initrd.target.wants/sealer-cap.service",
-                 "usr/lib/sealer/cap", "usr/lib/sealer/python/bin/python3"):
+
+    def build(image: Path) -> tuple[list[str], str]:
+        """The image's dracut modules, and its file listing."""
+        built = subprocess.run(
+            ["dracut", "--force", "--quiet", "--conf", "/dev/null",
+             "--confdir", str(root / "etc/dracut.conf.d"), "--no-hostonly",
+             "--no-hostonly-cmdline", "--compress", "zstd", "--modules",
+             " ".join(DRACUT_MODULES), "--kver", kernel.version, str(image)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        assert built.returncode == 0, built.stderr[-3000:]
+        # lsinitrd prints the image's early bytes too: not all of it is UTF-8.
+        listing = subprocess.run(["lsinitrd", str(image)], capture_output=True,
+                                 timeout=300).stdout.decode("utf-8", "replace")
+        return listing.split("dracut modules:")[1].split("=====")[0].split(), listing
+
+    ours = ("usr/lib/systemd/system/sealer-ask-password.service",
+            "usr/lib/systemd/system/sealer-cap.service",
+            "etc/systemd/system/sysinit.target.wants/sealer-ask-password.path",
+            "etc/systemd/system/initrd.target.wants/sealer-cap.service",
+            "usr/lib/sealer/cap", "usr/lib/sealer/python/bin/python3")
+    modules, listing = build(tmp_path / "enabled.img")
+    assert "sealer" in modules and "crypt" in modules
+    for path in ours:
         assert f" {path}" in listing, path
+
+    disabled = boot("disable", "--root", str(root))
+    assert disabled.returncode == 0, disabled.stderr
+    (base / "modules.d/90sealer").unlink()  # its target is gone with the module
+    modules, listing = build(tmp_path / "disabled.img")
+    assert "sealer" not in modules and "crypt" in modules
+    assert not any(f" {path}" in listing for path in ours)
