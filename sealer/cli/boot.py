@@ -31,10 +31,13 @@ if TYPE_CHECKING:
 
 @click.group()
 def boot() -> None:
-    """Wire the boot-time unlocker into the initramfs (Debian initramfs-tools).
+    """Wire the boot-time unlocker into the initramfs (initramfs-tools or dracut).
+
+    It finds which one this system builds its initramfs with (dpkg's record of the
+    initramfs-tools and dracut packages; dracut-core alone does not count), or takes
+    --initramfs. With initramfs-tools, 'sealer boot enable' writes, as root:
 
     \b
-    'sealer boot enable' writes, as root:
       /etc/crypttab                      keyscript=/usr/lib/sealer/keyscript added to the
                                          chosen entries; every other line stays as it is
       /usr/lib/sealer/keyscript          run by cryptsetup to get those volumes' keys
@@ -42,11 +45,23 @@ def boot() -> None:
       /etc/initramfs-tools/scripts/init-bottom/sealer
                                          caps PCR 15 once every volume is open
       /etc/sealer/initramfs.conf         which Python interpreter has sealer installed
-    then runs 'update-initramfs -u'. Look first with --dry-run.
+    then runs 'update-initramfs -u'. With dracut it writes:
 
-    At boot the keyscript asks the TPM for the key. When anything is unexpected it says why
-    in one line and the usual passphrase prompt appears: the passphrase and the recovery key
-    keep working. Undo everything with 'sealer boot disable'.
+    \b
+      /usr/lib/dracut/modules.d/90sealer sealer's dracut module: a password agent that
+                                         answers systemd-cryptsetup with the TPM's key,
+                                         and the capping service
+      /etc/dracut.conf.d/90-sealer.conf  adds the module to every initramfs
+      /etc/sealer/initramfs.conf         which Python interpreter has sealer installed
+    then runs 'dracut --force' for the newest kernel; /etc/crypttab stays as it is.
+
+    Both also install the kernel hook that approves the next boot after a kernel update
+    (/etc/kernel/postinst.d/zzz-sealer) and the prune unit. Look first with --dry-run.
+
+    At boot the keyscript (initramfs-tools) or the password agent (dracut) asks the TPM for
+    the key. When anything is unexpected it says why in one line and the usual passphrase
+    prompt appears: the passphrase and the recovery key keep working. Undo everything with
+    'sealer boot disable'.
     """
 
 
@@ -72,7 +87,17 @@ def _wiring_options(default_choice: str) -> Callable[[F], F]:
             type=click.Path(path_type=Path, file_okay=False, exists=True),
             metavar="DIR",
             help="Change the files under DIR (a chroot or image tree) instead of this "
-            "machine's; update-initramfs is then not run: run it inside DIR.",
+            "machine's; the initramfs is then not rebuilt: rebuild it inside DIR.",
+        ),
+        click.option(
+            "--initramfs",
+            type=click.Choice(["auto", "initramfs-tools", "dracut"]),
+            default="auto",
+            show_default=True,
+            help="The initramfs generator to wire. auto: dracut when dpkg records the dracut "
+            "package as installed (dracut-core alone does not count; without a dpkg database: "
+            "when only dracut's kernel hook is there), initramfs-tools otherwise; under --root "
+            "read in DIR.",
         ),
         click.option(
             "--dry-run",
@@ -83,7 +108,8 @@ def _wiring_options(default_choice: str) -> Callable[[F], F]:
         click.option(
             "--no-update-initramfs",
             is_flag=True,
-            help="Do not run 'update-initramfs -u'; the change takes effect at the next rebuild.",
+            help="Do not rebuild the initramfs ('update-initramfs -u' or 'dracut --force'); "
+            "the change takes effect at the next rebuild.",
         ),
         json_option("Print the plan or result as JSON."),
     )
@@ -106,6 +132,8 @@ def _report_plan(
         return
     for note in plan.notes:
         click.echo(f"sealer: note: {note}", err=True)
+    generator = plan.initramfs.generator
+    click.echo(f"Initramfs generator: {generator} ({plan.initramfs.reason})")
     for finding in boot_options or []:
         click.echo(f"sealer: boot option {finding.line()}", err=True)
     commands = ", ".join(" ".join(argv) for argv in plan.commands)
@@ -114,21 +142,29 @@ def _report_plan(
             click.echo(change.diff(), nl=False)
         if not plan.changed_files:
             click.echo("No file would change.")
+        for directory in plan.remove_dirs:
+            click.echo(f"Would remove {directory}/ (when empty)")
         if commands:
             click.echo(f"Would run: {commands}")
         click.echo("Dry run: nothing was changed.")
         return
     enabling = plan.action == "enable"
     for entry in plan.entries:
+        where = f"{plan.crypttab}: {entry.name} (line {entry.line})"
+        if enabling and generator == "dracut":
+            click.echo(f"{where}: sealer's password agent answers its passphrase request")
+            continue
         if enabling:
             state = "now uses" if entry.changed else "already uses"
         else:
             state = "no longer uses" if entry.changed else "did not use"
-        click.echo(f"{plan.crypttab}: {entry.name} (line {entry.line}) {state} {KEYSCRIPT_OPTION}")
+        click.echo(f"{where} {state} {KEYSCRIPT_OPTION}")
     verbs = {"create": "Installed", "update": "Updated", "remove": "Removed"}
     for change in plan.changed_files:
         if change.path != plan.crypttab:
             click.echo(f"{verbs[change.change]} {change.path}")
+    for directory in plan.remove_dirs:
+        click.echo(f"Removed {directory}/ (when empty)")
     if commands:
         click.echo(f"Ran: {commands}")
     when = "At the next boot" if commands else "Once the initramfs is rebuilt"
@@ -140,7 +176,7 @@ def _report_plan(
     elif plan.entries or plan.changed_files:
         click.echo(f"{when} these volumes ask for their passphrase again.")
     else:
-        click.echo("No crypttab entry uses sealer's keyscript: nothing to undo.")
+        click.echo("sealer is not wired into the initramfs: nothing to undo.")
 
 
 @boot.command("enable")
@@ -159,14 +195,23 @@ def boot_enable(
     dry_run: bool,
     no_update_initramfs: bool,
     as_json: bool,
+    initramfs: str,
     hook_source: Path | None,
 ) -> None:
     """Unlock the chosen crypttab volumes with the TPM at boot.
 
-    Installs the keyscript, the initramfs hook and /etc/sealer/initramfs.conf, adds
-    keyscript=/usr/lib/sealer/keyscript to the chosen /etc/crypttab entries (an entry without
-    options gets 'luks,keyscript=...'), then runs 'update-initramfs -u'. An entry that
-    already uses another keyscript is refused. Running it again changes nothing.
+    With initramfs-tools: installs the keyscript, the initramfs hook and
+    /etc/sealer/initramfs.conf, adds keyscript=/usr/lib/sealer/keyscript to the chosen
+    /etc/crypttab entries (an entry without options gets 'luks,keyscript=...'), then runs
+    'update-initramfs -u'. An entry that already uses another keyscript is refused.
+
+    With dracut: installs the dracut module /usr/lib/dracut/modules.d/90sealer,
+    /etc/dracut.conf.d/90-sealer.conf and /etc/sealer/initramfs.conf, then runs 'dracut
+    --force' for the newest kernel; crypttab is not changed and --name is refused (the
+    module answers for every enrolled volume). Which one: see --initramfs.
+
+    Both install the kernel hook that approves the next boot and the prune unit. Running
+    it again changes nothing.
 
     The passphrase prompt stays as the fallback whenever the TPM does not release the key.
     Undo with 'sealer boot disable'.
@@ -183,6 +228,7 @@ def boot_enable(
         crypttab=crypttab,
         hook_source=hook_source,
         update_initramfs=not no_update_initramfs,
+        initramfs=initramfs,
     )
     plan = plan_enable(request)
     if not dry_run:
@@ -199,19 +245,25 @@ def boot_disable(
     dry_run: bool,
     no_update_initramfs: bool,
     as_json: bool,
+    initramfs: str,
 ) -> None:
     """Undo 'sealer boot enable': the passphrase prompt is back at boot.
 
     Removes keyscript=/usr/lib/sealer/keyscript from the chosen /etc/crypttab entries (any
-    other option, including 'luks', stays). Once no entry uses it, also removes the
-    keyscript, the initramfs hook and /etc/sealer/initramfs.conf. Then runs
-    'update-initramfs -u'. The TPM enrollments stay in the volumes ('sealer remove' takes
-    them away).
+    other option, including 'luks', stays). Once no entry uses it, also removes every file
+    'sealer boot enable' installs, for initramfs-tools and for dracut. Then rebuilds the
+    initramfs ('update-initramfs -u', or 'dracut --force' for the newest kernel). With
+    dracut --name is refused: the module answers for every enrolled volume, so it goes
+    as a whole. The TPM enrollments stay in the volumes ('sealer remove' takes them away).
     """
     from sealer.install.bootwire import WireRequest, apply, plan_disable
 
     request = WireRequest(
-        names=names, root=root, crypttab=crypttab, update_initramfs=not no_update_initramfs
+        names=names,
+        root=root,
+        crypttab=crypttab,
+        update_initramfs=not no_update_initramfs,
+        initramfs=initramfs,
     )
     plan = plan_disable(request)
     if not dry_run:

@@ -159,6 +159,10 @@ class BootPlanOutput:
             ),
             "action": plan.action,
             "dry_run": self.dry_run,
+            "initramfs": {
+                "generator": plan.initramfs.generator,
+                "reason": plan.initramfs.reason,
+            },
             "crypttab": str(plan.crypttab),
             "entries": [
                 {
@@ -181,6 +185,7 @@ class BootPlanOutput:
                 for f in plan.files
             ],
             "commands": [list(argv) for argv in plan.commands],
+            "removed_directories": [str(d) for d in plan.remove_dirs],
             "notes": list(plan.notes),
             "warnings": list(plan.warnings),
         }

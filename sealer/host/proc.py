@@ -20,6 +20,7 @@ DEBIAN_PACKAGES = {
     "update-initramfs": "initramfs-tools",
     "dracut": "dracut",
     "systemd-ask-password": "systemd",
+    "systemctl": "systemd",
 }
 
 # A pipe holds at least this much without a reader on Linux, so the whole secret can be

@@ -1,9 +1,13 @@
-"""``sealer boot enable|disable``: wire the boot-time unlocker into Debian's initramfs-tools.
+"""``sealer boot enable|disable``: wire the boot-time unlocker into the initramfs generator.
 
-Enabling installs the keyscript and the initramfs hook from the source checkout, records
-which Python has sealer installed, adds ``keyscript=/usr/lib/sealer/keyscript`` to the chosen
-/etc/crypttab entries, and rebuilds the initramfs. Disabling takes our keyscript option out
-of crypttab and, once no entry uses it, removes the files again.
+Debian builds its initramfs with initramfs-tools or with dracut (sealer.install.initramfs
+tells which). For initramfs-tools, enabling installs the keyscript and the initramfs hook
+from the source checkout, records which Python has sealer installed, adds
+``keyscript=/usr/lib/sealer/keyscript`` to the chosen /etc/crypttab entries, and rebuilds
+the initramfs. For dracut, it installs sealer's dracut module (a systemd password agent:
+systemd-cryptsetup runs no keyscripts, so crypttab stays as it is) and a dracut.conf.d file
+that adds it. Disabling takes our keyscript option out of crypttab and, once no entry uses
+it, removes the files again.
 
 Everything is planned first (pure reads) and applied second, so ``--dry-run`` shows exactly
 what applying would do. Files are replaced atomically; the passphrase prompt is untouched, so
@@ -13,6 +17,7 @@ a failure at any step leaves a machine that boots as before.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import shlex
 import shutil
@@ -25,10 +30,23 @@ from typing import Literal
 import sealer
 from sealer.errors import SealerError, SystemFilesError, UsageError
 from sealer.host.files import remove_durably, write_atomically
-from sealer.host.proc import run
+from sealer.host.proc import DEBIAN_PACKAGES, run
 from sealer.install.crypttab import KEYSCRIPT_OPTION, KEYSCRIPT_PATH, Crypttab, Line
 from sealer.install.crypttab import disable_line as crypttab_disable_line
 from sealer.install.crypttab import enable_line as crypttab_enable_line
+from sealer.install.initramfs import (
+    DEFAULT_CHOICE,
+    DRACUT_CONF_PATH,
+    DRACUT_MODULE_FILES,
+    DRACUT_MODULE_PATH,
+    DRACUT_MODULES_PATH,
+    InitramfsChoice,
+    detect,
+    dracut_conf,
+    dracut_hostonly,
+    dracut_module_source,
+    newest_kernel,
+)
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import enrollments
 
@@ -80,8 +98,9 @@ class WireRequest:
     root: Path | None = None  # a chroot or image tree; None: this machine
     crypttab: Path | None = None  # None: /etc/crypttab (under root)
     hook_source: Path | None = None  # None: initramfs-hook/ of the source checkout
-    update_initramfs: bool = True
+    update_initramfs: bool = True  # rebuild the initramfs (update-initramfs or dracut)
     python: str = field(default_factory=lambda: sys.executable)
+    initramfs: str = "auto"  # "auto", "initramfs-tools" or "dracut" (--initramfs)
 
 
 @dataclass(frozen=True)
@@ -154,6 +173,9 @@ class Plan:
     commands: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    initramfs: InitramfsChoice = DEFAULT_CHOICE  # the generator wired, and why
+    # Directories removed after the files, when empty (dracut's module directory).
+    remove_dirs: tuple[Path, ...] = ()
 
     @property
     def changed_files(self) -> list[FileChange]:
@@ -328,8 +350,12 @@ def _edit(
     return new_table, tuple(changes)
 
 
-def _commands(request: WireRequest) -> tuple[tuple[tuple[str, ...], ...], list[str]]:
+def _commands(
+    request: WireRequest, choice: InitramfsChoice, action: Literal["enable", "disable"]
+) -> tuple[tuple[tuple[str, ...], ...], list[str]]:
     """The commands to run after writing, and notes about those left out."""
+    if choice.generator == "dracut":
+        return _dracut_commands(request, action)
     if not request.update_initramfs:
         return (), [
             "update-initramfs is not run (--no-update-initramfs): the current initramfs "
@@ -343,8 +369,42 @@ def _commands(request: WireRequest) -> tuple[tuple[tuple[str, ...], ...], list[s
     return (UPDATE_INITRAMFS,), []
 
 
+def _dracut_commands(
+    request: WireRequest, action: Literal["enable", "disable"]
+) -> tuple[tuple[tuple[str, ...], ...], list[str]]:
+    """Rebuild the newest kernel's initramfs as Debian's kernel hook (postinst.d/dracut)
+    does; after enable, run our kernel hook too: dracut runs no post-update hooks, and
+    update-initramfs' run of /etc/initramfs/post-update.d/sealer is what approves the next
+    boot on initramfs-tools."""
+    version = newest_kernel(request.root)
+    shown = version or "VERSION"
+    rebuild = ("dracut", "--force", f"/boot/initrd.img-{shown}", shown)
+    again = f"'{shlex.join(rebuild)}'"
+    if not request.update_initramfs:
+        return (), [
+            f"dracut is not run (--no-update-initramfs): the current initramfs keeps the old "
+            f"setup until {again} rebuilds it"
+        ]
+    if request.root is not None:
+        return (), [
+            f"dracut is not run under --root: rebuild the initramfs inside that root, e.g. "
+            f"'chroot {shlex.quote(str(request.root))} {shlex.join(rebuild)}'"
+        ]
+    if version is None:
+        return (), [
+            "dracut is not run: /boot has no vmlinuz-VERSION; the initramfs gets sealer "
+            "when the next kernel is installed"
+        ]
+    if action == "disable":
+        return (rebuild,), []
+    return (rebuild, (KERNEL_HOOK_PATH, version, f"/boot/vmlinuz-{version}")), []
+
+
 def _missing_tools(commands: tuple[tuple[str, ...], ...]) -> list[str]:
-    return [argv[0] for argv in commands if shutil.which(argv[0]) is None]
+    # A command given by its path is a hook the plan itself installs: not there yet.
+    return [
+        argv[0] for argv in commands if "/" not in argv[0] and shutil.which(argv[0]) is None
+    ]
 
 
 def _crypttab_path(request: WireRequest) -> Path:
@@ -428,12 +488,28 @@ def check_install_is_roots(python: str) -> None:
             )
 
 
+def _refuse_names_for_dracut(request: WireRequest, choice: InitramfsChoice) -> None:
+    if choice.generator == "dracut" and request.names:
+        raise UsageError(
+            f"--name chooses crypttab entries for initramfs-tools' keyscript, but this "
+            f"system builds its initramfs with dracut ({choice.reason}), where sealer's "
+            "password agent answers for every enrolled volume",
+            "leave out --name (a volume that is not enrolled still gets the passphrase "
+            "prompt), or choose the generator with --initramfs",
+        )
+
+
 def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_problem) -> Plan:
     """What ``sealer boot enable`` would change; nothing is written."""
     check_install_is_roots(request.python)
+    choice = detect(request.root, request.initramfs)
+    _refuse_names_for_dracut(request, choice)
     crypttab = _crypttab_path(request)
     table, data, stat = _read_crypttab(crypttab)
     source = find_hook_source(request.hook_source)
+    if choice.generator == "dracut":
+        unchanged = _crypttab_change(crypttab, data, stat, table, follow=request.root is None)
+        return _plan_enable_dracut(request, choice, source, unchanged, table, check)
     warnings: list[str] = []
     problems: list[str] = []
 
@@ -485,7 +561,7 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
         _file_change(host_path(root, PRUNE_UNIT_PATH), prune_unit, _CONF_MODE),
         _crypttab_change(crypttab, data, stat, new_table, follow=root is None),
     ]
-    commands, command_notes = _commands(request)
+    commands, command_notes = _commands(request, choice, "enable")
     if commands:
         commands = (*commands, ENABLE_PRUNE)
     else:
@@ -507,11 +583,109 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
         commands=commands,
         notes=tuple(notes),
         warnings=tuple(warnings),
+        initramfs=choice,
+    )
+
+
+def _plan_enable_dracut(
+    request: WireRequest,
+    choice: InitramfsChoice,
+    source: Path,
+    crypttab_file: FileChange,  # as it is: it is not changed
+    table: Crypttab,
+    check: EnrollmentCheck,
+) -> Plan:
+    """The dracut half of plan_enable: the module, its dracut.conf.d file, the hooks.
+
+    crypttab is not changed: systemd-cryptsetup runs no keyscript (it ignores the option,
+    with a warning) and asks its password agents instead, sealer's among them. So the
+    entries are only looked at, to say which volumes the TPM will unlock: none enrolled is
+    a warning, not a refusal (under --root the volumes are often not on this machine)."""
+    root = request.root
+    module_source = dracut_module_source(source)
+    update_hook = _read_source(source.parent / UPDATE_HOOK_SOURCE)
+    prune_unit = prune_unit_text(_read_source(source.parent / PRUNE_UNIT_SOURCE), request.python)
+    module = host_path(root, DRACUT_MODULE_PATH)
+    # Order matters: the module needs SEALER_PYTHON, and the dracut.conf.d file, which makes
+    # every rebuild include the module, comes last, once everything it needs is in place.
+    files = [
+        _file_change(host_path(root, CONF_PATH), initramfs_conf(request.python), _CONF_MODE),
+        *(
+            _file_change(module / name, _read_source(module_source / name), mode)
+            for name, mode in DRACUT_MODULE_FILES
+        ),
+        # After /etc/kernel/postinst.d/dracut, which builds the new kernel's initramfs.
+        _file_change(host_path(root, KERNEL_HOOK_PATH), update_hook, _SCRIPT_MODE),
+        _file_change(host_path(root, LEGACY_KERNEL_HOOK_PATH), None, None),
+        _file_change(host_path(root, PRUNE_UNIT_PATH), prune_unit, _CONF_MODE),
+        _file_change(host_path(root, DRACUT_CONF_PATH), dracut_conf(), _CONF_MODE),
+    ]
+    crypttab = crypttab_file.path
+    entries = []
+    problems = []
+    for line in table.lines:
+        entry = line.entry
+        if entry is None:
+            continue
+        problem = check(entry.source)
+        if problem is None:
+            entries.append(EntryChange(entry.name, line.number, entry.source, line.text,
+                                       line.text))
+        else:
+            problems.append(f"{entry.name}: {problem}")
+    commands, command_notes = _commands(request, choice, "enable")
+    if commands:
+        commands = (*commands, ENABLE_PRUNE)
+    else:
+        command_notes.append(f"enable pruning in that root: 'systemctl enable {PRUNE_UNIT}'")
+    # With none enrolled, the warning below says it all.
+    notes = [f"{p}: it keeps asking for its passphrase" for p in problems] if entries else []
+    if not dracut_hostonly(root):
+        notes.append(
+            "dracut builds a generic initramfs here (hostonly is not 'yes'), which holds no "
+            "/etc/crypttab: it opens the volumes the kernel command line names "
+            "(rd.luks.uuid=UUID); sealer answers for those that are enrolled"
+        )
+    stale = [entry.name for _, entry in table.entries() if entry.uses_sealer]
+    if stale:
+        notes.append(
+            f"{', '.join(stale)} still carry {KEYSCRIPT_OPTION} from an initramfs-tools "
+            "setup; systemd-cryptsetup ignores it ('Encountered unknown /etc/crypttab "
+            "option'); 'sealer boot disable' takes it out with the rest"
+        )
+    notes += command_notes
+    warnings = []
+    if not entries:
+        found = "; ".join(problems) if problems else "it has no entries"
+        warnings.append(
+            f"no entry of {crypttab} is a LUKS2 volume enrolled with sealer ({found}): every "
+            "volume asks for its passphrase until 'sealer enroll DEVICE'"
+        )
+    if not host_path(root, DRACUT_MODULES_PATH).is_dir():
+        warnings.append(
+            f"{host_path(root, DRACUT_MODULES_PATH)} is missing: dracut is not installed "
+            "(apt-get install dracut)"
+        )
+    warnings += [f"{tool} is not installed" for tool in _missing_tools(commands)]
+    return Plan(
+        action="enable",
+        crypttab=crypttab,
+        entries=tuple(entries),
+        files=(*(f for f in files if f is not None), crypttab_file),
+        commands=commands,
+        notes=tuple(notes),
+        warnings=tuple(warnings),
+        initramfs=choice,
     )
 
 
 def plan_disable(request: WireRequest) -> Plan:
-    """What ``sealer boot disable`` would change; nothing is written."""
+    """What ``sealer boot disable`` would change; nothing is written.
+
+    With dracut every file goes (the agent answers for all enrolled volumes, so there is no
+    choice of entries); the keyscript option goes from every entry that still has it."""
+    choice = detect(request.root, request.initramfs)
+    _refuse_names_for_dracut(request, choice)
     crypttab = _crypttab_path(request)
     table, data, stat = _read_crypttab(crypttab)
 
@@ -526,6 +700,7 @@ def plan_disable(request: WireRequest) -> Plan:
         _crypttab_change(crypttab, data, stat, new_table, follow=root is None)
     ]
     notes: list[str] = []
+    remove_dirs: tuple[Path, ...] = ()
     still = [entry.name for _, entry in new_table.entries() if entry.uses_sealer]
     if still:
         notes.append(
@@ -533,15 +708,23 @@ def plan_disable(request: WireRequest) -> Plan:
             f"{', '.join(still)}"
         )
     else:
+        # Both generators' files: only 'sealer boot enable' makes these paths, and one left
+        # by a wiring for the other generator would be stale. The dracut.conf.d file goes
+        # before the module it names (a rebuild in between would fail without the module).
+        module = host_path(root, DRACUT_MODULE_PATH)
         files += [
             _file_change(host_path(root, path), None, None)
             for path in (
+                DRACUT_CONF_PATH,
                 HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH,
                 KERNEL_HOOK_PATH, LEGACY_KERNEL_HOOK_PATH, INITRAMFS_UPDATE_HOOK_PATH,
                 PRUNE_UNIT_PATH,
             )
         ]
-    commands, command_notes = _commands(request)
+        files += [_file_change(module / name, None, None) for name, _ in DRACUT_MODULE_FILES]
+        if module.is_dir():
+            remove_dirs = (module,)
+    commands, command_notes = _commands(request, choice, "disable")
     warnings = [f"{tool} is not installed" for tool in _missing_tools(commands)]
     return Plan(
         action="disable",
@@ -551,6 +734,8 @@ def plan_disable(request: WireRequest) -> Plan:
         commands=commands,
         notes=tuple(notes + command_notes),
         warnings=tuple(warnings),
+        initramfs=choice,
+        remove_dirs=remove_dirs,
     )
 
 
@@ -565,7 +750,8 @@ def apply(plan: Plan, say: Callable[[str], None]) -> None:
         # Checked before writing anything: a half-applied change is worse than none.
         raise SystemFilesError(
             f"{missing[0]} is not installed, so the initramfs cannot be rebuilt",
-            "install initramfs-tools, or pass --no-update-initramfs and rebuild it yourself",
+            f"install {DEBIAN_PACKAGES.get(missing[0], missing[0])}, or pass --no-update-initramfs "
+            "and rebuild it yourself",
         )
     for change in plan.changed_files:
         if change.change == "remove":
@@ -574,6 +760,8 @@ def apply(plan: Plan, say: Callable[[str], None]) -> None:
             assert change.after is not None and change.mode is not None
             target = Path(os.path.realpath(change.path)) if change.follow_symlink else change.path
             _write_atomic(target, change.after, change.mode, change.owner)
+    for directory in plan.remove_dirs:
+        _remove_empty_dir(directory)
     for argv in plan.commands:
         say(f"running {' '.join(argv)}")
         result = run(argv)
@@ -601,6 +789,17 @@ def _remove(path: Path) -> None:
     try:
         remove_durably(path)
     except OSError as exc:
+        raise _os_error("remove", path, exc) from exc
+
+
+def _remove_empty_dir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return  # it holds a file sealer did not put there: leave it
         raise _os_error("remove", path, exc) from exc
 
 

@@ -342,3 +342,181 @@ def test_enable_says_what_the_command_line_means_for_the_unlock(root: Path, sour
         ("rdinit=/bin/sh", "risk"),
         ("panic=", "capped"),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# dracut (issue 18): which generator a Debian tree uses decides what is wired
+
+CHECKOUT = Path(__file__).resolve().parents[2] / "initramfs-hook"
+DEBIAN_WITH_DRACUT = (
+    # Installing Debian's dracut package removes initramfs-tools (they conflict); its kernel
+    # hook stays as a conffile until purged.
+    "Package: initramfs-tools\nStatus: deinstall ok config-files\nVersion: 0.142+deb12u3\n\n"
+    "Package: dracut-core\nStatus: install ok installed\nVersion: 059-4\n\n"
+    "Package: dracut\nStatus: install ok installed\nVersion: 059-4\n"
+)
+DEBIAN_WITH_DRACUT_CORE = (
+    "Package: initramfs-tools\nStatus: install ok installed\nVersion: 0.142+deb12u3\n\n"
+    "Package: dracut-core\nStatus: install ok installed\nVersion: 059-4\n"
+)
+
+
+def debian_tree(root: Path, status: str) -> None:
+    """dpkg's record plus the files Debian's packages put where the detection looks."""
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(status)
+    for path in ("etc/kernel/postinst.d/initramfs-tools", "usr/bin/dracut",
+                 "usr/sbin/update-initramfs", "usr/lib/dracut/modules.d/90crypt/module-setup.sh"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("#!/bin/sh\n")
+    if "Package: dracut\n" in status:
+        (root / "etc/kernel/postinst.d/dracut").write_text("#!/bin/sh\n")
+
+
+@pytest.fixture
+def dracut_source(source: Path) -> Path:
+    """The fake hook source plus the checkout's own dracut module."""
+    shutil.copytree(CHECKOUT / "dracut", source / "dracut")
+    return source
+
+
+def test_a_debian_tree_with_dracut_gets_the_dracut_module_and_loses_it_again(
+    root: Path, dracut_source: Path
+) -> None:
+    debian_tree(root, DEBIAN_WITH_DRACUT)
+    original = tree(root)
+    args = ("--root", str(root), "--hook-source", str(dracut_source))
+    dry = boot("enable", *args, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    doc = json.loads(dry.stdout)
+    assert doc["initramfs"]["generator"] == "dracut"
+    assert "records the dracut package as installed" in doc["initramfs"]["reason"]
+    module = root / "usr/lib/dracut/modules.d/90sealer"
+    assert [(f["path"], f["change"]) for f in doc["files"]] == [
+        (str(root / "etc/sealer/initramfs.conf"), "create"),
+        *((str(module / p.name), "create") for p in [
+            module / "module-setup.sh", module / "sealer-ask-password.path",
+            module / "sealer-ask-password.service", module / "sealer-cap.service",
+            module / "sealer-cap-before-shell.conf",
+        ]),
+        (str(root / "etc/kernel/postinst.d/zzz-sealer"), "create"),
+        (str(root / "etc/systemd/system/sealer-prune.service"), "create"),
+        (str(root / "etc/dracut.conf.d/90-sealer.conf"), "create"),
+        (str(root / "etc/crypttab"), "unchanged"),
+    ]
+    assert any("dracut is not run under --root" in n and "dracut --force" in n
+               for n in doc["notes"])
+    assert tree(root) == original
+    text = boot("enable", *args, "--dry-run")
+    assert "Initramfs generator: dracut (" in text.stdout
+    assert f"+++ {root}/etc/dracut.conf.d/90-sealer.conf\n" in text.stdout
+
+    enabled = boot("enable", *args)
+    assert enabled.returncode == 0, enabled.stderr
+    files = tree(root)
+    for path in sorted((CHECKOUT / "dracut/90sealer").iterdir()):
+        installed = files[f"usr/lib/dracut/modules.d/90sealer/{path.name}"]
+        assert installed == (path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
+    conf, mode = files["etc/dracut.conf.d/90-sealer.conf"]
+    assert b'\nadd_dracutmodules+=" sealer "\n' in conf and mode == 0o644
+    assert files["etc/kernel/postinst.d/zzz-sealer"][0] == (CHECKOUT / "update/reseal-hook"
+                                                             ).read_bytes()
+    assert "etc/initramfs/post-update.d/sealer" not in files  # Debian's dracut runs none
+    assert files["etc/crypttab"][0].decode() == CRYPTTAB  # systemd-cryptsetup runs no keyscript
+    assert "usr/lib/sealer/keyscript" not in files
+
+    named = boot("enable", *args, "--name", "cryptroot")
+    one_line_error(named, 2, "--name chooses crypttab entries for initramfs-tools")
+
+    disabled = boot("disable", "--root", str(root), "--json")
+    assert disabled.returncode == 0, disabled.stderr
+    assert json.loads(disabled.stdout)["removed_directories"] == [str(module)]
+    assert tree(root) == original
+    assert not module.exists()
+
+
+def test_initramfs_tools_with_dracut_core_beside_it_stays_initramfs_tools(
+    root: Path, dracut_source: Path
+) -> None:
+    debian_tree(root, DEBIAN_WITH_DRACUT_CORE)
+    original = tree(root)
+    args = ("--root", str(root), "--name", "cryptroot", "--hook-source", str(dracut_source))
+    enabled = boot("enable", *args)
+    assert enabled.returncode == 0, enabled.stderr
+    assert "Initramfs generator: initramfs-tools (" in enabled.stdout
+    assert "dracut-core is installed too" in enabled.stdout
+    assert "cryptroot (line 3) now uses" in enabled.stdout
+    files = tree(root)
+    assert "etc/initramfs-tools/hooks/sealer" in files
+    assert not any(name.startswith("usr/lib/dracut/modules.d/90sealer") for name in files)
+    assert KEYSCRIPT_OPTION in files["etc/crypttab"][0].decode()
+    # Asked for dracut all the same: that is what is wired, and said.
+    dry = json.loads(boot("enable", "--root", str(root), "--hook-source", str(dracut_source),
+                          "--initramfs", "dracut", "--dry-run", "--json").stdout)
+    assert dry["initramfs"] == {"generator": "dracut", "reason": "chosen with --initramfs"}
+    disabled = boot("disable", "--root", str(root))
+    assert disabled.returncode == 0, disabled.stderr
+    assert tree(root) == original
+
+
+def test_real_dracut_includes_the_module_the_wired_tree_configures(
+    root: Path, tmp_path: Path
+) -> None:
+    """dracut itself, with the tree's dracut.conf.d and module (no --add sealer): the conf
+    file that 'boot enable' writes is what brings sealer's agent and cap into the image, and
+    after 'boot disable' the same build has none of it."""
+    from bootimage import installed_kernel
+    from dracut_image import DRACUT_BASE, DRACUT_MODULES, missing_dracut
+
+    if (why := missing_dracut()) is not None:
+        pytest.skip(why)
+    kernel = installed_kernel()
+    debian_tree(root, DEBIAN_WITH_DRACUT)
+    (root / "usr/lib/dracut/modules.d/90crypt").joinpath("module-setup.sh").unlink()
+    (root / "usr/lib/dracut/modules.d/90crypt").rmdir()
+    enabled = boot("enable", "--root", str(root))  # the checkout's own hook source
+    assert enabled.returncode == 0, enabled.stderr
+    # dracut takes its modules from $dracutbasedir/modules.d only: the system's, plus the
+    # tree's 90sealer (the system has none).
+    base = tmp_path / "dracut-base"
+    (base / "modules.d").mkdir(parents=True)
+    for entry in DRACUT_BASE.iterdir():
+        if entry.name != "modules.d":
+            (base / entry.name).symlink_to(entry)
+    for module in [*(DRACUT_BASE / "modules.d").iterdir(),
+                   root / "usr/lib/dracut/modules.d/90sealer"]:
+        (base / "modules.d" / module.name).symlink_to(module)
+    env = dict(os.environ, dracutbasedir=str(base),
+               SEALER_INITRAMFS_CONF=str(root / "etc/sealer/initramfs.conf"))
+
+    def build(image: Path) -> tuple[list[str], str]:
+        """The image's dracut modules, and its file listing."""
+        built = subprocess.run(
+            ["dracut", "--force", "--quiet", "--conf", "/dev/null",
+             "--confdir", str(root / "etc/dracut.conf.d"), "--no-hostonly",
+             "--no-hostonly-cmdline", "--compress", "zstd", "--modules",
+             " ".join(DRACUT_MODULES), "--kver", kernel.version, str(image)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        assert built.returncode == 0, built.stderr[-3000:]
+        # lsinitrd prints the image's early bytes too: not all of it is UTF-8.
+        listing = subprocess.run(["lsinitrd", str(image)], capture_output=True,
+                                 timeout=300).stdout.decode("utf-8", "replace")
+        return listing.split("dracut modules:")[1].split("=====")[0].split(), listing
+
+    ours = ("usr/lib/systemd/system/sealer-ask-password.service",
+            "usr/lib/systemd/system/sealer-cap.service",
+            "etc/systemd/system/sysinit.target.wants/sealer-ask-password.path",
+            "etc/systemd/system/initrd.target.wants/sealer-cap.service",
+            "usr/lib/sealer/cap", "usr/lib/sealer/python/bin/python3")
+    modules, listing = build(tmp_path / "enabled.img")
+    assert "sealer" in modules and "crypt" in modules
+    for path in ours:
+        assert f" {path}" in listing, path
+
+    disabled = boot("disable", "--root", str(root))
+    assert disabled.returncode == 0, disabled.stderr
+    (base / "modules.d/90sealer").unlink()  # its target is gone with the module
+    modules, listing = build(tmp_path / "disabled.img")
+    assert "sealer" not in modules and "crypt" in modules
+    assert not any(f" {path}" in listing for path in ours)

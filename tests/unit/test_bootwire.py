@@ -559,3 +559,157 @@ def test_an_unknown_name_in_an_empty_crypttab_says_it_is_empty(root: Path) -> No
     with pytest.raises(UsageError) as info:
         plan_disable(WireRequest(names=("x",), root=root))
     assert info.value.hint == "it has no entries"
+
+
+# ---------------------------------------------------------------------------------------------
+# dracut (issue 18): the generator is detected, the module wired instead of the keyscript
+
+DRACUT_MODULE = {
+    "module-setup.sh": b"#!/bin/bash\n# fake dracut module\n",
+    "sealer-ask-password.path": b"[Path]\n",
+    "sealer-ask-password.service": b"[Service]\n",
+    "sealer-cap.service": b"[Service]\n# cap\n",
+    "sealer-cap-before-shell.conf": b"[Unit]\n",
+}
+MODULE = "usr/lib/dracut/modules.d/90sealer"
+
+
+def with_dracut(root: Path, source: Path) -> None:
+    """Make root a Debian system whose initramfs dracut builds; give source its module."""
+    status = root / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True)
+    status.write_text(
+        "Package: dracut\nStatus: install ok installed\n\n"
+        "Package: initramfs-tools\nStatus: deinstall ok config-files\n"
+    )
+    (root / "usr/lib/dracut/modules.d").mkdir(parents=True)
+    module = source / "dracut" / "90sealer"
+    module.mkdir(parents=True)
+    for name, data in DRACUT_MODULE.items():
+        (module / name).write_bytes(data)
+
+
+def test_plan_enable_for_dracut_installs_the_module_and_leaves_crypttab(
+    root: Path, source: Path
+) -> None:
+    with_dracut(root, source)
+    before = tree(root)
+    plan = enable_plan(request(root, source))
+    assert tree(root) == before
+    assert plan.initramfs.generator == "dracut"
+    assert "records the dracut package as installed" in plan.initramfs.reason
+    assert [(f.path, f.change, f.mode) for f in plan.files] == [
+        (root / "etc/sealer/initramfs.conf", "create", 0o644),  # the module reads it
+        (root / MODULE / "module-setup.sh", "create", 0o755),
+        (root / MODULE / "sealer-ask-password.path", "create", 0o644),
+        (root / MODULE / "sealer-ask-password.service", "create", 0o644),
+        (root / MODULE / "sealer-cap.service", "create", 0o644),
+        (root / MODULE / "sealer-cap-before-shell.conf", "create", 0o644),
+        (root / "etc/kernel/postinst.d/zzz-sealer", "create", 0o755),
+        (root / "etc/systemd/system/sealer-prune.service", "create", 0o644),
+        (root / "etc/dracut.conf.d/90-sealer.conf", "create", 0o644),  # last: it adds the rest
+        (root / "etc/crypttab", "unchanged", 0o600),
+    ]
+    assert plan.files[1].after == DRACUT_MODULE["module-setup.sh"]
+    assert b'\nadd_dracutmodules+=" sealer "\n' in (plan.files[8].after or b"")
+    # No post-update.d hook: Debian's dracut runs none; the kernel hook comes after its own.
+    assert sorted(["dracut", "zzz-sealer"])[-1] == "zzz-sealer"
+    assert [(e.name, e.changed) for e in plan.entries] == [("cryptroot", False), ("data", False)]
+    assert any("dracut is not run under --root" in n for n in plan.notes)
+    assert any("generic initramfs" in n and "rd.luks.uuid" in n for n in plan.notes)
+    assert plan.warnings == ()
+
+
+def test_dracut_enable_warns_when_nothing_is_enrolled(root: Path, source: Path) -> None:
+    with_dracut(root, source)
+    plan = enable_plan(request(root, source), enrolled_only())
+    assert plan.entries == ()
+    (warning,) = plan.warnings
+    assert "no entry of" in warning and "until 'sealer enroll DEVICE'" in warning
+
+
+def test_dracut_refuses_names(root: Path, source: Path) -> None:
+    with_dracut(root, source)
+    for plan in (enable_plan, plan_disable):
+        with pytest.raises(UsageError) as info:
+            plan(request(root, source, "cryptroot"))
+        assert "--name chooses crypttab entries for initramfs-tools" in info.value.message
+        assert info.value.hint is not None and "--initramfs" in info.value.hint
+
+
+def test_dracut_rebuilds_the_newest_kernel_then_approves_it(
+    root: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_dracut(root, source)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(bootwire, "newest_kernel", lambda root: "6.1.0-10-amd64")
+    crypttab = root / "etc/crypttab"
+    host = enable_plan(WireRequest(crypttab=crypttab, hook_source=source, initramfs="dracut"))
+    assert host.initramfs.reason == "chosen with --initramfs"
+    assert host.commands == (
+        ("dracut", "--force", "/boot/initrd.img-6.1.0-10-amd64", "6.1.0-10-amd64"),
+        ("/etc/kernel/postinst.d/zzz-sealer", "6.1.0-10-amd64", "/boot/vmlinuz-6.1.0-10-amd64"),
+        ("systemctl", "enable", "sealer-prune.service"),
+    )
+    assert host.files[1].path == Path("/usr/lib/dracut/modules.d/90sealer/module-setup.sh")
+    # The hook is not looked up in PATH: the plan installs it.
+    assert not any("zzz-sealer" in w for w in host.warnings)
+    off = plan_disable(WireRequest(crypttab=crypttab, initramfs="dracut"))
+    assert off.commands == (
+        ("dracut", "--force", "/boot/initrd.img-6.1.0-10-amd64", "6.1.0-10-amd64"),
+    )
+    monkeypatch.setattr(bootwire, "newest_kernel", lambda root: None)
+    none = enable_plan(WireRequest(crypttab=crypttab, hook_source=source, initramfs="dracut"))
+    assert none.commands == ()
+    assert any("/boot has no vmlinuz-VERSION" in n for n in none.notes)
+
+
+def test_dracut_disable_undoes_enable_exactly(root: Path, source: Path) -> None:
+    with_dracut(root, source)
+    original = tree(root)
+    apply(enable_plan(request(root, source)), silent)
+    assert (root / MODULE / "module-setup.sh").stat().st_mode & 0o777 == 0o755
+    assert (root / "etc/crypttab").read_text() == CRYPTTAB
+    again = enable_plan(request(root, source))
+    assert {f.change for f in again.files} == {"unchanged"}
+    plan = plan_disable(WireRequest(root=root))
+    assert [(f.path, f.change) for f in plan.files] == [
+        (root / "etc/crypttab", "unchanged"),
+        (root / "etc/dracut.conf.d/90-sealer.conf", "remove"),  # before the module it names
+        (root / "etc/sealer/initramfs.conf", "remove"),
+        (root / "etc/kernel/postinst.d/zzz-sealer", "remove"),
+        (root / "etc/systemd/system/sealer-prune.service", "remove"),
+        *((root / MODULE / name, "remove") for name in DRACUT_MODULE),
+    ]
+    assert plan.remove_dirs == (root / MODULE,)
+    apply(plan, silent)
+    assert tree(root) == original
+    assert not (root / MODULE).exists()
+
+
+def test_disable_keeps_a_module_directory_holding_someone_elses_file(
+    root: Path, source: Path
+) -> None:
+    with_dracut(root, source)
+    apply(enable_plan(request(root, source)), silent)
+    (root / MODULE / "local.sh").write_text("# the admin's\n")
+    apply(plan_disable(WireRequest(root=root)), silent)
+    assert [p.name for p in (root / MODULE).iterdir()] == ["local.sh"]
+
+
+def test_disable_after_switching_generators_removes_both_wirings(
+    root: Path, source: Path
+) -> None:
+    # Wired for initramfs-tools, then (the dracut package installed) for dracut: the
+    # crypttab option and every file of both go, and the tree is as before.
+    original = tree(root)
+    apply(enable_plan(request(root, source, "cryptroot")), silent)
+    with_dracut(root, source)
+    original.update({k: v for k, v in tree(root).items() if k.startswith("var/")})
+    plan = enable_plan(request(root, source))
+    assert any(f"still carry {KEYSCRIPT_OPTION}" in n for n in plan.notes)
+    apply(plan, silent)
+    disabled = plan_disable(WireRequest(root=root))
+    assert [(e.name, e.changed) for e in disabled.entries] == [("cryptroot", True)]
+    apply(disabled, silent)
+    assert tree(root) == original
