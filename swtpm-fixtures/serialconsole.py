@@ -6,8 +6,8 @@ printed and its exit status, answer the prompt it asks, run the next. ``Console`
 swtpm and QEMU like Machine.boot() does (same machine, same disks and TPM state) and keeps
 the whole transcript, with a timestamp for each thing waited for.
 
-Commands run in root's login shell with echo off; each is followed by an ``echo`` of a
-marker and ``$?``, built so that the marker's text never appears in what was typed.
+Commands run in root's login shell with echo off; the shell prints a marker with each
+command's exit status before its next prompt (PROMPT_COMMAND).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from types import TracebackType
 from qemu import Machine
 
 SHELL_PROMPT = "root@sealer-guest:~#"
+_DONE = r"SEALER-DONE:(\d+)\n"
 
 
 class ConsoleTimeout(AssertionError):
@@ -45,7 +46,6 @@ class Console:
     _chunks: list[bytes] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _position: int = 0  # what was already consumed by wait_for / run
-    _count: int = 0
     marks: dict[str, float] = field(default_factory=dict)
 
     def __enter__(self) -> Console:
@@ -119,31 +119,29 @@ class Console:
         return seconds
 
     def prepare_shell(self) -> None:
-        """Echo, prompt and bracketed paste off, no pager, no colours: plain output."""
+        """Echo, prompt and bracketed paste off, no pager, no colours: plain output; after
+        every command the shell prints ``SEALER-DONE:STATUS`` (PROMPT_COMMAND)."""
         self.type(
             "stty -echo cols 250; bind 'set enable-bracketed-paste off'; PS1=; "
-            "export PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0\n"
+            "export PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0; "
+            "PROMPT_COMMAND='printf \"SEALER-DONE:%s\\n\" $?'\n"
         )
-        self.run("true", timeout=60)
+        self.wait_for(_DONE, 60, regex=True)
 
     def run(
         self, command: str, timeout: float = 300, answers: tuple[tuple[str, str], ...] = ()
     ) -> CommandResult:
-        """Run ``command`` in the shell; answer each (prompt, text) in order as it appears."""
-        self._count += 1
-        tag = f"SEALER-CMD-{self._count}"
+        """Run ``command`` in the shell; answer each (prompt, text) in order as it appears.
+
+        Nothing is typed ahead of the shell: a password prompt flushes type-ahead, so the end
+        of a command is the marker the shell prints before its next prompt."""
         start = self._position
         began = time.monotonic()
-        # The marker is printed as "SEALER-CMD-N:STATUS"; typed, it reads "SEALER-CMD-N"":$?".
-        # It is typed after the last answer: a password prompt flushes what was typed ahead.
-        marker = f'echo "{tag}"":$?"\n'
-        self.type(f"{command}\n" if answers else f"{command}\n{marker}")
+        self.type(f"{command}\n")
         for prompt, text in answers:
             self.wait_for(prompt, timeout)
             self.type(text)
-        if answers:
-            self.type(marker)
-        found = self.wait_for(rf"{tag}:(\d+)\n", timeout, regex=True)
+        found = self.wait_for(_DONE, timeout, regex=True)
         output = self.text[start:found.start()]
         return CommandResult(command, output, int(found.group(1)), time.monotonic() - began)
 

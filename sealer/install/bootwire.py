@@ -64,6 +64,9 @@ CONF_PATH = "/etc/sealer/initramfs.conf"
 # grub.cfg. Earlier sealers installed it as zz-sealer, which ran before; it is removed.
 KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zzz-sealer"
 LEGACY_KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zz-sealer"
+# After a kernel removal: zz-update-grub rewrites grub.cfg without the kernel's menu entries,
+# and GRUB measures each entry (PCR 8) and the file (PCR 9), so the next boot needs approving.
+KERNEL_REMOVAL_HOOK_PATH = "/etc/kernel/postrm.d/zzz-sealer"
 INITRAMFS_UPDATE_HOOK_PATH = "/etc/initramfs/post-update.d/sealer"
 UPDATE_HOOK_SOURCE = "update/reseal-hook"  # relative to initramfs-hook/, like the next
 # After a boot the TPM unlocked, drop the approvals it made stale ('sealer prune').
@@ -556,6 +559,7 @@ def plan_enable(request: WireRequest, check: EnrollmentCheck = enrollment_proble
         _file_change(host_path(root, PANIC_SCRIPT_PATH), panic_script, _SCRIPT_MODE),
         _file_change(host_path(root, CONF_PATH), initramfs_conf(request.python), _CONF_MODE),
         _file_change(host_path(root, KERNEL_HOOK_PATH), update_hook, _SCRIPT_MODE),
+        _file_change(host_path(root, KERNEL_REMOVAL_HOOK_PATH), update_hook, _SCRIPT_MODE),
         _file_change(host_path(root, LEGACY_KERNEL_HOOK_PATH), None, None),
         _file_change(host_path(root, INITRAMFS_UPDATE_HOOK_PATH), update_hook, _SCRIPT_MODE),
         _file_change(host_path(root, PRUNE_UNIT_PATH), prune_unit, _CONF_MODE),
@@ -616,6 +620,7 @@ def _plan_enable_dracut(
         ),
         # After /etc/kernel/postinst.d/dracut, which builds the new kernel's initramfs.
         _file_change(host_path(root, KERNEL_HOOK_PATH), update_hook, _SCRIPT_MODE),
+        _file_change(host_path(root, KERNEL_REMOVAL_HOOK_PATH), update_hook, _SCRIPT_MODE),
         _file_change(host_path(root, LEGACY_KERNEL_HOOK_PATH), None, None),
         _file_change(host_path(root, PRUNE_UNIT_PATH), prune_unit, _CONF_MODE),
         _file_change(host_path(root, DRACUT_CONF_PATH), dracut_conf(), _CONF_MODE),
@@ -717,7 +722,8 @@ def plan_disable(request: WireRequest) -> Plan:
             for path in (
                 DRACUT_CONF_PATH,
                 HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH,
-                KERNEL_HOOK_PATH, LEGACY_KERNEL_HOOK_PATH, INITRAMFS_UPDATE_HOOK_PATH,
+                KERNEL_HOOK_PATH, KERNEL_REMOVAL_HOOK_PATH, LEGACY_KERNEL_HOOK_PATH,
+                INITRAMFS_UPDATE_HOOK_PATH,
                 PRUNE_UNIT_PATH,
             )
         ]

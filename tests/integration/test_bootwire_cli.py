@@ -96,7 +96,7 @@ def test_dry_run_prints_the_diffs_and_changes_nothing(root: Path, source: Path) 
     assert f"+++ {root}/etc/initramfs-tools/hooks/sealer\n" in out
     assert f"+++ {root}/etc/sealer/initramfs.conf\n" in out
     assert f"+SEALER_PYTHON={sys.executable}\n" in out
-    assert out.count("new file mode 100755\n") == 6  # keyscript, 3 initramfs + 2 update hooks
+    assert out.count("new file mode 100755\n") == 7  # keyscript, 3 initramfs + 3 update hooks
     assert f"--- {crypttab}\n+++ {crypttab}\n" in out
     old = "cryptroot UUID=8a6d3d5e-0000-4000-8000-000000000001 none luks,discard"
     assert f"-{old}\n+{old},{KEYSCRIPT_OPTION}\n" in out
@@ -122,6 +122,7 @@ def test_dry_run_json_is_the_plan(root: Path, source: Path) -> None:
         (str(root / "etc/initramfs-tools/scripts/panic/sealer"), "create", "0755"),
         (str(root / "etc/sealer/initramfs.conf"), "create", "0644"),
         (str(root / "etc/kernel/postinst.d/zzz-sealer"), "create", "0755"),
+        (str(root / "etc/kernel/postrm.d/zzz-sealer"), "create", "0755"),
         (str(root / "etc/initramfs/post-update.d/sealer"), "create", "0755"),
         (str(root / "etc/systemd/system/sealer-prune.service"), "create", "0644"),
         (str(root / "etc/crypttab"), "update", "0640"),
@@ -400,6 +401,7 @@ def test_a_debian_tree_with_dracut_gets_the_dracut_module_and_loses_it_again(
             module / "sealer-cap-before-shell.conf",
         ]),
         (str(root / "etc/kernel/postinst.d/zzz-sealer"), "create"),
+        (str(root / "etc/kernel/postrm.d/zzz-sealer"), "create"),
         (str(root / "etc/systemd/system/sealer-prune.service"), "create"),
         (str(root / "etc/dracut.conf.d/90-sealer.conf"), "create"),
         (str(root / "etc/crypttab"), "unchanged"),

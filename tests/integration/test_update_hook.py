@@ -12,9 +12,10 @@ HOOK = Path(__file__).resolve().parents[2] / "initramfs-hook" / "update" / "rese
 
 
 def run_hook(
-    tmp_path: Path, *args: str, exit_code: int = 0, conf: str = ""
+    tmp_path: Path, *args: str, exit_code: int = 0, conf: str = "", installed_as: str = ""
 ) -> tuple[int, str, str]:
-    """Run the hook with a stand-in Python that records its arguments and exits ``exit_code``."""
+    """Run the hook with a stand-in Python that records its arguments and exits ``exit_code``;
+    ``installed_as``: the path it runs from, as 'sealer boot enable' installs it (relative)."""
     etc, boot = tmp_path / "etc", tmp_path / "boot"
     etc.mkdir(exist_ok=True)
     boot.mkdir(exist_ok=True)
@@ -24,7 +25,12 @@ def run_hook(
     (etc / "initramfs.conf").write_text(f"SEALER_PYTHON={python}\n")
     (etc / "update.conf").write_text(conf)
     env = {**os.environ, "SEALER_HOOK_ETC": str(etc), "SEALER_HOOK_BOOT": str(boot)}
-    result = subprocess.run(["sh", str(HOOK), *args], env=env, capture_output=True, text=True)
+    hook = HOOK
+    if installed_as:
+        hook = tmp_path / installed_as
+        hook.parent.mkdir(parents=True, exist_ok=True)
+        hook.write_bytes(HOOK.read_bytes())
+    result = subprocess.run(["sh", str(hook), *args], env=env, capture_output=True, text=True)
     calls = tmp_path / "calls"
     return result.returncode, calls.read_text() if calls.exists() else "", result.stderr
 
@@ -92,5 +98,62 @@ def test_a_failed_reseal_warns_loudly_and_never_fails_the_install(
         (tmp_path / "boot" / name).write_bytes(b"x")
     code, calls, stderr = run_hook(tmp_path, "7", exit_code=exit_code)
     assert code == 0 and calls
-    assert "WARNING: the boot of kernel 7 was NOT approved" in stderr
+    assert "WARNING: the next boot (kernel 7) was NOT approved" in stderr
     assert "sealer reseal --kernel" in stderr
+
+
+def _grub_machine(tmp_path: Path, versions: tuple[str, ...], listed: tuple[str, ...]) -> Path:
+    """A /boot with these kernels and initrds, and a grub.cfg that lists ``listed``."""
+    boot = tmp_path / "boot"
+    (boot / "grub").mkdir(parents=True)
+    entries = "".join(
+        f"menuentry 'Debian, with Linux {v}' {{\n\tlinux\t/vmlinuz-{v} root=/dev/vda1 ro\n"
+        f"\tinitrd\t/initrd.img-{v}\n}}\n"
+        for v in listed
+    )
+    (boot / "grub" / "grub.cfg").write_text(entries)
+    for version in versions:
+        for name in (f"vmlinuz-{version}", f"initrd.img-{version}"):
+            (boot / name).write_bytes(b"x")
+    return boot
+
+
+def test_a_new_kernels_initrd_waits_for_update_grub(tmp_path: Path) -> None:
+    # dpkg -i linux-image-V: update-initramfs runs the post-update hook before zz-update-grub
+    # lists V in grub.cfg. Approving then would fail (GRUB's default entry is the old kernel)
+    # and print a false alarm in apt's output; the kernel hook after update-grub approves it.
+    _grub_machine(tmp_path, ("6.1.0-9-amd64", "6.1.0-10-amd64"), ("6.1.0-9-amd64",))
+    found = run_hook(tmp_path, "6.1.0-10-amd64", "/boot/initrd.img-6.1.0-10-amd64",
+                     installed_as="etc/initramfs/post-update.d/sealer")
+    assert found == (0, "", "")
+
+
+def test_a_rebuilt_initrd_of_a_listed_kernel_is_approved(tmp_path: Path) -> None:
+    boot = _grub_machine(tmp_path, ("6.1.0-9-amd64",), ("6.1.0-9-amd64",))
+    code, calls, _ = run_hook(tmp_path, "6.1.0-9-amd64", "/boot/initrd.img-6.1.0-9-amd64",
+                              installed_as="etc/initramfs/post-update.d/sealer")
+    assert (code, calls) == (0, (
+        f"-m sealer reseal --quiet --kernel {boot}/vmlinuz-6.1.0-9-amd64 "
+        f"--initrd {boot}/initrd.img-6.1.0-9-amd64 --grub-cfg {boot}/grub/grub.cfg\n"
+    ))
+
+
+def test_a_kernel_removal_on_a_grub_machine_approves_the_newest_left(tmp_path: Path) -> None:
+    # apt autoremove of an old kernel: zz-update-grub drops its entries from grub.cfg, which
+    # GRUB measures (PCR 8 each menu entry, PCR 9 the file): the next boot must be approved.
+    boot = _grub_machine(tmp_path, ("6.1.0-9-amd64", "6.1.0-10-amd64"), ("6.1.0-10-amd64",))
+    code, calls, _ = run_hook(tmp_path, "6.1.0-8-amd64", "/boot/vmlinuz-6.1.0-8-amd64",
+                              installed_as="etc/kernel/postrm.d/zzz-sealer")
+    assert (code, calls) == (0, (
+        f"-m sealer reseal --quiet --kernel {boot}/vmlinuz-6.1.0-10-amd64 "
+        f"--initrd {boot}/initrd.img-6.1.0-10-amd64 --grub-cfg {boot}/grub/grub.cfg\n"
+    ))
+
+
+def test_a_kernel_removal_without_grub_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    for name in ("vmlinuz-6.1.0-10-amd64", "initrd.img-6.1.0-10-amd64"):
+        (tmp_path / "boot" / name).write_bytes(b"x")
+    found = run_hook(tmp_path, "6.1.0-9-amd64", "/boot/vmlinuz-6.1.0-9-amd64",
+                     installed_as="etc/kernel/postrm.d/zzz-sealer")
+    assert found == (0, "", "")

@@ -150,13 +150,15 @@ def test_plan_enable_lists_every_file_in_order_and_writes_nothing(
         (root / "etc/initramfs-tools/scripts/panic/sealer", "create", 0o755),
         (root / "etc/sealer/initramfs.conf", "create", 0o644),
         (root / "etc/kernel/postinst.d/zzz-sealer", "create", 0o755),
+        (root / "etc/kernel/postrm.d/zzz-sealer", "create", 0o755),
         (root / "etc/initramfs/post-update.d/sealer", "create", 0o755),
         (root / "etc/systemd/system/sealer-prune.service", "create", 0o644),
         (root / "etc/crypttab", "update", 0o600),  # last: it names the keyscript
     ]
     assert plan.files[3].after == PANIC_SCRIPT
     assert plan.files[5].after == UPDATE_HOOK and plan.files[6].after == UPDATE_HOOK
-    assert plan.files[7].after == b"ExecStart=/opt/py/bin/python -m sealer prune\n"
+    assert plan.files[7].after == UPDATE_HOOK
+    assert plan.files[8].after == b"ExecStart=/opt/py/bin/python -m sealer prune\n"
     assert plan.files[0].after == KEYSCRIPT and plan.files[1].after == HOOK
     assert plan.crypttab == root / "etc/crypttab"
     assert [(e.name, e.line, e.changed) for e in plan.entries] == [("cryptroot", 3, True)]
@@ -365,7 +367,7 @@ def test_enable_twice_changes_nothing_the_second_time(root: Path, source: Path) 
     apply(enable_plan(request(root, source, "cryptroot", "data")), silent)
     after_first = tree(root)
     again = enable_plan(request(root, source, "cryptroot", "data"))
-    assert [f.change for f in again.files] == ["unchanged"] * 9
+    assert [f.change for f in again.files] == ["unchanged"] * 10
     assert not again.changed_files
     assert not any(e.changed for e in again.entries)
     apply(again, silent)
@@ -377,7 +379,7 @@ def test_a_changed_source_or_mode_is_an_update(root: Path, source: Path) -> None
     (root / "usr/lib/sealer/keyscript").chmod(0o644)
     (source / "initramfs-tools" / "hooks" / "sealer").write_bytes(HOOK + b"# v2\n")
     plan = enable_plan(request(root, source, "cryptroot"))
-    assert [f.change for f in plan.files] == ["update", "update"] + ["unchanged"] * 7
+    assert [f.change for f in plan.files] == ["update", "update"] + ["unchanged"] * 8
     assert plan.files[0].diff().startswith("old mode 100644\nnew mode 100755\n")
     assert "+# v2\n" in plan.files[1].diff()
 
@@ -395,6 +397,7 @@ def test_disable_undoes_enable_exactly(root: Path, source: Path) -> None:
         (root / "etc/sealer/initramfs.conf", "remove"),
         (root / "usr/lib/sealer/keyscript", "remove"),
         (root / "etc/kernel/postinst.d/zzz-sealer", "remove"),
+        (root / "etc/kernel/postrm.d/zzz-sealer", "remove"),
         (root / "etc/initramfs/post-update.d/sealer", "remove"),
         (root / "etc/systemd/system/sealer-prune.service", "remove"),
     ]
@@ -606,12 +609,13 @@ def test_plan_enable_for_dracut_installs_the_module_and_leaves_crypttab(
         (root / MODULE / "sealer-cap.service", "create", 0o644),
         (root / MODULE / "sealer-cap-before-shell.conf", "create", 0o644),
         (root / "etc/kernel/postinst.d/zzz-sealer", "create", 0o755),
+        (root / "etc/kernel/postrm.d/zzz-sealer", "create", 0o755),
         (root / "etc/systemd/system/sealer-prune.service", "create", 0o644),
         (root / "etc/dracut.conf.d/90-sealer.conf", "create", 0o644),  # last: it adds the rest
         (root / "etc/crypttab", "unchanged", 0o600),
     ]
     assert plan.files[1].after == DRACUT_MODULE["module-setup.sh"]
-    assert b'\nadd_dracutmodules+=" sealer "\n' in (plan.files[8].after or b"")
+    assert b'\nadd_dracutmodules+=" sealer "\n' in (plan.files[9].after or b"")
     # No post-update.d hook: Debian's dracut runs none; the kernel hook comes after its own.
     assert sorted(["dracut", "zzz-sealer"])[-1] == "zzz-sealer"
     assert [(e.name, e.changed) for e in plan.entries] == [("cryptroot", False), ("data", False)]
@@ -678,6 +682,7 @@ def test_dracut_disable_undoes_enable_exactly(root: Path, source: Path) -> None:
         (root / "etc/dracut.conf.d/90-sealer.conf", "remove"),  # before the module it names
         (root / "etc/sealer/initramfs.conf", "remove"),
         (root / "etc/kernel/postinst.d/zzz-sealer", "remove"),
+        (root / "etc/kernel/postrm.d/zzz-sealer", "remove"),
         (root / "etc/systemd/system/sealer-prune.service", "remove"),
         *((root / MODULE / name, "remove") for name in DRACUT_MODULE),
     ]
