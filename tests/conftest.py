@@ -27,16 +27,26 @@ PASSPHRASE = b"correct horse battery staple"
 
 # The tiers are the folders: a test's marker comes from where it lives, never from a line in
 # the file, so `-m "not integration and not e2e"` is exactly tests/unit/.
-TIERS = {TESTS / "integration": pytest.mark.integration, TESTS / "e2e": pytest.mark.e2e}
+TIERS = {
+    TESTS / "integration": pytest.mark.integration,
+    TESTS / "e2e": pytest.mark.e2e,
+    TESTS / "package": pytest.mark.package,
+}
 UNIT = TESTS / "unit"
+# The package tier builds the .deb (apt, PyPI, about two minutes) and installs it into a fresh
+# Debian root: it runs only when asked for by marker, never as part of the default run.
+PACKAGE = TESTS / "package"
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    package_asked = "package" in (config.option.markexpr or "")
     for item in items:
         for folder, mark in TIERS.items():
             if item.path.is_relative_to(folder):
                 item.add_marker(mark)
+        if item.path.is_relative_to(PACKAGE) and not package_asked:
+            item.add_marker(pytest.mark.skip(reason="run the package tier with -m package"))
 
 
 # The unit tier runs no real component. Under tests/unit/ these programs cannot be started: in
