@@ -4,8 +4,8 @@
 # STAGED_DIR is /usr/lib/sealer inside the package tree (debian/sealer/usr/lib/sealer). It is
 # a virtualenv of Debian's own /usr/bin/python3.11 (never the build machine's default python3,
 # which may be a pyenv one), so the package runs on a stock Debian 12. Its site-packages holds
-# sealer and the pinned dependencies of debian/vendor/requirements.txt; nothing is fetched when
-# the package is installed.
+# sealer and the dependencies pinned (with hashes) in debian/vendor/requirements.txt; nothing
+# is fetched when the package is installed.
 set -euo pipefail
 
 dest=$1
@@ -36,13 +36,13 @@ cache=${SEALER_DEB_PIP_CACHE:-/var/cache/sealer-deb/pip}
 mkdir -p "$cache" 2>/dev/null || cache=$work/pip-cache
 export PIP_CACHE_DIR=$cache PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_COMPILE=1 PIP_NO_INPUT=1
 # Constraints also reach the isolated environments pip builds source packages in.
-export PIP_CONSTRAINT="$src/debian/vendor/requirements.txt $src/debian/vendor/build-constraints.txt"
+export PIP_CONSTRAINT="$src/debian/vendor/build-constraints.txt"
 export PKG_CONFIG_PATH="" PKG_CONFIG_LIBDIR="$pcdir:/usr/share/pkgconfig"
 pip=("$dest/bin/python3" -I -m pip)
 
 # cryptography comes as its manylinux wheel (building it needs Rust); tpm2-pytss and cffi are
 # built here against Debian's libtss2 and libffi, so dh_shlibdeps names those packages.
-"${pip[@]}" install --no-binary tpm2-pytss,cffi --only-binary cryptography \
+"${pip[@]}" install --require-hashes --no-binary tpm2-pytss,cffi --only-binary cryptography \
     -r "$src/debian/vendor/requirements.txt"
 # sealer itself, from a copy of the package sources (pip builds in the tree it is given).
 mkdir -p "$work/sealer-src"
