@@ -42,8 +42,18 @@ pip=("$dest/bin/python3" -I -m pip)
 
 # cryptography comes as its manylinux wheel (building it needs Rust); tpm2-pytss and cffi are
 # built here against Debian's libtss2 and libffi, so dh_shlibdeps names those packages.
-"${pip[@]}" install --require-hashes --no-binary tpm2-pytss,cffi --only-binary cryptography \
-    -r "$src/debian/vendor/requirements.txt"
+# Downloaded first (hash-checked), then the sources are built where they were unpacked: pip
+# would build them in randomly named temporary directories, whose names end up in the
+# extension modules (file names, build IDs) and make two builds differ.
+"${pip[@]}" download --require-hashes --no-deps --no-binary tpm2-pytss,cffi \
+    --only-binary cryptography -r "$src/debian/vendor/requirements.txt" -d "$work/downloads"
+mkdir -p "$work/sources"
+for sdist in "$work"/downloads/*.tar.gz; do
+    tar -xzf "$sdist" -C "$work/sources"
+done
+export CFLAGS="${CFLAGS:-} -ffile-prefix-map=$work/sources=/build -g0"
+"${pip[@]}" install --no-index --no-deps "$work"/downloads/*.whl
+"${pip[@]}" install --no-deps "$work"/sources/*/
 # sealer itself, from a copy of the package sources (pip builds in the tree it is given).
 mkdir -p "$work/sealer-src"
 cp "$src/pyproject.toml" "$work/sealer-src/"
