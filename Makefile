@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench-boot bench-measure bench-peers bench-wire fuzz bench-fleet
+.PHONY: setup demo test deb bench-boot bench-measure bench-peers bench-wire fuzz bench-fleet
 
 setup:
 	bash scripts/setup.sh
@@ -8,6 +8,10 @@ demo: setup
 
 test:
 	bash scripts/test.sh
+
+# The Debian package: dist/sealer_<version>_amd64.deb (debian/, scripts/deb.sh); as root.
+deb:
+	bash scripts/deb.sh
 
 bench-boot:
 	bash scripts/setup.sh --boot-chain

@@ -21,7 +21,7 @@ from secureboot import SecureBootKeys, sign
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 REPO = Path(__file__).resolve().parent.parent
-SEALER_INITRAMFS_TOOLS = REPO / "initramfs-hook" / "initramfs-tools"
+SEALER_INITRAMFS_TOOLS = REPO / "sealer" / "install" / "hookfiles" / "initramfs-tools"
 # Section addresses for objcopy: far enough apart for a cloud kernel and a large initramfs.
 _SECTION_VMAS = {".osrel": 0x20000, ".cmdline": 0x30000, ".linux": 0x2000000, ".initrd": 0x3000000}
 GUEST_MODULES = ("virtio_pci", "virtio_blk", "ext4")

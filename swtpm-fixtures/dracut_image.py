@@ -19,7 +19,7 @@ from bootimage import GUEST_MODULES, REPO, Kernel
 
 DRACUT = "dracut"
 DRACUT_BASE = Path("/usr/lib/dracut")
-SEALER_DRACUT_MODULE = REPO / "initramfs-hook" / "dracut" / "90sealer"
+SEALER_DRACUT_MODULE = REPO / "sealer" / "install" / "hookfiles" / "dracut" / "90sealer"
 # The smallest systemd initramfs that opens a LUKS root named on the kernel command line
 # (rd.luks.uuid=): everything else dracut would add without host-only mode (network, LVM,
 # RAID, i18n, ...) only costs build and boot time here.

@@ -31,10 +31,13 @@ TIERS = {
     TESTS / "integration": pytest.mark.integration,
     TESTS / "e2e": pytest.mark.e2e,
     TESTS / "lifecycle": pytest.mark.lifecycle,
+    TESTS / "package": pytest.mark.package,
 }
 UNIT = TESTS / "unit"
-# Tiers too slow for every run: they run only when `-m` names them (the README's commands).
-OPT_IN_TIERS = ("lifecycle",)
+# Tiers too slow for every run, run only when `-m` names them (the README's commands): the
+# package tier builds the .deb (apt, PyPI, about two minutes) and installs it into a fresh
+# Debian root; the lifecycle tier boots that installed system through kernel updates.
+OPT_IN_TIERS = ("package", "lifecycle")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

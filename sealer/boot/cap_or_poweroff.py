@@ -1,7 +1,7 @@
 """Cap the PCRs this boot's unlocks bound, or stop the machine: the one capping program.
 
 ``python -m sealer.boot.cap_or_poweroff`` is run by ``/usr/lib/sealer/cap``
-(initramfs-hook/cap), which every exit of the initramfs goes through:
+(sealer/install/hookfiles/initramfs-tools/cap), which every exit of the initramfs goes through:
 
 - initramfs-tools: init-bottom (after the last volume is open) and ``/scripts/panic/sealer``,
   which ``panic()`` runs before it starts a shell (the ALERT path, ``break=``, a missing init);

@@ -1,11 +1,12 @@
 """The keyscript Debian's cryptroot runs for a volume: print its key, or say why not.
 
-Run as ``python -m sealer.boot.keyscript`` by ``initramfs-hook/initramfs-tools/keyscript``,
-with cryptroot's environment (CRYPTTAB_NAME, CRYPTTAB_SOURCE, ...). On success the key goes
-to standard output, unterminated, which cryptroot pipes to ``cryptsetup --key-file=-``. On
-failure one line on the console says why, nothing is printed on standard output, and the
-exit status is non-zero: the shell wrapper then runs Debian's askpass, the passphrase prompt
-the user would have had without sealer.
+Run as ``python -m sealer.boot.keyscript`` by
+``sealer/install/hookfiles/initramfs-tools/keyscript``, with cryptroot's environment
+(CRYPTTAB_NAME, CRYPTTAB_SOURCE, ...). On success the key goes to standard output,
+unterminated, which cryptroot pipes to ``cryptsetup --key-file=-``. On failure one line on
+the console says why, nothing is printed on standard output, and the exit status is
+non-zero: the shell wrapper then runs Debian's askpass, the passphrase prompt the user would
+have had without sealer.
 """
 
 from __future__ import annotations

@@ -185,8 +185,8 @@ def _report_plan(
     "--hook-source",
     type=DIRECTORY,
     metavar="DIR",
-    help="The initramfs-hook directory of a sealer source checkout to install the hook and "
-    "keyscript from. Default: the one next to the sealer package.",
+    help="A directory laid out like sealer/install/hookfiles of a sealer checkout to install "
+    "the hook and keyscript from. Default: the hook files installed with the sealer package.",
 )
 def boot_enable(
     names: tuple[str, ...],

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import sealer
 from sealer.errors import SealerError, SystemFilesError, UsageError
 from sealer.host.files import remove_durably, write_atomically
 from sealer.host.proc import DEBIAN_PACKAGES, run
@@ -68,7 +67,10 @@ LEGACY_KERNEL_HOOK_PATH = "/etc/kernel/postinst.d/zz-sealer"
 # and GRUB measures each entry (PCR 8) and the file (PCR 9), so the next boot needs approving.
 KERNEL_REMOVAL_HOOK_PATH = "/etc/kernel/postrm.d/zzz-sealer"
 INITRAMFS_UPDATE_HOOK_PATH = "/etc/initramfs/post-update.d/sealer"
-UPDATE_HOOK_SOURCE = "update/reseal-hook"  # relative to initramfs-hook/, like the next
+# The hook files ship inside the package (package data in pyproject.toml), so a wheel or the
+# Debian package wires a machine without a source checkout; --hook-source DIR overrides them.
+HOOK_FILES = Path(__file__).resolve().parent / "hookfiles"
+UPDATE_HOOK_SOURCE = "update/reseal-hook"  # relative to HOOK_FILES, like the next
 # After a boot the TPM unlocked, drop the approvals it made stale ('sealer prune').
 PRUNE_UNIT = "sealer-prune.service"
 PRUNE_UNIT_PATH = f"/etc/systemd/system/{PRUNE_UNIT}"
@@ -100,7 +102,7 @@ class WireRequest:
     names: tuple[str, ...] = ()
     root: Path | None = None  # a chroot or image tree; None: this machine
     crypttab: Path | None = None  # None: /etc/crypttab (under root)
-    hook_source: Path | None = None  # None: initramfs-hook/ of the source checkout
+    hook_source: Path | None = None  # None: HOOK_FILES, the installed package's own
     update_initramfs: bool = True  # rebuild the initramfs (update-initramfs or dracut)
     python: str = field(default_factory=lambda: sys.executable)
     initramfs: str = "auto"  # "auto", "initramfs-tools" or "dracut" (--initramfs)
@@ -228,8 +230,7 @@ def find_hook_source(given: Path | None) -> Path:
     if given is not None:
         candidates = [given / "initramfs-tools", given]
     else:
-        checkout = Path(sealer.__file__).resolve().parent.parent / "initramfs-hook"
-        candidates = [checkout / "initramfs-tools"]
+        candidates = [HOOK_FILES / "initramfs-tools"]
     for candidate in candidates:
         needed = (
             candidate / "hooks" / "sealer",
@@ -250,12 +251,13 @@ def find_hook_source(given: Path | None) -> Path:
     if given is not None:
         raise UsageError(
             f"--hook-source {given} has no {wanted}",
-            "give the initramfs-hook directory of a sealer source checkout",
+            "give a directory laid out like sealer/install/hookfiles of a sealer checkout",
         )
     raise UsageError(
-        f"the source checkout's initramfs-hook directory was not found "
+        f"the sealer package's hook files are incomplete "
         f"(looked for {wanted} in {candidates[0].parent})",
-        "pass the initramfs-hook directory of a sealer checkout with --hook-source DIR",
+        "reinstall sealer, or pass a directory laid out like sealer/install/hookfiles with "
+        "--hook-source DIR",
     )
 
 

@@ -35,7 +35,7 @@ KERNEL_HOOKS: dict[Generator, tuple[str, str]] = {
 DRACUT_MODULES_PATH = "/usr/lib/dracut/modules.d"
 DRACUT_MODULE_NAME = "90sealer"
 DRACUT_MODULE_PATH = f"{DRACUT_MODULES_PATH}/{DRACUT_MODULE_NAME}"
-# Every file of initramfs-hook/dracut/90sealer, with its mode: disable removes exactly these.
+# Every file of hookfiles/dracut/90sealer, with its mode: disable removes exactly these.
 DRACUT_MODULE_FILES: tuple[tuple[str, int], ...] = (
     ("module-setup.sh", 0o755),  # dracut sources it, but its own modules are executable
     ("sealer-ask-password.path", 0o644),
@@ -154,7 +154,7 @@ def dracut_module_source(initramfs_tools_source: Path) -> Path:
     if missing:
         raise UsageError(
             f"the dracut module {module} is incomplete (missing {', '.join(missing)})",
-            "give the initramfs-hook directory of a sealer source checkout with --hook-source",
+            "give a directory laid out like sealer/install/hookfiles with --hook-source",
         )
     return module
 

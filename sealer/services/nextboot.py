@@ -33,8 +33,8 @@ from sealer.policy.approval import Approval
 from sealer.services.bootstate import BootState, read_boot_state
 from sealer.services.matching import approvals_of, find_match, pcrs_to_read, still_holds
 
-# The update hook's defaults (initramfs-hook/update/reseal-hook), overridden there, and here,
-# by SEALER_HOOK_ETC and SEALER_HOOK_BOOT in tests.
+# The update hook's defaults (sealer/install/hookfiles/update/reseal-hook), overridden there,
+# and here, by SEALER_HOOK_ETC and SEALER_HOOK_BOOT in tests.
 DEFAULT_ETC = Path("/etc/sealer")
 DEFAULT_BOOT = Path("/boot")
 _ASSIGNMENT = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)")

@@ -14,7 +14,7 @@ all, in order:
 2. enrolled on the host from that boot's log with the default binding (no ``--pcrs``),
    which for GRUB is PCRs 4, 7, 8, 9; the second boot unlocks by TPM with nothing typed;
 3. a kernel update (the next ABI version, a new initrd, a new grub.cfg from grub-mkconfig),
-   approved ahead by the REAL update hook (initramfs-hook/update/reseal-hook) run on the
+   approved ahead by the REAL update hook (sealer/install/hookfiles/update/reseal-hook) run on the
    host; the third boot, the updated kernel's first, unlocks with nothing typed and PCRs 4,
    7, 8, 9 are what ``sealer predict --grub-cfg`` said;
 4. the default entry edited at GRUB's menu to add ``break=bottom``: the TPM refuses, the
@@ -49,6 +49,7 @@ from qemu import Answer, Boot
 from swtpm import Swtpm
 
 from sealer.boot.pcrcap import CAP_EVENT, capped_value
+from sealer.install.bootwire import HOOK_FILES, UPDATE_HOOK_SOURCE
 from sealer.measure.eventlog import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
     EV_EFI_VARIABLE_AUTHORITY,
@@ -66,7 +67,7 @@ ROOT_UP = "SEALER-E2E: root file system is up"
 TPM_UNLOCKED = "sealer: cryptroot: key released by the TPM in"
 SHA256 = BANKS["sha256"]
 GRUB_BINDING = (4, 7, 8, 9)  # shim, GRUB and the kernel; Secure Boot; GRUB's commands; files
-HOOK = Path(__file__).resolve().parents[2] / "initramfs-hook" / "update" / "reseal-hook"
+HOOK = HOOK_FILES / UPDATE_HOOK_SOURCE
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def one_line_error(result: Result, code: int, expected: str) -> None:
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    tools = tmp_path / "initramfs-hook" / "initramfs-tools"
+    tools = tmp_path / "hookfiles" / "initramfs-tools"
     (tools / "hooks").mkdir(parents=True)
     (tools / "hooks" / "sealer").write_bytes(HOOK)
     (tools / "keyscript").write_bytes(KEYSCRIPT)
@@ -66,11 +66,11 @@ def source(tmp_path: Path) -> Path:
     (tools / "scripts" / "panic" / "sealer").write_bytes(PANIC_SCRIPT)
     (tools / "cap").write_bytes(CAP_PROGRAM)
     # The update hook and prune unit are the checkout's own: their content is tested here.
-    checkout = Path(__file__).resolve().parents[2] / "initramfs-hook"
+    checkout = Path(__file__).resolve().parents[2] / "sealer" / "install" / "hookfiles"
     for part in ("update/reseal-hook", "systemd/sealer-prune.service"):
         (tools.parent / part).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(checkout / part, tools.parent / part)
-    return tmp_path / "initramfs-hook"
+    return tmp_path / "hookfiles"
 
 
 @pytest.fixture
@@ -348,7 +348,7 @@ def test_enable_says_what_the_command_line_means_for_the_unlock(root: Path, sour
 # ---------------------------------------------------------------------------------------------
 # dracut (issue 18): which generator a Debian tree uses decides what is wired
 
-CHECKOUT = Path(__file__).resolve().parents[2] / "initramfs-hook"
+CHECKOUT = Path(__file__).resolve().parents[2] / "sealer" / "install" / "hookfiles"
 DEBIAN_WITH_DRACUT = (
     # Installing Debian's dracut package removes initramfs-tools (they conflict); its kernel
     # hook stays as a conffile until purged.

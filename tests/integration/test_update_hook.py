@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-HOOK = Path(__file__).resolve().parents[2] / "initramfs-hook" / "update" / "reseal-hook"
+from sealer.install.bootwire import HOOK_FILES, UPDATE_HOOK_SOURCE
+
+HOOK = HOOK_FILES / UPDATE_HOOK_SOURCE
 
 
 def run_hook(

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import sealer
 from sealer.errors import SealerError, UsageError
 from sealer.host.proc import Completed
 from sealer.install import bootwire
@@ -49,7 +48,7 @@ CRYPTTAB = (
 
 
 def fake_hook_source(where: Path) -> Path:
-    """An initramfs-hook directory as the source checkout has it."""
+    """A hook files directory laid out like sealer/install/hookfiles."""
     tools = where / "initramfs-tools"
     (tools / "hooks").mkdir(parents=True)
     (tools / "hooks" / "sealer").write_bytes(HOOK)
@@ -82,7 +81,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    return fake_hook_source(tmp_path / "initramfs-hook")
+    return fake_hook_source(tmp_path / "hookfiles")
 
 
 def request(root: Path, source: Path, *names: str) -> WireRequest:
@@ -296,19 +295,20 @@ def test_a_hook_source_without_the_scripts_is_refused(source: Path) -> None:
     assert f"--hook-source {source}" in info.value.message
 
 
-def test_the_default_hook_source_is_next_to_the_package(
+def test_the_default_hook_source_is_the_packages_own_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    package = tmp_path / "checkout" / "sealer"
-    package.mkdir(parents=True)
-    monkeypatch.setattr(sealer, "__file__", str(package / "__init__.py"))
+    # The real one: shipped inside the package, so an installed wheel finds it too.
+    assert find_hook_source(None) == bootwire.HOOK_FILES / "initramfs-tools"
+    assert Path(bootwire.__file__).resolve().parent / "hookfiles" == bootwire.HOOK_FILES
+    monkeypatch.setattr(bootwire, "HOOK_FILES", tmp_path / "hookfiles")
     with pytest.raises(UsageError) as info:
         find_hook_source(None)
-    assert "the source checkout's initramfs-hook directory was not found" in info.value.message
-    assert str(tmp_path / "checkout" / "initramfs-hook") in info.value.message
+    assert "the sealer package's hook files are incomplete" in info.value.message
+    assert str(tmp_path / "hookfiles") in info.value.message
     assert info.value.hint is not None and "--hook-source DIR" in info.value.hint
-    fake_hook_source(tmp_path / "checkout" / "initramfs-hook")
-    assert find_hook_source(None) == tmp_path / "checkout" / "initramfs-hook" / "initramfs-tools"
+    fake_hook_source(tmp_path / "hookfiles")
+    assert find_hook_source(None) == tmp_path / "hookfiles" / "initramfs-tools"
 
 
 # ---------------------------------------------------------------------------------------------

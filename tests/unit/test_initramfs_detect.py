@@ -23,6 +23,7 @@ from sealer.install.initramfs import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+HOOK_FILES = REPO / "sealer" / "install" / "hookfiles"
 
 
 def package(name: str, status: str = "install ok installed") -> str:
@@ -165,11 +166,11 @@ def test_the_newest_kernel_compares_numbers_as_numbers(tmp_path: Path) -> None:
 def test_the_module_file_list_is_the_checkouts_module() -> None:
     """disable removes exactly DRACUT_MODULE_FILES: a file added to the module must be
     listed, or enable would not install it and disable would leave it."""
-    module = REPO / "initramfs-hook" / "dracut" / DRACUT_MODULE_NAME
+    module = HOOK_FILES / "dracut" / DRACUT_MODULE_NAME
     on_disk = {p.name: stat.S_IMODE(p.stat().st_mode) & 0o111 != 0 for p in module.iterdir()}
     listed = {name: mode & 0o111 != 0 for name, mode in DRACUT_MODULE_FILES}
     assert listed == on_disk
-    assert dracut_module_source(REPO / "initramfs-hook" / "initramfs-tools") == module
+    assert dracut_module_source(HOOK_FILES / "initramfs-tools") == module
 
 
 def test_an_incomplete_module_source_is_refused(tmp_path: Path) -> None:

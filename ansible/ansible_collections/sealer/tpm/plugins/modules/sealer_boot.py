@@ -51,7 +51,9 @@ options:
     description: The crypttab to change. Default is C(/etc/crypttab) under I(root).
     type: path
   hook_source:
-    description: The initramfs-hook directory of a sealer checkout (C(enabled) only).
+    description:
+      - A directory laid out like sealer/install/hookfiles of a sealer checkout (C(enabled)
+        only). Default is the hook files installed with the sealer package.
     type: path
   update_initramfs:
     description: Run C(update-initramfs -u) after a change (never under I(root)).
