@@ -27,6 +27,7 @@ from sealer.cli.results import BootPlanOutput
 if TYPE_CHECKING:
     from sealer.install.bootopts import BootOptionFinding
     from sealer.install.bootwire import Plan
+    from sealer.services.nextboot import DeviceVerdict
 
 
 @click.group()
@@ -120,15 +121,17 @@ def _report_plan(
     dry_run: bool,
     as_json: bool,
     boot_options: Sequence[BootOptionFinding] | None = None,
+    verdicts: Sequence[DeviceVerdict] | None = None,
 ) -> None:
     """Print what a boot plan changes (or would change, with --dry-run), and, for enable,
-    what the kernel command line's options mean for the unlock (``boot_options``)."""
+    what the kernel command line's options mean for the unlock (``boot_options``) and
+    whether the next boot unlocks each enrolled volume (``verdicts``)."""
     from sealer.install.crypttab import KEYSCRIPT_OPTION
 
     for warning in plan.warnings:
         warn(warning)
     if as_json:
-        emit_json(BootPlanOutput(plan=plan, dry_run=dry_run, boot_options=boot_options))
+        emit_json(BootPlanOutput(plan, dry_run, boot_options, verdicts))
         return
     for note in plan.notes:
         click.echo(f"sealer: note: {note}", err=True)
@@ -168,7 +171,15 @@ def _report_plan(
     if commands:
         click.echo(f"Ran: {commands}")
     when = "At the next boot" if commands else "Once the initramfs is rebuilt"
-    if enabling:
+    refused = [v for v in verdicts or () if v.unlocks is not True]
+    if enabling and refused:
+        for v in refused:
+            warn(f"the next boot will ask for the passphrase of {v.device}: {v.verdict['reason']}")
+        click.echo(
+            "The initramfs is wired, but the next boot is NOT approved for every volume (see "
+            "above): it asks for the passphrase there. 'sealer status --next-boot' rechecks."
+        )
+    elif enabling:
         click.echo(
             f"{when} the TPM unlocks these volumes; the passphrase prompt stays as the "
             "fallback. Undo with 'sealer boot disable'."
@@ -188,7 +199,9 @@ def _report_plan(
     help="A directory laid out like sealer/install/hookfiles of a sealer checkout to install "
     "the hook and keyscript from. Default: the hook files installed with the sealer package.",
 )
+@click.pass_context
 def boot_enable(
+    ctx: click.Context,
     names: tuple[str, ...],
     crypttab: Path | None,
     root: Path | None,
@@ -231,9 +244,25 @@ def boot_enable(
         initramfs=initramfs,
     )
     plan = plan_enable(request)
+    verdicts = None
     if not dry_run:
-        apply(plan, progress(as_json))
-    _report_plan(plan, dry_run, as_json, cmdline_findings(root))
+        apply(plan, progress(as_json), relay=lambda line: click.echo(line, err=True))
+        if plan.commands:  # the initramfs was rebuilt here, and the hook approved its boot
+            verdicts = _next_boot_verdicts(plan, ctx.obj.tcti, as_json)
+    _report_plan(plan, dry_run, as_json, cmdline_findings(root), verdicts)
+
+
+def _next_boot_verdicts(plan: Plan, tcti: str | None, quiet: bool) -> list[DeviceVerdict]:
+    """Whether the next boot unlocks each enrolled volume of the plan: the last line of
+    'boot enable' is a claim about it, so it is checked, not assumed."""
+    from sealer.install.bootwire import resolve_source
+    from sealer.services.nextboot import next_boot_of_devices
+
+    devices = dict.fromkeys(
+        str(device) for e in plan.entries if (device := resolve_source(e.source)) is not None
+    )
+    progress(quiet)("checking that the next boot unlocks by TPM")
+    return next_boot_of_devices(list(devices), tcti)
 
 
 @boot.command("disable")
@@ -267,7 +296,7 @@ def boot_disable(
     )
     plan = plan_disable(request)
     if not dry_run:
-        apply(plan, progress(as_json))
+        apply(plan, progress(as_json), relay=lambda line: click.echo(line, err=True))
     _report_plan(plan, dry_run, as_json)
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sealer.services.escrow import Recovered
     from sealer.services.explain import Explanation
     from sealer.services.keyrotate import Rotated
+    from sealer.services.nextboot import DeviceVerdict
     from sealer.services.reseal import VolumeApproval
     from sealer.services.vendor import Installed, Revoked
 
@@ -148,6 +149,8 @@ class BootPlanOutput:
     plan: Plan
     dry_run: bool
     boot_options: Sequence[BootOptionFinding] | None  # enable only
+    # enable on this machine, after the rebuild: whether the next boot unlocks each volume
+    next_boot: Sequence[DeviceVerdict] | None = None
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan
@@ -188,6 +191,11 @@ class BootPlanOutput:
             "removed_directories": [str(d) for d in plan.remove_dirs],
             "notes": list(plan.notes),
             "warnings": list(plan.warnings),
+            **(
+                {"next_boot": [v.to_json() for v in self.next_boot]}
+                if self.next_boot is not None
+                else {}
+            ),
         }
 
 

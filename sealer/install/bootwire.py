@@ -751,8 +751,11 @@ def plan_disable(request: WireRequest) -> Plan:
 # Applying
 
 
-def apply(plan: Plan, say: Callable[[str], None]) -> None:
-    """Write the plan's files in order, then run its commands."""
+def apply(
+    plan: Plan, say: Callable[[str], None], relay: Callable[[str], None] | None = None
+) -> None:
+    """Write the plan's files in order, then run its commands; ``relay`` gets each line a
+    successful command wrote to stderr (the update hook's warnings among them)."""
     missing = _missing_tools(plan.commands)
     if missing:
         # Checked before writing anything: a half-applied change is worse than none.
@@ -779,6 +782,10 @@ def apply(plan: Plan, say: Callable[[str], None]) -> None:
                 "the files are already changed and the old initramfs is still in place; "
                 f"fix the cause and run '{' '.join(argv)}' (or undo with 'sealer boot disable')",
             )
+        if relay is not None:
+            for line in result.stderr.splitlines():
+                if line.strip():
+                    relay(line)
 
 
 def _os_error(action: str, path: Path, exc: OSError) -> SealerError:

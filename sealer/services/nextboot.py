@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cmp_to_key
 from pathlib import Path
@@ -371,3 +371,39 @@ def render_next_boot(doc: Mapping[str, Any]) -> str:
     if doc["unlocks"] is False:
         return f"{head}: will ask for the passphrase: {doc['reason']}"
     return f"{head}: unknown: {doc['reason']}"
+
+
+@dataclass(frozen=True)
+class DeviceVerdict:
+    """The next boot's verdict for one enrollment of one device (``boot enable`` reports it)."""
+
+    device: str
+    token: int | None  # None: the device could not be read
+    verdict: Mapping[str, Any]  # Verdict.to_json(), or {unlocks: None, reason} when unread
+
+    @property
+    def unlocks(self) -> bool | None:
+        found = self.verdict.get("unlocks")
+        return found if isinstance(found, bool) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "token": self.token, **self.verdict}
+
+
+def next_boot_of_devices(devices: Sequence[str], tcti: str | None) -> list[DeviceVerdict]:
+    """Whether the next boot, found as the update hook finds it, unlocks each enrollment of
+    ``devices``; a device that cannot be read gets a verdict that says why."""
+    from sealer.luks import cryptsetup
+    from sealer.luks.enrollment import enrollments
+
+    check = NextBootCheck(NextBootRequest(None, DEFAULT_ETC, DEFAULT_BOOT, None, False, tcti))
+    found: list[DeviceVerdict] = []
+    for device in devices:
+        try:
+            enrolled = enrollments(cryptsetup.read_header(device))
+        except SealerError as exc:
+            found.append(DeviceVerdict(device, None, {"unlocks": None,
+                                                      "reason": exc.one_line()}))
+            continue
+        found += [DeviceVerdict(device, e.token_id, check(device, e)) for e in enrolled]
+    return found
