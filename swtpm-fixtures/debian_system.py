@@ -125,6 +125,7 @@ def configure_root(root: Path, luks_uuid: str, boot_uuid: str, esp_uuid: str) ->
     grub = (root / "etc/default/grub").read_text()
     grub = grub.replace('GRUB_CMDLINE_LINUX=""', f'GRUB_CMDLINE_LINUX="{CMDLINE}"')
     grub = grub.replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=1")
+    _write(root, "/etc/default/grub", grub)
     for mount_point in ("boot", "boot/efi"):
         (root / mount_point).mkdir(parents=True, exist_ok=True)
 
