@@ -7,6 +7,13 @@ echo "test: ruff" >&2
 .venv/bin/ruff check sealer tests swtpm-fixtures scripts bench fuzz ansible
 echo "test: mypy" >&2
 .venv/bin/mypy
+# The package tier, the life cycle's first step in short (CI has no time for its boots): build
+# the .deb, lintian, install it with apt into a fresh Debian 12 root and run sealer there. It
+# runs first so that the main run's summary is the last line. SEALER_SKIP_PACKAGE=1 skips it.
+if [ -z "${SEALER_SKIP_PACKAGE:-}" ] && [ "$#" -eq 0 ]; then
+    echo "test: pytest -m package (make deb, lintian, apt install into a fresh Debian root)" >&2
+    .venv/bin/python -m pytest -q -m package tests/package
+fi
 echo "test: pytest" >&2
 # Two workers (the machines have two cores), one test file each at a time: a file's module
 # fixtures (a provisioned QEMU machine, a wire audit) are made once, in one worker. QEMU boots
