@@ -1,4 +1,4 @@
-.PHONY: setup demo test deb bench-boot bench-measure bench-peers bench-wire fuzz bench-fleet
+.PHONY: setup demo test deb lifecycle bench-boot bench-measure bench-peers bench-wire fuzz bench-fleet
 
 setup:
 	bash scripts/setup.sh
@@ -12,6 +12,12 @@ test:
 # The Debian package: dist/sealer_<version>_amd64.deb (debian/, scripts/deb.sh); as root.
 deb:
 	bash scripts/deb.sh
+
+# An installed Debian 12 (mmdebstrap, shim + GRUB, LUKS2 root) from the .deb through kernel
+# updates, booted six times in QEMU (tests/lifecycle/; about 20 minutes; not in make test).
+lifecycle: deb
+	bash scripts/setup.sh --boot-chain
+	.venv/bin/python -m pytest -q -s -m lifecycle tests/lifecycle
 
 bench-boot:
 	bash scripts/setup.sh --boot-chain

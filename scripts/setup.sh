@@ -30,6 +30,7 @@ if [ "${1:-}" = "--boot-chain" ]; then
         dracut-core                    # the systemd-based initramfs built by dracut
         systemd-boot-efi sbsigntool binutils mtools dosfstools e2fsprogs openssl
         grub-common grub2-common       # the real grub-mkconfig for the shim + GRUB chain
+        mmdebstrap                     # a real Debian 12 root: the package and life-cycle tiers
         clevis clevis-luks clevis-tpm2 systemd  # peers whose LUKS2 tokens sealer reads
     )
     echo "setup: installing the boot-chain packages for the end-to-end tests" >&2

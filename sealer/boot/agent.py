@@ -391,7 +391,11 @@ class Agent:
         except Exception as error:  # a bug must never cost the user the passphrase prompt
             self.say(fallback_line(target.volume, error))
             return
-        problem = record_cap_of(result, target.volume, self.cap_record)
+        try:
+            problem = record_cap_of(result, target.volume, self.cap_record)
+        except Exception as error:  # a bug: the cap might miss this PCR, so release nothing
+            self.say(fallback_line(target.volume, error))
+            return
         if problem is not None:
             self.say(problem)
         try:

@@ -81,7 +81,11 @@ def main() -> int:
     except Exception as error:  # a bug must never cost the user the passphrase prompt
         _say(fallback_line(volume, error))
         return 1
-    problem = record_cap_of(result, volume)
+    try:
+        problem = record_cap_of(result, volume)
+    except Exception as error:  # a bug: the cap might miss this PCR, so release nothing
+        _say(fallback_line(volume, error))
+        return 1
     if problem is not None:
         _say(problem)
     _write_all(sys.stdout.fileno(), result.unsealed.key)

@@ -42,6 +42,11 @@ KEYSCRIPT = PurePosixPath(KEYSCRIPT_PATH)
 # The one capping program (cap or power off), for both initramfs kinds.
 CAP_PROGRAM = PurePosixPath("/usr/lib/sealer/cap")
 ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap_or_poweroff")
+# Codecs are imported by name when first used (open(..., encoding="ascii")), which no import
+# statement shows. An interpreter that loaded one at startup put it in the bundle by chance;
+# Debian's python3.11 loads only utf_8, so the installed package's initramfs lacked ascii and
+# the unlocker failed at boot with "unknown encoding: ascii" (found by tests/lifecycle/).
+CODEC_MODULES = ("encodings.ascii", "encodings.utf_8", "encodings.latin_1", "encodings.utf_16_le")
 # libtss2-tctildr loads the TCTI named in the TCTI string at run time; ldd cannot see it.
 TCTI_LIBRARIES = ("libtss2-tcti-device.so.0",)
 SYSTEM_LIBRARY_DIR = PurePosixPath("/usr/lib/x86_64-linux-gnu")
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--destdir", type=Path, required=True, help="the initramfs tree")
     args = parser.parse_args(argv)
     try:
-        bundle = plan(discover_modules(ENTRY_MODULES))
+        bundle = plan(discover_modules((*ENTRY_MODULES, *CODEC_MODULES)))
         write_pure(bundle, args.destdir)
         # For a volume named on the kernel command line (cryptopts=) rather than in crypttab,
         # cryptroot's own hook does not copy the keyscript.
