@@ -6,7 +6,9 @@ sandbox allows:
 - the root is ``mmdebstrap --variant=apt bookworm`` from this host's apt sources, with
   systemd, udev, a Debian-signed kernel (the older of the two ABIs the archive has, so that
   the newer one can come as an update), shim-signed, grub-efi-amd64(-signed),
-  cryptsetup-initramfs and, when given, sealer's own ``.deb`` built from the tree;
+  cryptsetup-initramfs and, when given, sealer's own ``.deb`` built from the tree (the
+  ``generator="dracut"`` variant has Debian's dracut and cryptsetup instead of
+  cryptsetup-initramfs, and names the root on the kernel command line: rd.luks.uuid=);
 - disk 0 is the ESP (FAT, no partition table) with the root's own ``shimx64.efi.signed``
   as ``EFI/BOOT/BOOTX64.EFI``, its ``grubx64.efi.signed`` and the ``EFI/debian/grub.cfg``
   stub grub-install writes; disk 1 is ``/boot`` (ext4, mounted from /etc/fstab, so that
@@ -38,7 +40,6 @@ from grubchain import (
     GuestDisks,
     esp_stub_cfg,
     grub_install_files,
-    make_boot_fs,
     run_grub_mkconfig,
 )
 from qemu import Machine
@@ -51,12 +52,40 @@ UPDATE_KERNEL = "linux-image-6.1.0-57-cloud-amd64"
 PACKAGES = (
     "systemd-sysv", "udev", "kmod", "e2fsprogs", "dosfstools", "cryptsetup-initramfs",
     "shim-signed", "grub-efi-amd64", "grub-efi-amd64-signed", "procps", "less",
+    "zstd",  # initramfs-tools' compressor (a Recommends, so an installed system has it)
+)
+# The dracut variant: Debian's dracut package (it conflicts with initramfs-tools, so with
+# cryptsetup-initramfs) and plain cryptsetup; systemd-cryptsetup opens the root in the initrd.
+GENERATORS = ("initramfs-tools", "dracut")
+DRACUT_PACKAGES = (
+    *(p for p in PACKAGES if p != "cryptsetup-initramfs"), "dracut", "cryptsetup",
 )
 PASSPHRASE = "hunter2 correct horse"
 UPDATES_DIR = "/var/local/updates"
 # The kernel command line: the serial console; no panic=, as a user has it.
 CMDLINE = "console=ttyS0,115200"
+
+
+def packages(generator: str) -> tuple[str, ...]:
+    """What mmdebstrap installs (besides the kernel) for the initramfs generator."""
+    return DRACUT_PACKAGES if generator == "dracut" else PACKAGES
+
+
+def kernel_cmdline(generator: str, luks_uuid: str) -> str:
+    """GRUB_CMDLINE_LINUX for the generator. Debian's dracut builds generic images, which
+    hold no /etc/crypttab: the command line names the LUKS root (rd.luks.uuid=), and
+    rd.luks.name= gives its mapping the name /etc/fstab and /etc/crypttab use (otherwise
+    systemd-cryptsetup-generator calls it luks-UUID, and the real root's crypttab would ask
+    again for 'cryptroot'). initramfs-tools reads its crypttab copy: the plain CMDLINE."""
+    if generator == "dracut":
+        return f"{CMDLINE} rd.luks.uuid={luks_uuid} rd.luks.name={luks_uuid}=cryptroot"
+    return CMDLINE
+
+
 _ROOT_SLACK_MIB = 700  # room for the second kernel, its modules and initrds
+# /boot as the Debian installer makes a separate one (about 500 MB): two kernels with their
+# initrds (about 30 MB each with sealer's runtime) and update-initramfs' temporary copies.
+_BOOT_SLACK_MIB = 400
 _LUKS_ROOM_MIB = 32
 _AUTOLOGIN = """[Service]
 ExecStart=
@@ -109,7 +138,10 @@ def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
     target.chmod(mode)
 
 
-def configure_root(root: Path, luks_uuid: str, boot_uuid: str, esp_uuid: str) -> None:
+def configure_root(
+    root: Path, luks_uuid: str, boot_uuid: str, esp_uuid: str,
+    generator: str = "initramfs-tools",
+) -> None:
     """What the Debian installer would have written: fstab, crypttab, hostname, GRUB's
     defaults; plus the serial console's root autologin (the test's keyboard)."""
     _write(root, "/etc/fstab",
@@ -118,24 +150,30 @@ def configure_root(root: Path, luks_uuid: str, boot_uuid: str, esp_uuid: str) ->
            f"UUID={esp_uuid} /boot/efi vfat umask=0077 0 1\n")
     # "initramfs": the initrd built on the host (in a chroot, where the root's device cannot
     # be found) includes this entry; the guest's own rebuilds would find it anyway.
-    _write(root, "/etc/crypttab", f"cryptroot UUID={luks_uuid} none luks,initramfs\n")
+    # (dracut's systemd-cryptsetup does not know "initramfs": plain luks there.)
+    options = "luks" if generator == "dracut" else "luks,initramfs"
+    _write(root, "/etc/crypttab", f"cryptroot UUID={luks_uuid} none {options}\n")
     _write(root, "/etc/hostname", "sealer-guest\n")
     _write(root, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 sealer-guest\n")
     _write(root, "/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf", _AUTOLOGIN)
     grub = (root / "etc/default/grub").read_text()
-    grub = grub.replace('GRUB_CMDLINE_LINUX=""', f'GRUB_CMDLINE_LINUX="{CMDLINE}"')
+    cmdline = kernel_cmdline(generator, luks_uuid)
+    grub = grub.replace('GRUB_CMDLINE_LINUX=""', f'GRUB_CMDLINE_LINUX="{cmdline}"')
     grub = grub.replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=1")
     _write(root, "/etc/default/grub", grub)
     for mount_point in ("boot", "boot/efi"):
         (root / mount_point).mkdir(parents=True, exist_ok=True)
 
 
-def mmdebstrap(root: Path, sealer_deb: Path | None, update_deb: Path, log: Path) -> None:
+def mmdebstrap(
+    root: Path, sealer_deb: Path | None, update_deb: Path, log: Path,
+    generator: str = "initramfs-tools",
+) -> None:
     """Install the Debian root (and sealer's .deb) into the directory ``root``."""
     argv = [
         "mmdebstrap", "--variant=apt", "--mode=root",
         "--aptopt=APT::Install-Recommends \"false\"",
-        f"--include={','.join((*PACKAGES, FIRST_KERNEL))}",
+        f"--include={','.join((*packages(generator), FIRST_KERNEL))}",
         f"--customize-hook=mkdir -p \"$1{UPDATES_DIR}\"",
         f"--customize-hook=copy-in {update_deb} {UPDATES_DIR}",
     ]
@@ -219,22 +257,33 @@ def _kernel_version(package: str) -> str:
 
 
 def build_debian_system(
-    work: Path, sealer_deb: Path | None, cache: Path = DEFAULT_CACHE
+    work: Path, sealer_deb: Path | None, cache: Path = DEFAULT_CACHE,
+    generator: str = "initramfs-tools",
 ) -> DebianSystem:
-    """Build the installed machine in ``work`` (about two minutes here)."""
+    """Build the installed machine in ``work`` (about two minutes here); ``generator``
+    (initramfs-tools or dracut) is the package that builds its initramfs."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown initramfs generator {generator!r}")
     work.mkdir(parents=True, exist_ok=True)
     log = work / "build.log"
     update_deb = download_kernel_update(cache)
     root = work / "root"
     if root.exists():
         shutil.rmtree(root)
-    mmdebstrap(root, sealer_deb, update_deb, log)
+    mmdebstrap(root, sealer_deb, update_deb, log, generator)
 
     luks_uuid, boot_uuid = str(uuid.uuid4()), str(uuid.uuid4())
     volume_id = hashlib.sha256(boot_uuid.encode()).hexdigest()[:8].upper()
     esp_uuid = f"{volume_id[:4]}-{volume_id[4:]}"
-    configure_root(root, luks_uuid, boot_uuid, esp_uuid)
-    chroot_run(root, "update-initramfs", "-u", "-k", "all", log=log)
+    configure_root(root, luks_uuid, boot_uuid, esp_uuid, generator)
+    if generator == "dracut":
+        # The kernel's postinst already ran dracut; its generic image does not depend on
+        # anything configure_root wrote (no crypttab in it): no rebuild.
+        initrd = root / "boot" / f"initrd.img-{_kernel_version(FIRST_KERNEL)}"
+        if not initrd.is_file():
+            raise RuntimeError(f"dracut made no {initrd.name} in the chroot (see {log})")
+    else:
+        chroot_run(root, "update-initramfs", "-u", "-k", "all", log=log)
 
     # /boot moves to its own file system; the root keeps the empty mount point.
     boot_tree = work / "boot-tree"
@@ -253,7 +302,7 @@ def build_debian_system(
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     encrypt_root(root_image, luks_uuid, PASSPHRASE.encode())
-    boot_image = make_boot_fs(work / "boot.img", boot_tree, boot_uuid)
+    boot_image = make_ext4(work / "boot.img", boot_tree, boot_uuid, "boot", _BOOT_SLACK_MIB)
     esp_image = work / "esp.img"
     disks = GuestDisks(esp_image, boot_image, boot_uuid, root_image, root_fs_uuid, luks_uuid)
     device_map = work / "device.map"
@@ -266,8 +315,9 @@ def build_debian_system(
     build_esp(esp_image, root, esp_stub_cfg(boot_uuid, hint), volume_id)
     # The first grub.cfg: the stock scripts on the host, with the guest's cmdline and the
     # cryptopts the initrd built in the chroot needs to find the root.
-    run_grub_mkconfig(boot_tree, disks, CMDLINE, work / "mkconfig")
-    make_boot_fs(boot_image, boot_tree, boot_uuid)
+    run_grub_mkconfig(boot_tree, disks, kernel_cmdline(generator, luks_uuid),
+                      work / "mkconfig")
+    make_ext4(boot_image, boot_tree, boot_uuid, "boot", _BOOT_SLACK_MIB)
     shutil.rmtree(root)  # 500 MB; everything is in the images now
 
     machine = Machine(

@@ -17,7 +17,8 @@ kernel, shim + GRUB, cryptsetup-initramfs on a LUKS2 root, sealer installed with
 4. unlocks with nothing typed; a change sealer cannot predict (GRUB's menu timeout) with a
    kernel package install: dpkg's output carries the hook's warning banner with the reason,
    ``status --next-boot`` says it will not unlock;
-5. asks for the passphrase, says why on the console, and boots with the recovery key.
+5. asks for the passphrase, says why on the console, and boots with the recovery key;
+   ``apt-get remove sealer`` unwires it, and update-initramfs still works.
 
 Each boot's time (power-on to the shell) is written to ``lifecycle.json`` in the work folder
 and printed. The run takes about fifteen minutes here: it has its own marker (``lifecycle``)
@@ -106,8 +107,10 @@ def test_life_cycle(system: DebianSystem) -> None:
         recovery = re.search(r"^\s+([0-9a-z]{5}(?:-[0-9a-z]{5})+)\s*$", enroll.output,
                              re.MULTILINE)
         assert recovery is not None, enroll.output
-        enable = _ok(console, "sealer boot enable 2>&1", timeout=1200)
-        assert "At the next boot the TPM unlocks these volumes" in enable, enable
+        enable = console.run("sealer boot enable 2>&1", timeout=1200)
+        assert enable.status == 0, enable.output
+        assert "At the next boot the TPM unlocks these volumes" in enable.output, enable.output
+        times["boot_enable_seconds"] = enable.seconds
         assert "keyscript=/usr/lib/sealer/keyscript" in _ok(console, "cat /etc/crypttab")
         assert verdict_unlocks(_next_boot(console)) is True
         console.power_off()
@@ -131,9 +134,10 @@ def test_life_cycle(system: DebianSystem) -> None:
     with Console(system.machine, logs / "boot3-remove.log") as console:
         times["boot3_to_shell"] = _unattended_login(console)
         assert _ok(console, "uname -r").strip() == system.update_kernel
-        removal = _ok(console, f"apt-get purge -y linux-image-{system.first_kernel} 2>&1",
-                      timeout=900)
-        assert "NOT approved" not in removal, removal
+        removal = console.run(f"apt-get purge -y linux-image-{system.first_kernel} 2>&1",
+                              timeout=900)
+        assert removal.status == 0 and "NOT approved" not in removal.output, removal.output
+        times["kernel_removal_seconds"] = removal.seconds
         assert verdict_unlocks(_next_boot(console)) is True
         console.power_off()
 
@@ -159,6 +163,14 @@ def test_life_cycle(system: DebianSystem) -> None:
         assert any("PCR" in line for line in why), console.tail()
         console.type(recovery.group(1) + "\n")
         times["boot5_to_shell"] = console.login()
+        # Removing the package unwires the unlocker first: a hook naming the removed
+        # interpreter would fail every later update-initramfs, so every kernel install.
+        removed = _ok(console, "apt-get remove -y sealer 2>&1", timeout=600)
+        assert "sealer boot disable" in removed, removed
+        assert "keyscript=" not in _ok(console, "cat /etc/crypttab")
+        assert _ok(console, "ls /etc/initramfs-tools/hooks /etc/kernel/postinst.d").count(
+            "sealer") == 0
+        _ok(console, "update-initramfs -u 2>&1", timeout=900)
         console.power_off()
 
     (system.work / "lifecycle.json").write_text(json.dumps(times, indent=2))
