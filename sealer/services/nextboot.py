@@ -345,10 +345,7 @@ class _Judge:
                 f"for release {revoked.approval.release} and releases below {level} are revoked",
             )
         if self.unpredictable:
-            why = "; ".join(
-                f"PCR {p} cannot be predicted: {reason}"
-                for p, reason in sorted(self.unpredictable.items())
-            )
+            why = unpredictable_reason(self.unpredictable)
             return self._verdict(None, None, why)
         if not self.approvals:
             return self._verdict(False, None, "the enrollment has no approved boot state")
@@ -361,6 +358,19 @@ class _Judge:
         else:  # reseal refuses to predict from a boot that is not approved itself
             todo = "this boot is not approved either, so reseal would refuse: run 'sealer explain'"
         return self._verdict(False, None, f"{what} from every approval ({todo})")
+
+
+def unpredictable_reason(unpredictable: Mapping[int, str]) -> str:
+    """Why the bound PCRs cannot be predicted, each reason once (one GRUB difference makes
+    PCRs 4, 7, 8 and 9 unpredictable for the same reason)."""
+    grouped: dict[str, list[int]] = {}
+    for pcr, reason in sorted(unpredictable.items()):
+        grouped.setdefault(reason, []).append(pcr)
+    return "; ".join(
+        f"{'PCR' if len(pcrs) == 1 else 'PCRs'} {format_pcrs(pcrs)} cannot be predicted: "
+        f"{reason}"
+        for reason, pcrs in grouped.items()
+    )
 
 
 def render_next_boot(doc: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from sealer.services.nextboot import (
     installed_versions,
     parse_update_conf,
     render_next_boot,
+    unpredictable_reason,
     version_key,
 )
 
@@ -141,3 +142,12 @@ def test_the_status_line(unlocks: bool | None, approval: int | None, line: str) 
     doc = {"image": "UKI /x.efi", "unlocks": unlocks, "approval": approval, "reason": "why"}
     assert render_next_boot(doc) == line
     assert render_next_boot({**doc, "image": None}).startswith("next boot: ")
+
+
+def test_a_reason_shared_by_several_pcrs_is_said_once() -> None:
+    grub = "the new grub.cfg makes GRUB run 'set timeout=2' where this boot ran 'set timeout=1'"
+    reason = unpredictable_reason({9: grub, 4: grub, 7: "the new kernel is not signed", 8: grub})
+    assert reason == (
+        f"PCRs 4,8,9 cannot be predicted: {grub}; "
+        "PCR 7 cannot be predicted: the new kernel is not signed"
+    )

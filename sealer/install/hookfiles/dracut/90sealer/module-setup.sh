@@ -65,8 +65,13 @@ install() {
         esac
         case "$kind" in
             exec)
-                # With -l, dracut-install also brings the libraries each file links to.
                 inst_library "$source" "$dest" || { rm -f "$manifest"; return 1; }
+                # dracut brings the libraries a file links to only for files with an
+                # execute bit (its last pass: find -perm /0111, then ldd; dracut-install -l
+                # checks the source's mode too). The extension modules of a Debian package
+                # are 0644 (dh_fixperms): without this, libffi and libtss2-* were left out
+                # and the agent and the cap failed to import at boot.
+                chmod 0755 "$initdir$dest"
                 placed[${dest##*/}]="$dest"
                 ;;
             file)
