@@ -74,6 +74,8 @@ UPDATE_HOOK_SOURCE = "update/reseal-hook"  # relative to HOOK_FILES, like the ne
 # After a boot the TPM unlocked, drop the approvals it made stale ('sealer prune').
 PRUNE_UNIT = "sealer-prune.service"
 PRUNE_UNIT_PATH = f"/etc/systemd/system/{PRUNE_UNIT}"
+# What 'systemctl enable' made: disable removes it with the unit (no link left dangling).
+PRUNE_WANTS_PATH = f"/etc/systemd/system/multi-user.target.wants/{PRUNE_UNIT}"
 PRUNE_UNIT_SOURCE = f"systemd/{PRUNE_UNIT}"
 # Installed by cryptsetup-initramfs; without it no crypttab entry is opened in the initramfs.
 CRYPTROOT_HOOK_PATH = "/usr/share/initramfs-tools/hooks/cryptroot"
@@ -286,6 +288,8 @@ def _read_source(path: Path) -> bytes:
 
 def _file_change(path: Path, after: bytes | None, mode: int | None) -> FileChange | None:
     """The change that makes ``path`` hold ``after`` with ``mode`` (None: absent)."""
+    if after is None and path.is_symlink() and not path.exists():
+        return FileChange(path, "remove", b"", None, None, None)  # a dangling link
     current = _read(path)
     if current is None:
         if after is None:
@@ -726,7 +730,7 @@ def plan_disable(request: WireRequest) -> Plan:
                 HOOK_PATH, CAP_SCRIPT_PATH, PANIC_SCRIPT_PATH, CONF_PATH, KEYSCRIPT_PATH,
                 KERNEL_HOOK_PATH, KERNEL_REMOVAL_HOOK_PATH, LEGACY_KERNEL_HOOK_PATH,
                 INITRAMFS_UPDATE_HOOK_PATH,
-                PRUNE_UNIT_PATH,
+                PRUNE_WANTS_PATH, PRUNE_UNIT_PATH,
             )
         ]
         files += [_file_change(module / name, None, None) for name, _ in DRACUT_MODULE_FILES]

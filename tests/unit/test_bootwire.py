@@ -405,6 +405,27 @@ def test_disable_undoes_enable_exactly(root: Path, source: Path) -> None:
     assert tree(root) == original
 
 
+@pytest.mark.parametrize("unit_left", [True, False])
+def test_disable_removes_the_link_systemctl_enable_made(
+    root: Path, source: Path, unit_left: bool
+) -> None:
+    # 'systemctl enable sealer-prune.service' (run by enable on a machine) links the unit
+    # into multi-user.target.wants; a disable that left the link would leave it dangling.
+    original = tree(root)
+    apply(enable_plan(request(root, source, "cryptroot")), silent)
+    wants = root / "etc/systemd/system/multi-user.target.wants/sealer-prune.service"
+    wants.parent.mkdir(parents=True)
+    wants.symlink_to("../sealer-prune.service")  # resolves inside the test root
+    if not unit_left:  # already gone, as after an older sealer's disable: a dangling link
+        (root / "etc/systemd/system/sealer-prune.service").unlink()
+    plan = plan_disable(WireRequest(root=root))
+    assert (wants, "remove") in [(f.path, f.change) for f in plan.files]
+    apply(plan, silent)
+    assert not wants.is_symlink()
+    wants.parent.rmdir()
+    assert tree(root) == original
+
+
 def test_disable_of_one_entry_keeps_the_files_the_other_needs(
     root: Path, source: Path
 ) -> None:
