@@ -14,7 +14,7 @@ deb:
 	bash scripts/deb.sh
 
 # An installed Debian 12 (mmdebstrap, shim + GRUB, LUKS2 root) from the .deb through kernel
-# updates, booted six times in QEMU (tests/lifecycle/; about 20 minutes; not in make test).
+# updates, booted six times in QEMU (tests/lifecycle/; 25 to 40 minutes; not in make test).
 lifecycle: deb
 	bash scripts/setup.sh --boot-chain
 	.venv/bin/python -m pytest -q -s -m lifecycle tests/lifecycle
