@@ -28,7 +28,14 @@ import re
 import pytest
 from debian_system import PASSPHRASE, DebianSystem, build_debian_system, missing_debian_system_parts
 from serialconsole import SHELL_PROMPT, Console
-from test_installed_system import DEVICE, _deb, _next_boot, _ok, verdict_unlocks
+from test_installed_system import (
+    DEVICE,
+    _deb,
+    _next_boot,
+    _ok,
+    prune_ran_and_kernel_update_approved,
+    verdict_unlocks,
+)
 
 # systemd-cryptsetup's request, as systemd-ask-password-console shows it on the serial
 # console: "Please enter passphrase for disk <model> (cryptroot):".
@@ -98,14 +105,7 @@ def test_life_cycle_dracut(system: DebianSystem) -> None:
     # Boot 2: unlocks by itself; the prune unit ran; a kernel update is approved ahead.
     with Console(system.machine, logs / "boot2-update.log") as console:
         times["boot2_to_shell"] = _unattended_login(console)
-        prune = _ok(console, "systemctl show -p Result -p ExecMainStatus sealer-prune.service")
-        assert "Result=success" in prune and "ExecMainStatus=0" in prune, prune
-        update = console.run(f"dpkg -i {system.update_deb} 2>&1", timeout=2400)
-        assert update.status == 0 and "NOT approved" not in update.output, update.output
-        times["kernel_update_seconds"] = update.seconds
-        verdict = _next_boot(console)
-        assert verdict_unlocks(verdict) is True, verdict
-        assert system.update_kernel in json.dumps(verdict), verdict
+        prune_ran_and_kernel_update_approved(console, system, times)
         console.power_off()
 
     # Boot 3: the new kernel, unlocked by itself.
