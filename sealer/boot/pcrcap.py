@@ -13,8 +13,7 @@ from pathlib import Path
 
 from sealer.pcrs import BANKS, Bank
 from sealer.policy.binding import CAP_PCRS
-from sealer.tpm.connection import connect
-from sealer.tpm.pcr import extend_all_banks
+from sealer.tpm.release import extend_all_banks, open_tpm
 
 DEFAULT_CAP_PCR = 15
 # What the cap extends into the PCR. Fixed and public: its only job is to move the PCR away
@@ -46,10 +45,10 @@ def recorded_caps(record: Path = CAP_RECORD) -> list[int]:
 
 def cap(pcrs: Iterable[int], *, tcti: str | None) -> list[str]:
     """Extend each PCR in every active bank; return the banks extended."""
-    with connect(tcti) as ctx:
+    with open_tpm(tcti) as tpm:
         banks: list[str] = []
         for pcr in pcrs:
-            banks = [bank.name for bank in extend_all_banks(ctx, pcr, CAP_EVENT)]
+            banks = [bank.name for bank in extend_all_banks(tpm, pcr, CAP_EVENT)]
     return banks
 
 

@@ -8,6 +8,7 @@ TokenError, never in a KeyError deep inside the unseal path.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,9 @@ class SealerToken:
     # Random, bound into the sealed object's policy (policyRef); None in a version 1 token.
     enrollment_id: bytes | None = None
     retirement: RetirementRef | None = None  # None: enrolled before approvals were retired
+    # The SRK's marshalled TPM2B_PUBLIC, whose name is srk_name: the unlock salts its session
+    # to it without asking the TPM (one ReadPublic less). None: enrolled before it was kept.
+    srk_public: bytes | None = None
 
     @property
     def has_pin(self) -> bool:
@@ -112,6 +116,7 @@ class SealerToken:
             **({} if self.enrollment_id is None else {"enrollment_id": self.enrollment_id.hex()}),
             "srk_handle": f"0x{self.srk_handle:08x}",
             "srk_name": self.srk_name.hex(),
+            **({} if self.srk_public is None else {"srk_public": _b64(self.srk_public)}),
             "pcr_bank": self.pcr_bank,
             "pcrs": list(self.pcrs),
             "cap_pcr": self.cap_pcr,
@@ -257,17 +262,18 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
     known = {
         "type", "keyslots", "version", "srk_handle", "srk_name", "pcr_bank", "pcrs", "cap_pcr",
         "sealed_public", "sealed_private", "pin_salt", "policy_keys", "approvals", "created",
-        "revocation", "enrolling", "recovery", "enrollment_id", "retirement",
+        "revocation", "enrolling", "recovery", "enrollment_id", "retirement", "srk_public",
     }
     enrollment_id = None
     if version == TOKEN_VERSION:
         enrollment_id = r.hexbytes("enrollment_id")
         if len(enrollment_id) != ENROLLMENT_ID_BYTES:
             raise r.fail(f"enrollment_id is not {ENROLLMENT_ID_BYTES} bytes")
+    srk_name = r.hexbytes("srk_name")
     return SealerToken(
         keyslot=int(keyslots[0]),
         srk_handle=srk_handle,
-        srk_name=r.hexbytes("srk_name"),
+        srk_name=srk_name,
         pcr_bank=r.get("pcr_bank", str),
         pcrs=tuple(pcrs),
         cap_pcr=cap_pcr,
@@ -283,7 +289,19 @@ def parse_token(token_id: int, doc: Mapping[str, Any]) -> SealerToken:
         recovery=_recovery(r, doc.get("recovery")),
         enrollment_id=enrollment_id,
         retirement=_retirement(r, doc.get("retirement")),
+        srk_public=_srk_public(r, srk_name) if "srk_public" in doc else None,
     )
+
+
+def _srk_public(r: _Reader, srk_name: bytes) -> bytes:
+    """The SRK's public area, refused unless it is the one srk_name names (SHA-256 names)."""
+    public = r.b64("srk_public")
+    if len(public) < 4 or int.from_bytes(public[:2], "big") != len(public) - 2:
+        raise r.fail("srk_public is not a TPM2B_PUBLIC")
+    area = public[2:]
+    if area[2:4] != b"\x00\x0b" or srk_name != area[2:4] + hashlib.sha256(area).digest():
+        raise r.fail("srk_public is not the public area of the key srk_name names")
+    return public
 
 
 def _nv_ref(r: _Reader, raw: Any, what: str) -> tuple[_Reader, int, bytes]:

@@ -14,15 +14,14 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from typing import TYPE_CHECKING, Any
 
 from sealer.errors import PolicyMismatchError, TokenError
 from sealer.pcrs import BANKS, PCR_COUNT, Bank, PcrValues
 from sealer.policy import digest, retirement, revocation
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 APPROVAL_VERSION = 1
 # Event records keep a digest prefix per event: enough to tell events apart, small enough for
@@ -31,7 +30,6 @@ EVENT_PREFIX_HEX = 16
 
 # Which events made up one approved boot state: PCR -> digest prefixes, in log order.
 EventRecord = Mapping[int, tuple[str, ...]]
-_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
 _TPM_BOOT_CONTEXT = b"sealer approval tpm_boot v1\x00"
 
 
@@ -85,7 +83,7 @@ class Approval:
         return tuple(sorted(self.branches[0]))
 
     def signature_rs(self) -> tuple[int, int]:
-        return utils.decode_dss_signature(self.signature)
+        return decode_ecdsa_signature(self.signature)
 
     def matching_branch(self, current: PcrValues) -> int | None:
         for index, branch in enumerate(self.branches):
@@ -109,11 +107,8 @@ class Approval:
         if self.tpm_boot is None or not self.tpm_boot_signature:
             return None
         try:
-            public = serialization.load_pem_public_key(public_pem.encode())
-            if not isinstance(public, ec.EllipticCurvePublicKey):
-                return None
-            public.verify(self.tpm_boot_signature, _tpm_boot_digest(self), _PREHASHED)
-        except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+            _verify(public_pem, self.tpm_boot_signature, _tpm_boot_digest(self))
+        except (PolicyMismatchError, TokenError):
             return None
         return self.tpm_boot
 
@@ -185,13 +180,75 @@ def sign_approval(
         epoch=None if epoch is None else epoch[0],
         epoch_nv_name=b"" if epoch is None else epoch[1],
     )
-    signature = key.sign(unsigned.approval_digest, _PREHASHED)
+    signature = key.sign(unsigned.approval_digest, _prehashed())
     signed = Approval(**{**unsigned.__dict__, "signature": signature})
     if tpm_boot is None:
         return signed
     return Approval(
-        **{**signed.__dict__, "tpm_boot_signature": key.sign(_tpm_boot_digest(signed), _PREHASHED)}
+        **{
+            **signed.__dict__,
+            "tpm_boot_signature": key.sign(_tpm_boot_digest(signed), _prehashed()),
+        }
     )
+
+
+# The boot path reads approvals but never checks a signature in software (the TPM checks it:
+# sealer.tpm.release), so `cryptography` is imported only where one is made or checked here.
+def _prehashed() -> ec.ECDSA:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    return ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+
+def _verify(public_pem: str, signature: bytes, signed_digest: bytes) -> None:
+    """Raise PolicyMismatchError unless ``public_pem`` signed ``signed_digest``; TokenError
+    when the key is unusable."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        public = serialization.load_pem_public_key(public_pem.encode())
+    except ValueError as exc:
+        raise TokenError("the policy key stored in the token is unreadable") from exc
+    except UnsupportedAlgorithm as exc:  # a well-formed key on a curve OpenSSL does not know
+        raise TokenError("the policy key stored in the token is not an ECC P-256 key") from exc
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise TokenError("the policy key stored in the token is not an ECC key")
+    try:
+        public.verify(signature, signed_digest, _prehashed())
+    except InvalidSignature:
+        raise PolicyMismatchError(
+            "an approval's signature does not match its content (tampered or corrupted)",
+            "sign a new approval with 'sealer enroll' after unlocking with the passphrase",
+        ) from None
+
+
+def decode_ecdsa_signature(signature: bytes) -> tuple[int, int]:
+    """(r, s) of a DER ECDSA-Sig-Value (SEQUENCE of two INTEGERs), as a P-256 signature has
+    it: every length is below 128. TokenError for anything else."""
+
+    def integer(at: int) -> tuple[int, int]:
+        if signature[at] != 0x02 or signature[at + 1] > 33:
+            raise ValueError("not a short INTEGER")
+        end = at + 2 + signature[at + 1]
+        value = signature[at + 2 : end]
+        # DER: positive, minimal (a leading zero only before a high bit).
+        if not value or value[0] & 0x80 or (len(value) > 1 and not value[0] and value[1] < 0x80):
+            raise ValueError("not a DER positive integer")
+        return int.from_bytes(value, "big"), end
+
+    try:
+        if len(signature) < 8 or signature[0] != 0x30 or signature[1] != len(signature) - 2:
+            raise ValueError("not a DER SEQUENCE")
+        r, after_r = integer(2)
+        s, end = integer(after_r)
+        if end != len(signature):
+            raise ValueError("bytes after the signature")
+    except (ValueError, IndexError) as exc:
+        raise TokenError("an approval's signature is not a DER ECDSA signature") from exc
+    return r, s
 
 
 def _tpm_boot_digest(approval: Approval) -> bytes:
@@ -204,21 +261,7 @@ def _tpm_boot_digest(approval: Approval) -> bytes:
 
 def verify_approval(approval: Approval, public_pem: str) -> None:
     """Raise PolicyMismatchError unless ``public_pem`` signed exactly this approval."""
-    try:
-        public = serialization.load_pem_public_key(public_pem.encode())
-    except ValueError as exc:
-        raise TokenError("the policy key stored in the token is unreadable") from exc
-    except UnsupportedAlgorithm as exc:  # a well-formed key on a curve OpenSSL does not know
-        raise TokenError("the policy key stored in the token is not an ECC P-256 key") from exc
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise TokenError("the policy key stored in the token is not an ECC key")
-    try:
-        public.verify(approval.signature, approval.approval_digest, _PREHASHED)
-    except InvalidSignature:
-        raise PolicyMismatchError(
-            "an approval's signature does not match its content (tampered or corrupted)",
-            "sign a new approval with 'sealer enroll' after unlocking with the passphrase",
-        ) from None
+    _verify(public_pem, approval.signature, approval.approval_digest)
 
 
 def parse_approval(doc: Mapping[str, Any], where: str = "approval") -> Approval:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from sealer.errors import RefusedError
 from sealer.policy import digest
 
 # Where sealer defines the counters (the owner range, next to the revocation field's index).
@@ -37,6 +38,8 @@ _AUTHREAD = 0x00040000
 _NO_DA = 0x02000000
 ATTRIBUTES = _TPM_NT_COUNTER | _AUTHWRITE | _AUTHREAD | _NO_DA
 COUNTER_BYTES = 8
+WRITTEN = 0x20000000  # TPMA_NV_WRITTEN: set by the first increment
+_SHA256 = 0x000B
 
 
 def counter_tag(enrollment_id: bytes) -> bytes:
@@ -44,6 +47,26 @@ def counter_tag(enrollment_id: bytes) -> bytes:
     auth value), it makes the counter's name, which approvals bind, unique to one
     enrollment, and lets 'sealer remove' tell its own counter from another one."""
     return hashlib.sha256(b"sealer retirement counter v1\x00" + enrollment_id).digest()
+
+
+def check_counter_index(index: int) -> None:
+    """RefusedError unless ``index`` is in sealer's range of retirement counters: a header
+    naming another index must not make sealer read or change it."""
+    if not FIRST_INDEX <= index <= LAST_INDEX:
+        raise RefusedError(
+            f"TPM NV index 0x{index:08x} is not in sealer's range of retirement counters: "
+            "refused (the header was changed)",
+            "unlock with the passphrase or recovery key, then enroll again",
+        )
+
+
+def counter_public_area(index: int, enrollment_id: bytes) -> bytes:
+    """The marshalled TPMS_NV_PUBLIC of an enrollment's counter, once written (every counter
+    is: sealer.tpm.retirement.define_counter increments it at once)."""
+    tag = counter_tag(enrollment_id)
+    return struct.pack(">IHIH", index, _SHA256, ATTRIBUTES | WRITTEN, len(tag)) + tag + (
+        struct.pack(">H", COUNTER_BYTES)
+    )
 
 
 def epoch_operand(epoch: int) -> bytes:

@@ -33,6 +33,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from sealer.errors import TPMMismatchError
 from sealer.policy import digest
 
 REVOCATION_INDEX = 0x01335EA1
@@ -125,3 +126,12 @@ def is_revoked(bits: int, release: int) -> bool:
 def revocation_statement_policy(nv_name: bytes, bits: int) -> bytes:
     """The policy an authority signs to allow setting exactly ``bits``."""
     return digest.policy_cp_hash(digest.ZERO, digest.nv_set_bits_cp_hash(nv_name, bits))
+
+
+def field_missing_error(index: int) -> TPMMismatchError:
+    """The revocation field an enrollment's approvals check is gone, or another index."""
+    return TPMMismatchError(
+        f"the revocation field (TPM NV index 0x{index:08x}) is missing or was replaced: the "
+        "TPM was cleared, this is another TPM, or the index was deleted",
+        "unlock with the passphrase or recovery key, then enroll again",
+    )

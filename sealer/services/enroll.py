@@ -394,6 +394,7 @@ def enroll(req: EnrollRequest, progress: Progress) -> EnrollResult:
         keyslot=keyslot,
         srk_handle=srk.persistent,
         srk_name=srk.name,
+        srk_public=srk.public,
         pcr_bank=req.bank.name,
         pcrs=req.pcrs,
         cap_pcr=req.cap_pcr,

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sealer.errors import PolicyMismatchError, TokenError, TPMMismatchError
+from sealer.errors import PolicyMismatchError, TokenError
 from sealer.luks.enrollment import Enrollment
 from sealer.luks.token import RetirementRef, RevocationRef
 from sealer.pcrs import BANKS, Bank, PcrValues, format_pcrs
 from sealer.policy import digest, retirement, revocation
 from sealer.policy.approval import Approval, parse_approval, verify_approval
-from sealer.tpm.seal import AuthorizedPolicy
+from sealer.tpm.release import AuthorizedPolicy
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,15 @@ class Match:
     branch_index: int
 
 
-def approvals_of(enrollment: Enrollment) -> list[Approval]:
+def approvals_of(enrollment: Enrollment, *, verify_signatures: bool = True) -> list[Approval]:
     """The token's approvals, each checked in software against the token's policy keys and
     against what the enrollment binds (the TPM checks both again at unseal: this only turns
-    a refusal into a message that says why)."""
+    a refusal into a message that says why).
+
+    The unlock passes ``verify_signatures=False``: the TPM verifies the signature of the
+    approval it uses (VerifySignature), and checking every one in software as well would
+    bring ``cryptography`` into every boot.
+    """
     token = enrollment.token
     binding = enrollment.binding
     keys = {k.name: k for k in token.policy_keys}
@@ -43,7 +48,8 @@ def approvals_of(enrollment: Enrollment) -> list[Approval]:
         key = keys.get(approval.key_name)
         if key is None:
             raise TokenError(f"{where} is signed by a key the enrollment does not trust")
-        verify_approval(approval, key.public_pem)
+        if verify_signatures:
+            verify_approval(approval, key.public_pem)
         if approval.policy_ref != binding.policy_ref(key.role):
             raise PolicyMismatchError(
                 f"{where} was signed for another enrollment or another PCR selection (its "
@@ -204,10 +210,5 @@ def not_revoked(enrollment: Enrollment, bits: int | None) -> Callable[[Approval]
     if enrollment.token.revocation is None:
         return lambda approval: True
     if bits is None:
-        raise TPMMismatchError(
-            f"the revocation field (TPM NV index 0x{enrollment.token.revocation.nv_index:08x}) "
-            "is missing or was replaced: the TPM was cleared, this is another TPM, or the "
-            "index was deleted",
-            "unlock with the passphrase or recovery key, then enroll again",
-        )
+        raise revocation.field_missing_error(enrollment.token.revocation.nv_index)
     return lambda a: a.release is None or not revocation.is_revoked(bits, a.release)

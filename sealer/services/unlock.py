@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sealer.errors import PolicyMismatchError, SealerError, TokenError
@@ -11,6 +11,7 @@ from sealer.luks.enrollment import Enrollment, default_mapping_name, require_enr
 from sealer.luks.header import LuksHeader
 from sealer.luks.passphrase import keyslot_passphrase
 from sealer.luks.token import TOKEN_TYPE
+from sealer.pcrs import PcrValues
 from sealer.policy.approval import Approval
 from sealer.services.matching import (
     Match,
@@ -22,15 +23,23 @@ from sealer.services.matching import (
     pcrs_to_read,
     retired_error,
     revoked_error,
+    still_holds,
 )
 from sealer.services.secrets import pin_auth_value
-from sealer.tpm.connection import connect
-from sealer.tpm.lockout import refuse_if_locked_out
-from sealer.tpm.nv import read_revoked_bits
-from sealer.tpm.pcr import read_pcrs
-from sealer.tpm.retirement import read_counter
-from sealer.tpm.seal import SealedBlob, unseal
-from sealer.tpm.srk import require_srk
+from sealer.tpm import rc
+from sealer.tpm.esys import EsysError, Tpm
+from sealer.tpm.release import (
+    Handles,
+    SealedBlob,
+    explain_srk,
+    handles_of,
+    open_tpm,
+    read_counter_value,
+    read_pcrs,
+    read_revoked_bits,
+    refuse_if_locked_out,
+    unseal,
+)
 
 PinReader = Callable[[], bytes]
 
@@ -49,57 +58,79 @@ class Released:
 def release(
     enrollment: Enrollment, tcti: str | None, read_pin: PinReader
 ) -> tuple[bytes, Match]:
-    """Unseal the enrollment's secret; return the keyslot passphrase and the approval used."""
+    """Unseal the enrollment's secret; return the keyslot passphrase and the approval used.
+
+    The TPM checks everything (sealer.tpm.release); what would only explain a refusal (is
+    the approval revoked, or retired, or is the SRK another) is read after one.
+    """
     token = enrollment.token
-    approvals = approvals_of(enrollment)
+    approvals = approvals_of(enrollment, verify_signatures=False)
     bank, wanted = pcrs_to_read(enrollment, approvals)
-    unsealing: Match | None = None  # set once only the TPM's own checks are left
-    try:
-        with connect(tcti) as ctx:
-            srk = require_srk(ctx, token.srk_handle, token.srk_name)
-            current = read_pcrs(ctx, bank, wanted)
-            bits = None
-            if token.revocation is not None:
-                bits = read_revoked_bits(ctx, *token.revocation.locator)
-            match = find_match(approvals, current, not_revoked(enrollment, bits))
-            if match is None:
-                revoked_match = find_match(approvals, current)
-                if revoked_match is not None and bits is not None:
-                    raise revoked_error(revoked_match.approval, bits)
-                raise mismatch_error(approvals, current)
-            # The PIN is asked for only now: a boot state the TPM would refuse anyway must
-            # not cost the user a PIN attempt, and neither must a TPM in lockout, which
-            # refuses even the right PIN (and would make the person wait for nothing).
-            auth_value = b""
-            if token.pin_salt is not None:
-                refuse_if_locked_out(ctx)
-                auth_value = pin_auth_value(read_pin(), token.pin_salt)
-            policy = authorized_policy(enrollment, match)
-            blob = SealedBlob(public=token.sealed_public, private=token.sealed_private)
-            unsealing = match
-            secret = unseal(ctx, srk, blob, policy, auth_value)
-    except PolicyMismatchError as error:
-        explained = None if unsealing is None else _explained(enrollment, unsealing.approval, tcti)
-        if explained is None:
-            raise
-        raise explained from error
+    blob = SealedBlob(public=token.sealed_public, private=token.sealed_private)
+    with open_tpm(tcti) as tpm:
+        handles = handles_of(tpm, token)
+        current = read_pcrs(tpm, bank, wanted)
+        match = find_match(approvals, current)
+        if match is None:
+            _refuse_tampered(enrollment)
+            raise mismatch_error(approvals, current)
+        # The PIN is asked for only now: a boot state the TPM would refuse anyway must
+        # not cost the user a PIN attempt, and neither must a TPM in lockout, which
+        # refuses even the right PIN (and would make the person wait for nothing).
+        auth_value = b""
+        if token.pin_salt is not None:
+            refuse_if_locked_out(tpm)
+            auth_value = pin_auth_value(read_pin(), token.pin_salt)
+        try:
+            secret = unseal(tpm, handles, blob, authorized_policy(enrollment, match), auth_value)
+        except (EsysError, PolicyMismatchError) as refusal:
+            match = _after_refusal(tpm, handles, enrollment, approvals, current, match, refusal)
+            secret = unseal(tpm, handles, blob, authorized_policy(enrollment, match), auth_value)
     return keyslot_passphrase(secret), match
 
 
-def _explained(
-    enrollment: Enrollment, approval: Approval, tcti: str | None
-) -> PolicyMismatchError | None:
-    """Why the TPM refused ``approval``, when the retirement counter is the reason. Read
-    only after a refusal: a successful unlock need not spend the commands."""
-    counter = enrollment.token.retirement
-    if approval.epoch is None or counter is None:
-        return None
+def _refuse_tampered(enrollment: Enrollment) -> None:
+    """After a refusal, raise the error for an approval whose signature does not verify: a
+    header changed by someone explains it better than the PCRs that differ. The check needs
+    ``cryptography``, which the initramfs does not carry: there the other reasons stand."""
     try:
-        with connect(tcti) as ctx:
-            value = read_counter(ctx, counter.nv_index).value
-    except SealerError:
-        return None
-    return retired_error(approval, value) if value > approval.epoch else None
+        approvals_of(enrollment)
+    except ImportError:
+        return
+
+
+def _after_refusal(
+    tpm: Tpm,
+    handles: Handles,
+    enrollment: Enrollment,
+    approvals: Sequence[Approval],
+    current: PcrValues,
+    match: Match,
+    refusal: EsysError | PolicyMismatchError,
+) -> Match:
+    """Why the TPM refused ``match``: raise the error that says so, or return another
+    approval to try when the refused one was revoked or retired and another still holds."""
+    _refuse_tampered(enrollment)
+    token = enrollment.token
+    code = rc.error_of(refusal.rc) if isinstance(refusal, EsysError) else None
+    if code in (rc.HANDLE, rc.INTEGRITY) and handles.srk_from_token:
+        explain_srk(tpm, handles, token)  # raises when the SRK is gone or another
+    bits = None
+    if token.revocation is not None:
+        bits = read_revoked_bits(tpm, *token.revocation.locator)
+    counter = None
+    if match.approval.epoch is not None and token.retirement is not None:
+        counter = read_counter_value(tpm, token.retirement.nv_index)
+    holds = still_holds(enrollment, bits, counter)  # raises when the field is gone
+    if holds(match.approval):
+        raise refusal
+    other = find_match(approvals, current, holds)
+    if other is not None:
+        return other
+    if bits is not None and not not_revoked(enrollment, bits)(match.approval):
+        raise revoked_error(match.approval, bits)
+    assert counter is not None  # neither revoked nor retired would have held
+    raise retired_error(match.approval, counter)
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,27 @@ resets the count at once (TPM2_DictionaryAttackLockReset).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
-
-from tpm2_pytss import ESAPI
-from tpm2_pytss.constants import TPM2_CAP, TPM2_PT, TPMA_PERMANENT
+from typing import TYPE_CHECKING, Any
 
 from sealer.errors import AuthError, LockoutError
 
-_FIRST = int(TPM2_PT.PERMANENT)  # PT_VAR + 0
-_LAST = int(TPM2_PT.LOCKOUT_RECOVERY)  # PT_VAR + 17: one GetCapability reads all of them
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI
+
+# The values of TPM 2.0 Part 2 (TPM_CAP, TPM_PT, TPMA_PERMANENT): this module is pure, so
+# that the boot path (sealer.tpm.esys) reads the same state without tpm2-pytss's Python layer.
+CAP_TPM_PROPERTIES = 0x00000006
+_FIRST = 0x200  # TPM_PT_PERMANENT (PT_VAR + 0)
+_LOCKOUT_COUNTER = 0x200 + 14
+_MAX_AUTH_FAIL = 0x200 + 15
+_LOCKOUT_INTERVAL = 0x200 + 16
+_LAST = 0x200 + 17  # TPM_PT_LOCKOUT_RECOVERY: one GetCapability reads all of them
+_IN_LOCKOUT = 0x00000200  # TPMA_PERMANENT.inLockout
+
+# Reads TPM properties: (first property, how many) -> (more to read, [(property, value)]).
+PropertyReader = Callable[[int, int], tuple[bool, list[tuple[int, int]]]]
 _AFTER_LOCKOUT = "unlock with the passphrase or recovery key meanwhile"
 
 
@@ -50,29 +61,38 @@ class LockoutState:
         return f"{every}, the next within {self.interval_s} s"
 
 
-def read_lockout(ctx: ESAPI) -> LockoutState:
+def lockout_state(read: PropertyReader) -> LockoutState:
     """The TPM's DA state, from its variable properties (no authorization needed)."""
     values: dict[int, int] = {}
     start, more = _FIRST, True
     while more and start <= _LAST:
-        more, data = ctx.get_capability(TPM2_CAP.TPM_PROPERTIES, start, _LAST - start + 1)
-        found = [(int(p.property), int(p.value)) for p in data.data.tpmProperties]
+        more, found = read(start, _LAST - start + 1)
         if not found:
             break
         values.update(found)
         start = max(p for p, _ in found) + 1
-    failed = values.get(int(TPM2_PT.LOCKOUT_COUNTER), 0)
-    max_tries = values.get(int(TPM2_PT.MAX_AUTH_FAIL), 0)
-    interval = values.get(int(TPM2_PT.LOCKOUT_INTERVAL), 0)
-    locked = bool(values.get(_FIRST, 0) & int(TPMA_PERMANENT.INLOCKOUT))
+    failed = values.get(_LOCKOUT_COUNTER, 0)
+    max_tries = values.get(_MAX_AUTH_FAIL, 0)
+    interval = values.get(_LOCKOUT_INTERVAL, 0)
+    locked = bool(values.get(_FIRST, 0) & _IN_LOCKOUT)
     return LockoutState(
         failed_tries=failed,
         max_tries=max_tries,
         tries_left=max(0, max_tries - failed),
         interval_s=interval,
-        lockout_recovery_s=values.get(int(TPM2_PT.LOCKOUT_RECOVERY), 0),
+        lockout_recovery_s=values.get(_LAST, 0),
         in_lockout=locked or (interval != 0 and failed >= max_tries),
     )
+
+
+def read_lockout(ctx: ESAPI) -> LockoutState:
+    """The TPM's DA state, read through tpm2-pytss's ESAPI."""
+
+    def read(start: int, count: int) -> tuple[bool, list[tuple[int, int]]]:
+        more, data = ctx.get_capability(CAP_TPM_PROPERTIES, start, count)
+        return bool(more), [(int(p.property), int(p.value)) for p in data.data.tpmProperties]
+
+    return lockout_state(read)
 
 
 def lockout_error(state: LockoutState | None) -> LockoutError:
@@ -104,10 +124,3 @@ def pin_rejected_error(state: LockoutState | None) -> AuthError:
         f"the TPM rejected the PIN: {tries} left before the TPM locks out",
         "try again, or unlock with the passphrase or recovery key",
     )
-
-
-def refuse_if_locked_out(ctx: ESAPI) -> None:
-    """Raise LockoutError before a PIN is asked for that the TPM would refuse unseen."""
-    state = read_lockout(ctx)
-    if state.in_lockout:
-        raise lockout_error(state)

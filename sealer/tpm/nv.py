@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CC, TPM2_EO, TPM2_RC, TPM2_SE
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CC, TPM2_RC, TPM2_SE
 from tpm2_pytss.types import (
     TPM2B_NV_PUBLIC,
-    TPM2B_OPERAND,
     TPML_DIGEST,
     TPMS_NV_PUBLIC,
     TPMT_SYM_DEF,
@@ -173,14 +172,3 @@ def set_revoked_bits(
         ctx.policy_authorize(session, statement, policy_key_name(key_pem), ticket, REVOKE_REF)
         ctx.policy_or(session, TPML_DIGEST([index.init_branch, index.revoke_branch]))
         ctx.nv_set_bits(handle, bits, auth_handle=handle, session1=session)
-
-
-def apply_release_check(ctx: ESAPI, session: ESYS_TR, index: int, operand: bytes) -> None:
-    """PolicyNV in ``session``: the release's bit is clear in the field."""
-    handle = nv_handle(ctx, index)
-    if handle is None:
-        raise RefusedError(f"TPM NV index 0x{index:08x} (the revocation field) is missing")
-    ctx.policy_nv(
-        handle, handle, session, TPM2B_OPERAND(operand), TPM2_EO.BITCLEAR,
-        session1=ESYS_TR.PASSWORD,
-    )

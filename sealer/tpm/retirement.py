@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_EO, TPM2_RC
-from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPM2B_OPERAND, TPMS_NV_PUBLIC
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_RC
+from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
 from sealer.errors import HeaderFullError, RefusedError
 from sealer.host.checkpoint import before_write
@@ -18,6 +18,7 @@ from sealer.policy.retirement import (
     COUNTER_BYTES,
     FIRST_INDEX,
     LAST_INDEX,
+    check_counter_index,
 )
 from sealer.policy.revocation import WRITTEN
 from sealer.tpm.nv import forget_handle, nv_handle
@@ -58,12 +59,7 @@ def define_counter(ctx: ESAPI, tag: bytes) -> Counter:
 
 def _checked_handle(ctx: ESAPI, index: int) -> ESYS_TR:
     """The index's handle, if it is one of sealer's retirement counters."""
-    if not FIRST_INDEX <= index <= LAST_INDEX:
-        raise RefusedError(
-            f"TPM NV index 0x{index:08x} is not in sealer's range of retirement counters: "
-            "refused (the header was changed)",
-            "unlock with the passphrase or recovery key, then enroll again",
-        )
+    check_counter_index(index)
     handle = nv_handle(ctx, index)
     if handle is None:
         raise RefusedError(
@@ -119,12 +115,3 @@ def undefine_counter(ctx: ESAPI, index: int, name: bytes) -> bool:
     finally:
         forget_handle(ctx, index)
     return True
-
-
-def apply_epoch_check(ctx: ESAPI, session: ESYS_TR, index: int, operand: bytes) -> None:
-    """PolicyNV in ``session``: the counter is at most the approval's epoch."""
-    handle = _checked_handle(ctx, index)
-    ctx.policy_nv(
-        handle, handle, session, TPM2B_OPERAND(operand), TPM2_EO.UNSIGNED_LE,
-        session1=ESYS_TR.PASSWORD,
-    )

@@ -20,7 +20,6 @@ from tpm2_pytss.types import (
     TPMU_SYM_MODE,
 )
 
-from sealer.errors import TPMMismatchError
 from sealer.host.checkpoint import before_write
 from sealer.tpm.primary import create_owner_primary
 
@@ -34,6 +33,15 @@ class Srk:
     handle: ESYS_TR  # ESAPI handle for the persistent key; never flushed
     persistent: int
     name: bytes
+    public: bytes  # marshalled TPM2B_PUBLIC: kept in the token (sealer.tpm.release)
+
+
+def _srk(ctx: ESAPI, handle: ESYS_TR, persistent: int) -> Srk:
+    # ESAPI's serialized handle holds the public area it already read: no command.
+    resource = bytes(ctx.tr_serialize(handle))
+    name_size = int.from_bytes(resource[4:6], "big")
+    public = resource[6 + name_size + 4:]
+    return Srk(handle, persistent, bytes(ctx.tr_get_name(handle)), public)
 
 
 def srk_template() -> TPM2B_PUBLIC:
@@ -77,7 +85,7 @@ def read_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk | None:
         if exc.error == TPM2_RC.HANDLE:
             return None
         raise
-    return Srk(handle=handle, persistent=persistent, name=bytes(ctx.tr_get_name(handle)))
+    return _srk(ctx, handle, persistent)
 
 
 def ensure_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk:
@@ -96,24 +104,4 @@ def ensure_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk:
         handle = ctx.evict_control(ESYS_TR.OWNER, transient, persistent)
     finally:
         ctx.flush_context(transient)
-    return Srk(handle=handle, persistent=persistent, name=bytes(ctx.tr_get_name(handle)))
-
-
-def require_srk(ctx: ESAPI, persistent: int, pinned_name: bytes) -> Srk:
-    """The SRK a volume was enrolled with, or TPMMismatchError when it is gone or different."""
-    srk = read_srk(ctx, persistent)
-    if srk is None:
-        raise TPMMismatchError(
-            f"this TPM has no storage root key at 0x{persistent:08x}: it was evicted, the TPM "
-            "was cleared, or this volume was enrolled with another TPM",
-            # The SRK derives from the owner seed: recreated on an uncleared TPM, it has the
-            # pinned name again, and every enrollment made with it works again.
-            "unlock with the passphrase or recovery key, then run 'sealer enroll' (it "
-            "recreates the key; unless the TPM was cleared, this enrollment then works too)",
-        )
-    if srk.name != pinned_name:
-        raise TPMMismatchError(
-            "this volume was enrolled with another TPM (its storage root key differs)",
-            "unlock with the passphrase or recovery key, then enroll again on this machine",
-        )
-    return srk
+    return _srk(ctx, handle, persistent)

@@ -23,7 +23,6 @@ from conftest import PASSPHRASE, SealerCli, SealerMachine
 from header_edit import edit_token, token_doc, write_token
 from luks_image import make_luks_image, opens_with
 from swtpm import Swtpm
-from tpm2_pytss import TSS2_Exception
 
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import require_enrollments
@@ -32,10 +31,10 @@ from sealer.policy import keys
 from sealer.policy.approval import parse_approval, sign_approval
 from sealer.services.matching import Match, authorized_policy
 from sealer.tpm.connection import connect
+from sealer.tpm.esys import EsysError
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.policykey import policy_key_name
-from sealer.tpm.seal import SealedBlob, unseal
-from sealer.tpm.srk import require_srk
+from sealer.tpm.release import SealedBlob, handles_of, open_tpm, unseal
 
 SHA256 = BANKS["sha256"]
 
@@ -92,12 +91,11 @@ def test_the_tpm_itself_refuses_a_moved_approval(
     )
     policy = authorized_policy(enrollment, Match(0, foreign, 0))
     token = enrollment.token
-    with connect(swtpm.tcti) as ctx:
-        srk = require_srk(ctx, token.srk_handle, token.srk_name)
+    with open_tpm(swtpm.tcti) as tpm:
         blob = SealedBlob(token.sealed_public, token.sealed_private)
-        with pytest.raises(TSS2_Exception) as refused:
-            unseal(ctx, srk, blob, policy, b"")
-    assert "policy" in str(refused.value).lower()
+        with pytest.raises(EsysError) as refused:
+            unseal(tpm, handles_of(tpm, token), blob, policy, b"")
+    assert "policy" in refused.value.text.lower()
 
 
 def test_a_token_rewritten_as_legacy_does_not_unlock(
@@ -206,11 +204,10 @@ def test_the_tpm_itself_refuses_an_approval_of_the_capped_state(
     enrollment = require_enrollments(cryptsetup.read_header(str(luks_image)))[0]
     policy = authorized_policy(enrollment, Match(0, forged, 0))
     token = enrollment.token
-    with connect(swtpm.tcti) as ctx:
-        srk = require_srk(ctx, token.srk_handle, token.srk_name)
+    with open_tpm(swtpm.tcti) as tpm:
         blob = SealedBlob(token.sealed_public, token.sealed_private)
-        with pytest.raises(TSS2_Exception):
-            unseal(ctx, srk, blob, policy, b"")
+        with pytest.raises(EsysError):
+            unseal(tpm, handles_of(tpm, token), blob, policy, b"")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,8 +30,7 @@ from sealer.services import unlock as unlock_service
 from sealer.services.matching import Match, approvals_of, authorized_policy
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import LockoutState, read_lockout
-from sealer.tpm.seal import SealedBlob, unseal
-from sealer.tpm.srk import require_srk
+from sealer.tpm.release import SealedBlob, handles_of, open_tpm, unseal
 
 PIN = b"2468"
 EXIT_AUTH, EXIT_POLICY, EXIT_LOCKOUT = 6, 5, 8
@@ -191,9 +190,8 @@ def test_without_a_pin_refused_unlocks_never_count(
     token = enrollment.token
     blob = SealedBlob(token.sealed_public, token.sealed_private)
     for _ in range(3):
-        with pytest.raises(SealerError), connect(swtpm.tcti) as ctx:
-            srk = require_srk(ctx, token.srk_handle, token.srk_name)
-            unseal(ctx, srk, blob, policy, b"wrong")
+        with pytest.raises(SealerError), open_tpm(swtpm.tcti) as tpm:
+            unseal(tpm, handles_of(tpm, token), blob, policy, b"wrong")
     assert counter(swtpm) == 0
     with connect(swtpm.tcti) as ctx:
         assert not read_lockout(ctx).in_lockout

@@ -25,8 +25,7 @@ from sealer.luks.enrollment import enrollments
 from sealer.services.matching import approvals_of, authorized_policy, find_match
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
-from sealer.tpm.seal import SealedBlob, unseal
-from sealer.tpm.srk import require_srk
+from sealer.tpm.release import SealedBlob, handles_of, open_tpm, unseal
 
 EXIT_POLICY, EXIT_TOKEN, EXIT_REFUSED = 5, 9, 12
 LOG = str(eventlogs.UKI_BOOT_LOG)
@@ -240,9 +239,9 @@ def test_the_tpm_itself_refuses_a_revoked_approval(
     assert match is not None and approval.release == 0
     policy = authorized_policy(enrollment, match)
     token = enrollment.token
-    with pytest.raises(PolicyMismatchError), connect(machine.tcti) as ctx:
-        srk = require_srk(ctx, token.srk_handle, token.srk_name)
-        unseal(ctx, srk, SealedBlob(token.sealed_public, token.sealed_private), policy, b"")
+    with pytest.raises(PolicyMismatchError), open_tpm(machine.tcti) as tpm:
+        blob = SealedBlob(token.sealed_public, token.sealed_private)
+        unseal(tpm, handles_of(tpm, token), blob, policy, b"")
 
 
 @pytest.mark.parametrize(

@@ -26,21 +26,20 @@ from sealer.policy import digest
 from sealer.services.matching import approvals_of
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
-from sealer.tpm.seal import AuthorizedPolicy, trial_policy_digest
+from sealer.tpm.release import AuthorizedPolicy, open_tpm, trial_policy_digest
 
 SHA256 = BANKS["sha256"]
 
-# ReadPublic(SRK), PCR_Read, NV_ReadPublic + NV_Read (is the approval's release revoked?),
-# LoadExternal, VerifySignature, Load, StartAuthSession, PolicyPCR, PolicyNV (the release
-# check), PolicyAuthorize, Unseal, and a FlushContext for each of the three handles.
+# PCR_Read, LoadExternal + VerifySignature (the TPM checks the approval's signature), Load,
+# StartAuthSession, PolicyPCR, PolicyNV (the release is not revoked), PolicyNV (the approval
+# is not retired), PolicyAuthorize, PolicyPCR (the capping PCR at its reset value), Unseal,
+# and a FlushContext for the policy key and the sealed object: the session ends with the
+# Unseal. No ReadPublic, NV_ReadPublic or NV_Read: the token names the SRK's and the NV
+# indices' public areas, and the revocation bits are read only after a refusal
+# (sealer.tpm.release). Issue 19's bound: at most 13.
 UNLOCK_COMMANDS = {
-    # NV_ReadPublic and PolicyNV twice: the revocation field and the retirement counter
-    # (sealer.policy.retirement), whose value is read only to explain a refusal.
-    "ReadPublic": 1, "PCR_Read": 1, "NV_ReadPublic": 2, "NV_Read": 1, "LoadExternal": 1,
-    # PolicyPCR twice: the approved boot state, then the sealed object's own check that the
-    # capping PCR is at its reset value (sealer.policy.binding).
-    "VerifySignature": 1, "Load": 1, "StartAuthSession": 1, "PolicyPCR": 2, "PolicyNV": 2,
-    "PolicyAuthorize": 1, "Unseal": 1, "FlushContext": 3,
+    "PCR_Read": 1, "LoadExternal": 1, "VerifySignature": 1, "Load": 1, "StartAuthSession": 1,
+    "PolicyPCR": 2, "PolicyNV": 2, "PolicyAuthorize": 1, "Unseal": 1, "FlushContext": 2,
 }
 
 
@@ -96,6 +95,7 @@ def test_the_search_finds_fragments_and_says_where(audit: WireAudit) -> None:
 def test_unlock_command_count(audit: WireAudit) -> None:
     counts = audit.operations[wireaudit.UNLOCK].counts()
     assert counts == UNLOCK_COMMANDS
+    assert sum(counts.values()) == 13
     # The boot-time unlocker sends exactly what ``sealer unlock`` sends.
     assert audit.operations[wireaudit.KEYSCRIPT].counts() == UNLOCK_COMMANDS
     # With a PIN: one PolicyAuthValue more, and a GetCapability that reads the lockout state
@@ -149,7 +149,8 @@ def test_software_policy_digests_equal_the_tpms(
             authorized_digests=[],
             with_pin=False,
         )
-        assert trial_policy_digest(ctx, policy) == digest.approved_policy(bank, branches)
+    with open_tpm(swtpm.tcti) as tpm:
+        assert trial_policy_digest(tpm, policy) == digest.approved_policy(bank, branches)
 
 
 @pytest.mark.parametrize("bank_name", ["sha1", "sha384"])
