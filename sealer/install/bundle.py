@@ -3,11 +3,16 @@
 ``python -m sealer.install.bundle --destdir DIR`` is run by the initramfs-tools hook (and the
 dracut module) with the interpreter that has sealer installed. It:
 
-- asks a child interpreter which modules the boot entry points import, and the modules
-  those import lazily inside functions (one step deep), so the bundle holds those
-  standard-library modules and nothing of the rest (tests, tkinter, asyncio, ...);
-- copies third-party packages the unlocker imports (sealer, tpm2_pytss, cryptography, cffi's
-  backend) whole, since they import some of their own modules lazily;
+- asks a child interpreter which modules the boot entry points import, and the
+  standard-library modules those import lazily inside functions (one step deep), so the
+  bundle holds those standard-library modules and nothing of the rest (tests, tkinter,
+  asyncio, ...);
+- copies the third-party packages the unlocker imports (sealer, cffi's backend) whole, since
+  they import some of their own modules lazily; of a package only one module of which is
+  loaded on its own (tpm2-pytss's compiled ESAPI binding: sealer.tpm.esys), that file alone.
+  Lazy imports of other packages are not followed: they serve paths the boot does not take
+  (``cryptography`` checks signatures in software only to explain a refusal on a running
+  system), and an initramfs without them is 14 MB smaller;
 - writes every pure module as sourceless bytecode into DIR, under BUNDLE_ROOT;
 - prints, one per line, ``exec SOURCE DEST`` for each native file (the interpreter's
   libpython, extension modules, the TPM device TCTI that libtss2 loads with dlopen, the
@@ -42,6 +47,9 @@ KEYSCRIPT = PurePosixPath(KEYSCRIPT_PATH)
 # The one capping program (cap or power off), for both initramfs kinds.
 CAP_PROGRAM = PurePosixPath("/usr/lib/sealer/cap")
 ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap_or_poweroff")
+# Functions that load modules without an import statement, called by the discovery: the
+# compiled ESAPI binding and cffi's backend are loaded by sealer.tpm.esys at the first TPM use.
+RUNTIME_LOADERS = ("sealer.tpm.esys:binding",)
 # Codecs are imported by name when first used (open(..., encoding="ascii")), which no import
 # statement shows. An interpreter that loaded one at startup put it in the bundle by chance;
 # Debian's python3.11 loads only utf_8, so the installed package's initramfs lacked ascii and
@@ -67,7 +75,10 @@ def imported_names(code):
     return names
 
 for name in sys.argv[1:]:
-    importlib.import_module(name)
+    module_name, _, loader = name.partition(":")
+    module = importlib.import_module(module_name)
+    if loader:  # a function that loads modules at run time (importlib, not an import statement)
+        getattr(module, loader)()
 # One lazy step: the modules that the loaded code imports inside its functions (argparse
 # imports shutil only when it formats help, for instance), with their own eager imports.
 lazy = set()
@@ -79,6 +90,8 @@ for name, module in list(sys.modules.items()):
         code = None
     if code is not None:
         lazy |= imported_names(code)
+# Only the standard library's: see the module's docstring.
+lazy = {n for n in lazy if n.split(".")[0] in sys.stdlib_module_names}
 for name in sorted(lazy - set(sys.modules) - INTERACTIVE_ONLY):
     try:
         importlib.import_module(name)
@@ -164,6 +177,9 @@ def plan(modules: dict[str, str | None]) -> Bundle:
         home = next((root for root in stdlib if _under(path, root)), None)
         if home is not None and "site-packages" not in path.parts:
             _add_file(bundle, path, PurePosixPath(path.relative_to(home).as_posix()))
+        elif top not in modules:
+            # A module loaded on its own, without its package: that file alone, in its place.
+            _add_file(bundle, path, PurePosixPath(*name.split(".")[:-1], path.name))
         elif top not in third_party:
             top_origin = modules.get(top)
             third_party[top] = _package_root(Path(top_origin or origin).resolve())
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--destdir", type=Path, required=True, help="the initramfs tree")
     args = parser.parse_args(argv)
     try:
-        bundle = plan(discover_modules((*ENTRY_MODULES, *CODEC_MODULES)))
+        bundle = plan(discover_modules((*ENTRY_MODULES, *RUNTIME_LOADERS, *CODEC_MODULES)))
         write_pure(bundle, args.destdir)
         # For a volume named on the kernel command line (cryptopts=) rather than in crypttab,
         # cryptroot's own hook does not copy the keyscript.
