@@ -14,9 +14,9 @@ TPM takes for that command (the table and its sources are in latency_proxy.py). 
   ``sealer unlock --test``; ``clevis luks pass`` (what clevis's initramfs runs); systemd's
   token plugin for cryptsetup only reaches /dev/tpmrm0, not swtpm's socket, so systemd's own
   unlock cannot run here and sealer's reader of the systemd-tpm2 token stands in (marked so);
-- sealer's boot-time unlocker as the initramfs-tools keyscript runs it on an installed system:
-  ``python -I -m sealer.boot.keyscript`` with cryptroot's environment (the initramfs adds -S
-  with its bundled interpreter; on the host -S would drop the venv's site-packages);
+- sealer's boot-time unlocker exactly as the initramfs runs it: the bundle sealer's hook lays
+  out (swtpm-fixtures/bundle_tree.py), ``python3 -I -S -m sealer.boot.keyscript``, with
+  cryptroot's environment;
 - with the proxy: the TPM time the model adds to one unlock (the sum of its delays);
 - whether the secret that opens the volume crosses the TPM wire in clear during that unlock;
 - the initramfs size each tool's hook adds: sealer's from `make bench-boot` (bench/boot_unlock.json
@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundle_tree import lay_out_bundle
 from latency_proxy import PROFILES, SLOW_DISCRETE, LatencyProfile, LatencyProxy
 from luks_image import make_luks_image
 from swtpm import COMMAND_NAMES, Swtpm, WireLog, log_size
 
-import sealer
 from sealer.interop.bindings import tool_bindings
 from sealer.luks import cryptsetup
 
@@ -87,23 +87,11 @@ def run(argv: list[str], stdin: bytes = b"", env: dict[str, str] | None = None) 
     return result.stdout
 
 
-def keyscript_argv() -> list[str]:
-    """The boot-time unlocker's command line, as the keyscript runs it on an installed system.
-
-    ``-I`` ignores PYTHONPATH, so from a git worktree the venv's editable install would import
-    another checkout's sealer. Then this checkout goes first on sys.path, and nothing else
-    changes (still -I: no environment, no user site, no current directory).
-    """
-    isolated = [sys.executable, "-I"]
-    found = run([*isolated, "-c", "import sealer; print(sealer.__file__)"]).decode().strip()
-    if Path(found).resolve() == Path(sealer.__file__).resolve():
-        return [*isolated, "-m", "sealer.boot.keyscript"]
-    checkout = str(Path(sealer.__file__).resolve().parent.parent)
-    boot = (
-        f"import runpy, sys; sys.path.insert(0, {checkout!r}); "
-        "runpy.run_module('sealer.boot.keyscript', run_name='__main__', alter_sys=True)"
-    )
-    return [*isolated, "-c", boot]
+def keyscript_argv(work: Path) -> list[str]:
+    """The boot-time unlocker exactly as the initramfs runs it: the bundle sealer's hook lays
+    out (its interpreter, its standard library, the compiled ESAPI binding), with -I -S."""
+    python = lay_out_bundle(work / "initramfs")
+    return [str(python), "-I", "-S", "-m", "sealer.boot.keyscript"]
 
 
 class Tool:
@@ -404,7 +392,7 @@ def _rows() -> list[tuple[str, Cell]]:
         ("unlock: TPM commands", lambda r: marked(r, f"{r['unlock_tpm_commands']}")),
         ("unlock: modelled TPM time (sum of the table's delays)",
          lambda r: _modelled(r, "unlock_modelled_tpm_seconds")),
-        (f"boot-time unlocker (`python -I -m sealer.boot.keyscript`): wall time, of {RUNS}",
+        (f"boot-time unlocker (the initramfs' bundle, `-I -S`): wall time, of {RUNS}",
          lambda r: _seconds(r, "boot_unlock_seconds") or r["boot_note"]),
         ("boot-time unlocker: TPM commands",
          lambda r: str(r.get("boot_unlock_tpm_commands", r["boot_note"]))),
@@ -447,10 +435,10 @@ def main() -> int:
     if missing:
         print(f"bench: {', '.join(missing)} not installed: run scripts/setup.sh --boot-chain")
         return 1
-    boot_argv = keyscript_argv()
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
+        boot_argv = keyscript_argv(work)
         template = make_luks_image(work / "template.img", PASSPHRASE)
         for name in (DIRECT, SLOW_DISCRETE.name):
             runs[name] = measure_endpoint(name, work / name, template, boot_argv)

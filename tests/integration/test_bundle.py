@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bundle_tree import lay_out_bundle
 from conftest import SealerCli
 from swtpm import Swtpm
 
@@ -26,16 +25,7 @@ ENTRY_MODULES = ("sealer.boot.keyscript", "sealer.boot.agent", "sealer.boot.cap_
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("initramfs")
-    manifest = subprocess.run(
-        [sys.executable, "-m", "sealer.install.bundle", "--destdir", str(tree)],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout
-    for line in manifest.splitlines():
-        kind, source, dest = line.split()
-        assert kind in ("exec", "file")
-        target = tree / dest.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
+    lay_out_bundle(tree)
     return tree
 
 

@@ -7,6 +7,7 @@ import base64
 import hashlib
 
 import pytest
+from test_token import make_token
 
 from sealer.errors import TokenError
 from sealer.luks.token import parse_token
@@ -15,7 +16,6 @@ from sealer.policy import retirement
 from sealer.policy.approval import decode_ecdsa_signature
 from sealer.policy.keyname import policy_key_name, policy_key_public
 from sealer.tpm.release import _digests, _ecdsa, _selected, pcr_selection
-from tests.unit.test_token import make_token
 
 # A P-256 key and its TPM name as tpm2-pytss's TPM2B_PUBLIC.from_pem made them: the names
 # bound into every sealed object since the first enrollment.
