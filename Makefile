@@ -1,4 +1,4 @@
-.PHONY: setup demo test deb lifecycle bench-boot bench-measure bench-peers bench-wire fuzz bench-fleet
+.PHONY: setup demo test deb lifecycle bench-boot bench-measure bench-peers bench-enroll bench-wire fuzz bench-fleet
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,11 @@ bench-measure:
 bench-peers:
 	bash scripts/setup.sh --boot-chain
 	.venv/bin/python bench/peers.py --json bench/peers.json --markdown bench/peers.md
+
+# Where sealer enroll's time goes (imports, cryptsetup, TPM), beside systemd-cryptenroll's.
+bench-enroll:
+	bash scripts/setup.sh --boot-chain
+	.venv/bin/python bench/enroll_time.py --json bench/enroll_time.json
 
 # The Ansible provision playbook on simulated machines: first run and idempotent rerun.
 bench-fleet: setup
