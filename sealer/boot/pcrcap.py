@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sealer.pcrs import BANKS, Bank
 from sealer.policy.binding import CAP_PCRS
-from sealer.tpm.release import extend_all_banks, open_tpm
+from sealer.tpm.bare import extend_all_banks, open_tpm
 
 DEFAULT_CAP_PCR = 15
 # What the cap extends into the PCR. Fixed and public: its only job is to move the PCR away

@@ -27,17 +27,15 @@ from sealer.services.matching import (
 )
 from sealer.services.secrets import pin_auth_value
 from sealer.tpm import rc
+from sealer.tpm.bare import open_tpm, read_pcrs, refuse_if_locked_out
 from sealer.tpm.esys import EsysError, Tpm
 from sealer.tpm.release import (
     Handles,
     SealedBlob,
     explain_srk,
     handles_of,
-    open_tpm,
     read_counter_value,
-    read_pcrs,
     read_revoked_bits,
-    refuse_if_locked_out,
     unseal,
 )
 

@@ -30,11 +30,12 @@ from sealer.pcrs import BANKS
 from sealer.policy import keys
 from sealer.policy.approval import parse_approval, sign_approval
 from sealer.services.matching import Match, authorized_policy
+from sealer.tpm.bare import open_tpm
 from sealer.tpm.connection import connect
 from sealer.tpm.esys import EsysError
 from sealer.tpm.pcr import extend_pcr, read_pcrs
 from sealer.tpm.policykey import policy_key_name
-from sealer.tpm.release import SealedBlob, handles_of, open_tpm, unseal
+from sealer.tpm.release import SealedBlob, handles_of, unseal
 
 SHA256 = BANKS["sha256"]
 

@@ -28,9 +28,10 @@ from sealer.luks import cryptsetup
 from sealer.luks.enrollment import enrollments
 from sealer.services import unlock as unlock_service
 from sealer.services.matching import Match, approvals_of, authorized_policy
+from sealer.tpm.bare import open_tpm
 from sealer.tpm.connection import connect
 from sealer.tpm.lockout import LockoutState, read_lockout
-from sealer.tpm.release import SealedBlob, handles_of, open_tpm, unseal
+from sealer.tpm.release import SealedBlob, handles_of, unseal
 
 PIN = b"2468"
 EXIT_AUTH, EXIT_POLICY, EXIT_LOCKOUT = 6, 5, 8

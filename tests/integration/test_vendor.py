@@ -23,9 +23,10 @@ from sealer.errors import PolicyMismatchError
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import enrollments
 from sealer.services.matching import approvals_of, authorized_policy, find_match
+from sealer.tpm.bare import open_tpm
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
-from sealer.tpm.release import SealedBlob, handles_of, open_tpm, unseal
+from sealer.tpm.release import SealedBlob, handles_of, unseal
 
 EXIT_POLICY, EXIT_TOKEN, EXIT_REFUSED = 5, 9, 12
 LOG = str(eventlogs.UKI_BOOT_LOG)

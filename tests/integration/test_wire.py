@@ -24,9 +24,10 @@ from sealer.luks.enrollment import enrollments
 from sealer.pcrs import BANKS
 from sealer.policy import digest
 from sealer.services.matching import approvals_of
+from sealer.tpm.bare import open_tpm
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import extend_pcr, read_pcrs
-from sealer.tpm.release import AuthorizedPolicy, open_tpm, trial_policy_digest
+from sealer.tpm.release import AuthorizedPolicy, trial_policy_digest
 
 SHA256 = BANKS["sha256"]
 

@@ -15,7 +15,8 @@ from sealer.pcrs import BANKS
 from sealer.policy import retirement
 from sealer.policy.approval import decode_ecdsa_signature
 from sealer.policy.keyname import policy_key_name, policy_key_public
-from sealer.tpm.release import _digests, _ecdsa, _selected, pcr_selection
+from sealer.tpm.bare import _digests, _selected, pcr_selection
+from sealer.tpm.release import _ecdsa
 
 # A P-256 key and its TPM name as tpm2-pytss's TPM2B_PUBLIC.from_pem made them: the names
 # bound into every sealed object since the first enrollment.
