@@ -35,23 +35,11 @@ def open_tpm(tcti: str | None = None) -> Iterator[Tpm]:
     try:
         yield tpm
     except EsysError as exc:
-        # After a lost connection the flushes in finally blocks fail too: the first error
-        # is the cause.
-        cause = _first_esys_error(exc)
+        cause = rc.first_cause(exc, EsysError)
         lockout = _lockout_after(tpm, cause.rc) if not tpm.stuck else None
         raise rc.translate(cause.rc, cause.text, lockout) from exc
     finally:
         tpm.__exit__(None, None, None)
-
-
-def _first_esys_error(exc: EsysError) -> EsysError:
-    first = exc
-    context = exc.__context__
-    while context is not None:
-        if isinstance(context, EsysError):
-            first = context
-        context = context.__context__
-    return first
 
 
 def _lockout_after(tpm: Tpm, code: int) -> LockoutState | None:

@@ -94,24 +94,12 @@ def connect(tcti: str | None = None) -> Iterator[ESAPI]:
     except TSS2_Exception as exc:
         if transport is not None and transport.stuck:
             raise transport.no_answer() from exc
-        cause = first_tss_error(exc)
+        cause = rc.first_cause(exc, TSS2_Exception)
         raise translate(cause, _lockout_after(cause, ctx)) from exc
     finally:
         ctx.close()
         if transport is not None:
             transport.close()
-
-
-def first_tss_error(exc: TSS2_Exception) -> TSS2_Exception:
-    """The TSS error that started a chain: after a lost connection, the flushes in
-    ``finally`` blocks fail too, and the last of those errors would hide the cause."""
-    first = exc
-    context = exc.__context__
-    while context is not None:
-        if isinstance(context, TSS2_Exception):
-            first = context
-        context = context.__context__
-    return first
 
 
 def _lockout_after(exc: TSS2_Exception, ctx: ESAPI) -> LockoutState | None:

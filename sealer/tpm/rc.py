@@ -6,6 +6,8 @@ boot path's bare binding in sealer.tpm.esys) report a return code, and both tran
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from sealer.errors import (
     AuthError,
     PolicyMismatchError,
@@ -15,6 +17,8 @@ from sealer.errors import (
     TPMUnavailableError,
 )
 from sealer.tpm.lockout import LockoutState, lockout_error, pin_rejected_error
+
+E = TypeVar("E", bound=BaseException)
 
 # TPM 2.0 Part 2, 6.6: format-one codes carry the handle, session or parameter they refer
 # to in bits 6 and 8 to 11; ``error_of`` strips those, as tpm2-pytss's TSS2_Exception.error does.
@@ -82,3 +86,16 @@ def translate(rc: int, text: str, lockout: LockoutState | None = None) -> Sealer
 def is_pin_failure(rc: int) -> bool:
     """A refused PIN, after which the lockout state says how many tries are left."""
     return error_of(rc) in (AUTH_FAIL, LOCKOUT)
+
+
+def first_cause(exc: E, kind: type[E]) -> E:
+    """The first ``kind`` error in the chain that ended in ``exc``: after a lost connection
+    the flushes in ``finally`` blocks fail too, and the last of those errors would hide the
+    cause."""
+    first = exc
+    context = exc.__context__
+    while context is not None:
+        if isinstance(context, kind):
+            first = context
+        context = context.__context__
+    return first
