@@ -336,20 +336,23 @@ def boot_over_clevis(results: dict[str, dict[str, Any]]) -> float:
 
 
 def initramfs_added() -> dict[str, str]:
+    """Each tool's initramfs growth over its floor, from the last `make bench-boot` (one run,
+    all three measured side by side there)."""
     recorded = ROOT / "bench" / "boot_unlock.json"
-    sealer_added = "+8.3 MiB (last `make bench-boot`, in README)"
-    if recorded.exists():
-        doc = json.loads(recorded.read_text())
-        with_, without = doc.get("initramfs_with_sealer_bytes"), doc.get(
-            "initramfs_without_sealer_bytes"
+    keys = {"sealer": "sealer", "systemd-cryptenroll": "systemd", "clevis": "clevis"}
+    if not recorded.exists():
+        return dict.fromkeys(keys, "not measured: run make bench-boot")
+    doc = json.loads(recorded.read_text())
+    day = str(doc.get("date", ""))[:10]
+    added = {}
+    for tool, key in keys.items():
+        row = doc.get("variants", {}).get(key, {})
+        growth = row.get("growth_bytes")
+        added[tool] = (
+            "not measured" if growth is None
+            else f"+{growth / 2**20:.1f} MiB compressed (make bench-boot, {day})"
         )
-        if with_ and without:
-            sealer_added = f"+{(with_ - without) / 2**20:.1f} MiB (make bench-boot)"
-    return {
-        "sealer": sealer_added,
-        "systemd-cryptenroll": "not measured (dracut + systemd-cryptsetup's TPM2 plugin)",
-        "clevis": "+5.9 MiB (clevis-initramfs; recorded in DESIGN.md, not measured here)",
-    }
+    return added
 
 
 def profile_document(profile: LatencyProfile) -> dict[str, Any]:
