@@ -297,6 +297,25 @@ def test_an_old_approval_put_back_does_not_unlock_the_old_boot(
     assert opens_with(luks_image, PASSPHRASE)
 
 
+def test_a_retired_approval_put_before_a_valid_one_does_not_cost_the_unlock(
+    machine: SealerMachine, luks_image: Path
+) -> None:
+    """The unlock reads the retirement counter only after a refusal (issue 19: one command
+    less per boot). A retired approval that matches this boot and comes first in the header
+    is refused by the TPM; the approval that still holds is tried next, and unlocks."""
+    sealer = machine.sealer
+    machine.boot([])
+    assert sealer.enroll(luks_image, "--pcrs", "4").returncode == 0
+    [retired] = token_doc(luks_image)["approvals"]
+    reseal(sealer, luks_image)  # the same boot approved again, in the next epoch
+    header = token_doc(luks_image)
+    header["approvals"] = [retired, *header["approvals"]]
+    write_token(luks_image, 0, header)
+    result = sealer("unlock", "--test", "--json", str(luks_image))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["approval"] == 1
+
+
 def test_deleting_and_redefining_the_retirement_counter_does_not_bring_it_back(
     machine: SealerMachine, luks_image: Path, tmp_path: Path
 ) -> None:
