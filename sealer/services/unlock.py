@@ -77,6 +77,10 @@ def release(
         # refuses even the right PIN (and would make the person wait for nothing).
         auth_value = b""
         if token.pin_salt is not None:
+            # A person types the PIN: first what the TPM would refuse after it (a revoked
+            # release, a retired approval), which a boot without PIN reads only after a
+            # refusal. Four commands, on PIN enrollments only.
+            match = _judged(tpm, handles, enrollment, approvals, current, match)
             refuse_if_locked_out(tpm)
             auth_value = pin_auth_value(read_pin(), token.pin_salt)
         try:
@@ -109,19 +113,35 @@ def _after_refusal(
     """Why the TPM refused ``match``: raise the error that says so, or return another
     approval to try when the refused one was revoked or retired and another still holds."""
     _refuse_tampered(enrollment)
-    token = enrollment.token
     code = rc.error_of(refusal.rc) if isinstance(refusal, EsysError) else None
     if code in (rc.HANDLE, rc.INTEGRITY) and handles.srk_from_token:
-        explain_srk(tpm, handles, token)  # raises when the SRK is gone or another
+        explain_srk(tpm, handles, enrollment.token)  # raises when the SRK is gone or another
+    judged = _judged(tpm, handles, enrollment, approvals, current, match)
+    if judged is match:  # neither revoked nor retired: the refusal has another reason
+        raise refusal
+    return judged
+
+
+def _judged(
+    tpm: Tpm,
+    handles: Handles,
+    enrollment: Enrollment,
+    approvals: Sequence[Approval],
+    current: PcrValues,
+    match: Match,
+) -> Match:
+    """``match`` if neither its release is revoked nor it is retired (read from the TPM),
+    else the next approval that holds for this boot; the error that says why when none does."""
+    token = enrollment.token
     bits = None
     if token.revocation is not None:
-        bits = read_revoked_bits(tpm, *token.revocation.locator)
+        bits = read_revoked_bits(tpm, handles, *token.revocation.locator)
     counter = None
     if match.approval.epoch is not None and token.retirement is not None:
-        counter = read_counter_value(tpm, token.retirement.nv_index)
+        counter = read_counter_value(tpm, handles, token.retirement.nv_index)
     holds = still_holds(enrollment, bits, counter)  # raises when the field is gone
     if holds(match.approval):
-        raise refusal
+        return match
     other = find_match(approvals, current, holds)
     if other is not None:
         return other

@@ -204,11 +204,23 @@ def explain_srk(tpm: Tpm, handles: Handles, token: SealerToken) -> None:
     read_srk(tpm, token.srk_handle, token.srk_name)
 
 
-def read_revoked_bits(tpm: Tpm, index: int, name: bytes) -> int | None:
-    """The revocation field's bits, read after a refusal; None when the index is missing,
-    was never written, or is not the field named ``name`` (sealer.tpm.nv.read_revoked_bits)."""
+def _fresh_nv(tpm: Tpm, handles: Handles, index: int) -> int:
+    """The index as the TPM has it now (NV_ReadPublic), replacing the handle computed from the
+    token: ESAPI answers a lookup of a handle it knows from its own record."""
+    known = handles.nv.pop(index, None)
+    if known is not None:
+        tpm.tr_close(known)
+    handle = tpm.tr_from_public(index)
+    handles.nv[index] = handle
+    return handle
+
+
+def read_revoked_bits(tpm: Tpm, handles: Handles, index: int, name: bytes) -> int | None:
+    """The revocation field's bits, read after a refusal (or before a PIN prompt); None when
+    the index is missing, was never written, or is not the field named ``name``
+    (sealer.tpm.nv.read_revoked_bits)."""
     try:
-        handle = tpm.tr_from_public(index)
+        handle = _fresh_nv(tpm, handles, index)
         if tpm.tr_name(handle) != name:
             return None
         return int.from_bytes(tpm.nv_read(handle, _FIELD_BYTES), "big")
@@ -218,10 +230,10 @@ def read_revoked_bits(tpm: Tpm, index: int, name: bytes) -> int | None:
         raise
 
 
-def read_counter_value(tpm: Tpm, index: int) -> int:
-    """The retirement counter's value, read after a refusal."""
+def read_counter_value(tpm: Tpm, handles: Handles, index: int) -> int:
+    """The retirement counter's value, read after a refusal (or before a PIN prompt)."""
     check_counter_index(index)
-    handle = _missing_means(lambda: tpm.tr_from_public(index), _counter_missing(index))
+    handle = _missing_means(lambda: _fresh_nv(tpm, handles, index), _counter_missing(index))
     return int.from_bytes(tpm.nv_read(handle, COUNTER_BYTES), "big")
 
 

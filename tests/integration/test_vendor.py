@@ -23,6 +23,7 @@ from sealer.errors import PolicyMismatchError
 from sealer.luks import cryptsetup
 from sealer.luks.enrollment import enrollments
 from sealer.services.matching import approvals_of, authorized_policy, find_match
+from sealer.services.unlock import release_key
 from sealer.tpm.bare import open_tpm
 from sealer.tpm.connection import connect
 from sealer.tpm.pcr import read_pcrs
@@ -213,6 +214,24 @@ def test_a_machine_without_a_vendor_revokes_with_its_own_key(
     )
     assert approved.returncode == 0, approved.stderr
     assert sealer("unlock", "--test", str(luks_image)).returncode == 0
+
+
+def test_a_revoked_release_is_refused_before_the_pin_is_asked_for(
+    machine_sealer: tuple[SimulatedMachine, SealerCli], luks_image: Path
+) -> None:
+    """The revocation bits are read after a refusal on a boot without PIN (one command
+    less); with a PIN they are read before the prompt: a person must not type a PIN that the
+    TPM would refuse anyway."""
+    machine, sealer = machine_sealer
+    assert sealer.enroll(luks_image, "--pcrs", "4,11", pin=b"2468").returncode == 0
+    result = sealer("revoke", "--below", "1", "--state-dir", str(sealer.state_dir), str(luks_image))
+    assert result.returncode == 0, result.stderr
+
+    def no_pin() -> bytes:
+        raise AssertionError("the PIN was asked for")
+
+    with pytest.raises(PolicyMismatchError, match="was revoked"):
+        release_key(str(luks_image), token_id=None, tcti=machine.tcti, read_pin=no_pin)
 
 
 @pytest.fixture

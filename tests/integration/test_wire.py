@@ -99,12 +99,15 @@ def test_unlock_command_count(audit: WireAudit) -> None:
     assert sum(counts.values()) == 13
     # The boot-time unlocker sends exactly what ``sealer unlock`` sends.
     assert audit.operations[wireaudit.KEYSCRIPT].counts() == UNLOCK_COMMANDS
-    # With a PIN: one PolicyAuthValue more, and a GetCapability that reads the lockout state
-    # before the PIN is asked for. The object is DA-protected: its first use after
-    # startup makes the TPM save its orderly state and answer TPM_RC_RETRY once.
+    # With a PIN: one PolicyAuthValue more, and before the PIN is asked for, a GetCapability
+    # that reads the lockout state and NV_ReadPublic + NV_Read of the revocation field and of
+    # the retirement counter (a PIN the TPM would refuse anyway is not asked for). The object
+    # is DA-protected: its first use after startup makes the TPM save its orderly state and
+    # answer TPM_RC_RETRY once.
     with_pin = audit.operations[wireaudit.UNLOCK_PIN]
     assert with_pin.counts(succeeded_only=True) == {
-        **UNLOCK_COMMANDS, "PolicyAuthValue": 1, "GetCapability": 1,
+        **UNLOCK_COMMANDS, "PolicyAuthValue": 1, "GetCapability": 1, "NV_ReadPublic": 2,
+        "NV_Read": 2,
     }
     failed = [(e.name, e.rc) for e in with_pin.exchanges if e.rc != 0]
     assert failed in ([], [("Unseal", wireaudit.RETRY)])
