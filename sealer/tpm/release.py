@@ -195,7 +195,6 @@ def _missing_means(call: Callable[[], int], error: SealerError) -> int:
         raise
 
 
-
 def explain_srk(tpm: Tpm, handles: Handles, token: SealerToken) -> None:
     """After the TPM refused to load the sealed object under an SRK known from the token:
     raise the error that says whether the SRK is gone or another; return if it is the one."""
