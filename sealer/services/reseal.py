@@ -39,6 +39,7 @@ from sealer.tpm.nv import read_revoked_bits
 from sealer.tpm.pcr import read_pcrs, reset_count
 from sealer.tpm.policykey import policy_key_name
 from sealer.tpm.retirement import counter_value, increment_counter, read_counter
+from sealer.tpm.srk import pinned_srk_public
 
 Progress = Callable[[str], None]
 
@@ -219,12 +220,21 @@ def _write(rewrite: _Rewrite, states: Sequence[ApprovedState], mine: Sequence[Ap
         return
     with connect(rewrite.tcti) as ctx:
         next_epoch = read_counter(ctx, index).value + 1
-        _sign_and_write(rewrite, states, next_epoch)
+        # A token made before enroll kept the SRK's public area gets it now: the boot then
+        # salts its session from the token, one ReadPublic less.
+        token = rewrite.enrollment.token
+        srk_public = token.srk_public or pinned_srk_public(ctx, token.srk_handle, token.srk_name)
+        _sign_and_write(rewrite, states, next_epoch, srk_public)
         if not rewrite.dry_run:
             increment_counter(ctx, index)
 
 
-def _sign_and_write(rewrite: _Rewrite, states: Sequence[ApprovedState], epoch: int | None) -> None:
+def _sign_and_write(
+    rewrite: _Rewrite,
+    states: Sequence[ApprovedState],
+    epoch: int | None,
+    srk_public: bytes | None = None,
+) -> None:
     enrollment = rewrite.enrollment
     token = enrollment.token
     others = [
@@ -244,7 +254,9 @@ def _sign_and_write(rewrite: _Rewrite, states: Sequence[ApprovedState], epoch: i
         policy_ref=enrollment.binding.policy_ref("machine"),
         epoch=None if epoch is None or counter is None else (epoch, counter.nv_name),
     )
-    new_token = replace(token, approvals=(*others, approval.to_json()))
+    new_token = replace(
+        token, approvals=(*others, approval.to_json()), srk_public=srk_public or token.srk_public
+    )
     if not rewrite.dry_run:
         cryptsetup.import_token(
             rewrite.device, enrollment.token_id, new_token.to_json(), replace=True

@@ -105,3 +105,10 @@ def ensure_srk(ctx: ESAPI, persistent: int = SRK_HANDLE) -> Srk:
     finally:
         ctx.flush_context(transient)
     return _srk(ctx, handle, persistent)
+
+
+def pinned_srk_public(ctx: ESAPI, persistent: int, pinned_name: bytes) -> bytes | None:
+    """The marshalled public area of the SRK at ``persistent`` if it is the one named
+    ``pinned_name``; None when it is gone or another (never stored for a foreign key)."""
+    srk = read_srk(ctx, persistent)
+    return srk.public if srk is not None and srk.name == pinned_name else None

@@ -16,6 +16,7 @@ import pytest
 from bootimage import STUB
 from conftest import SealerCli
 from conftest import SealerMachine as Machine
+from header_edit import token_doc, write_token
 from simboot import (
     APPLICATION_EVENT,
     SHA256,
@@ -231,3 +232,18 @@ def test_bad_input_is_one_line_and_an_exit_code(
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sealer: ") and expected in lines[0], lines
     assert luks_image.read_bytes() == before
+
+
+def test_reseal_gives_an_older_token_the_srk_public_area(
+    enrolled: SealerCli, luks_image: Path
+) -> None:
+    """A token enrolled before the SRK's public area was kept costs every boot a ReadPublic;
+    the next reseal (every kernel update runs one) adds it, checked against the pinned name."""
+    sealer = enrolled
+    doc = token_doc(luks_image)
+    kept = doc.pop("srk_public")
+    write_token(luks_image, 0, doc)
+    assert unlocks(sealer, luks_image) == 0  # still unlocks, reading the SRK from the TPM
+    reseal(sealer, luks_image, "--approve-current")
+    assert token_doc(luks_image)["srk_public"] == kept
+    assert unlocks(sealer, luks_image) == 0
